@@ -1,0 +1,93 @@
+"""Splitting a training set among clients with flwr-datasets' partitioners."""
+
+from __future__ import annotations
+
+import numpy as np
+from datasets import Dataset as HFDataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    PathologicalPartitioner,
+    Partitioner,
+)
+
+from fedcomp.errors import ConfigError
+
+SCHEMES = ("iid", "dirichlet", "pathological")
+
+
+def partition(
+    labels: np.ndarray,
+    num_clients: int,
+    scheme: str = "iid",
+    seed: int = 0,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Assign the samples with these ``labels`` to ``num_clients`` clients.
+
+    Returns one sorted int64 array of sample indices per client; the arrays are disjoint,
+    together cover every sample, none is empty, and they depend only on the arguments.
+
+    - ``iid``: a seeded shuffle cut into equal shards.
+    - ``dirichlet``: each class spread over the clients by Dirichlet(``alpha``) proportions
+      (small alpha = strong label skew), resampled until no client is empty.
+    - ``pathological``: each client holds ``classes_per_client`` classes, the first being
+      ``client_id % num_classes`` so every class is held; needs ``num_clients >= num_classes``.
+    """
+    labels = np.asarray(labels)
+    _check_arguments(labels, num_clients, scheme, alpha, classes_per_client)
+    table = HFDataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(len(labels))})
+    partitioner: Partitioner
+    if scheme == "iid":
+        table = table.shuffle(seed=seed)
+        partitioner = IidPartitioner(num_partitions=num_clients)
+    elif scheme == "dirichlet":
+        partitioner = DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=float(alpha),
+            min_partition_size=1, seed=seed,
+        )
+    else:
+        partitioner = PathologicalPartitioner(
+            num_partitions=num_clients, partition_by="label",
+            num_classes_per_partition=classes_per_client,
+            class_assignment_mode="first-deterministic", seed=seed,
+        )
+    partitioner.dataset = table
+    try:
+        return [
+            np.sort(np.asarray(partitioner.load_partition(client)["idx"], dtype=np.int64))
+            for client in range(num_clients)
+        ]
+    except ValueError as exc:  # the partitioner could not meet its constraints
+        raise ConfigError(
+            f"{scheme} partition of {len(labels)} samples among {num_clients} clients "
+            f"failed: {exc}"
+        ) from exc
+
+
+def _check_arguments(
+    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int
+) -> None:
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown partition scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
+    if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"labels must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}")
+    if not 1 <= num_clients <= len(labels):
+        raise ConfigError(
+            f"num_clients must be between 1 and the number of samples ({len(labels)}), got {num_clients}"
+        )
+    num_classes = len(np.unique(labels))
+    if scheme == "dirichlet" and not alpha > 0:
+        raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}")
+    if scheme == "pathological":
+        if not 1 <= classes_per_client <= num_classes:
+            raise ConfigError(
+                f"classes_per_client must be between 1 and the number of classes ({num_classes}), "
+                f"got {classes_per_client}"
+            )
+        if num_clients < num_classes:
+            raise ConfigError(
+                f"pathological partitioning needs at least as many clients as classes "
+                f"({num_classes}) so that every class is held by some client; got {num_clients}"
+            )
