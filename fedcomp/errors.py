@@ -1,0 +1,25 @@
+"""The error types fedcomp raises for bad input.
+
+Each one is a ``ValueError`` subclass carrying one readable message, so a caller (the CLI,
+a strategy) can catch it and report it without a traceback from deep inside.
+"""
+
+
+class FedcompError(ValueError):
+    """Base class of every error fedcomp raises on purpose."""
+
+
+class ConfigError(FedcompError):
+    """An unknown setting, or a value that setting does not accept."""
+
+
+class DatasetError(FedcompError):
+    """A dataset that is unknown, missing on disk, or malformed."""
+
+
+class ModelError(FedcompError):
+    """A model name that is unknown or a model that cannot be built."""
+
+
+class PayloadError(FedcompError):
+    """A compressed payload that is malformed, truncated, corrupted or does not fit the model."""
