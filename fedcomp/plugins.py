@@ -7,7 +7,8 @@ that parses it and imports the target, so both report a bad reference the same w
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fedcomp.errors import FedcompError
 
@@ -38,11 +39,11 @@ def load_plugin(reference: str, error: type[FedcompError]) -> Callable[..., Any]
         ) from exc
     except Exception as exc:  # the user's module failed while executing
         raise error(
-            f"importing module {module_name!r} named in {reference!r} failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"importing module {module_name!r} named in {reference!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
-    target = getattr(module, function_name, None)
+    if not hasattr(module, function_name):
+        raise error(f"module {module_name!r} has no attribute {function_name!r} (from {reference!r})")
+    target = getattr(module, function_name)
     if not callable(target):
-        problem = "has no attribute" if target is None else "has a non-callable"
-        raise error(f"module {module_name!r} {problem} {function_name!r} (from {reference!r})")
+        raise error(f"module {module_name!r} has a non-callable {function_name!r} (from {reference!r})")
     return target

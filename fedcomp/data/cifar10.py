@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import ClassVar
 
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
@@ -24,9 +25,9 @@ class LocalCIFAR10(CIFAR10):
     download is still verified against the archive's MD5.
     """
 
-    train_list = [[filename, None] for filename, _ in CIFAR10.train_list]
-    test_list = [[filename, None] for filename, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
+    train_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list: ClassVar[list[list[str | None]]] = [[name, None] for name, _ in CIFAR10.test_list]
+    meta: ClassVar[dict[str, str | None]] = {**CIFAR10.meta, "md5": None}
 
 
 def load_cifar10(data_dir: Path, download: bool) -> DatasetBundle:
@@ -42,15 +43,16 @@ def load_cifar10(data_dir: Path, download: bool) -> DatasetBundle:
             f"{CIFAR10.url} into {data_dir}, or run with --set data.download=true where a "
             "network is available."
         )
-    to_tensor = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)]
-    )
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
     try:
         train = LocalCIFAR10(str(data_dir), train=True, transform=to_tensor, download=download)
         test = LocalCIFAR10(str(data_dir), train=False, transform=to_tensor)
     except (OSError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, EOFError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        if missing:
+            raise DatasetError(f"downloading CIFAR-10 into {data_dir} failed ({problem})") from exc
         raise DatasetError(
-            f"CIFAR-10 in {batches_dir} could not be read ({type(exc).__name__}: {exc}); "
+            f"CIFAR-10 in {batches_dir} could not be read ({problem}); "
             "replace it with a fresh copy of the python version."
         ) from exc
     return DatasetBundle(train, test, num_classes=10, input_shape=(3, 32, 32), name="cifar10")

@@ -63,6 +63,9 @@ def load_folder(root: Path) -> DatasetBundle:
         dataset.loader = partial(open_as, mode="L" if greyscale else "RGB")
         dataset.transform = to_tensor
     return DatasetBundle(
-        train, test, num_classes=len(train.classes), input_shape=(channels, side, side),
+        train,
+        test,
+        num_classes=len(train.classes),
+        input_shape=(channels, side, side),
         name=f"folder:{root}",
     )

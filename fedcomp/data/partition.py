@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from datasets import Dataset as HFDataset
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
-    PathologicalPartitioner,
     Partitioner,
+    PathologicalPartitioner,
 )
 
 from fedcomp.errors import ConfigError
@@ -44,39 +46,42 @@ def partition(
         partitioner = IidPartitioner(num_partitions=num_clients)
     elif scheme == "dirichlet":
         partitioner = DirichletPartitioner(
-            num_partitions=num_clients, partition_by="label", alpha=float(alpha),
-            min_partition_size=1, seed=seed,
+            num_partitions=num_clients,
+            partition_by="label",
+            alpha=float(alpha),
+            min_partition_size=1,
+            seed=seed,
         )
     else:
         partitioner = PathologicalPartitioner(
-            num_partitions=num_clients, partition_by="label",
+            num_partitions=num_clients,
+            partition_by="label",
             num_classes_per_partition=classes_per_client,
-            class_assignment_mode="first-deterministic", seed=seed,
+            class_assignment_mode="first-deterministic",
+            seed=seed,
         )
     partitioner.dataset = table
     try:
-        return [
-            np.sort(np.asarray(partitioner.load_partition(client)["idx"], dtype=np.int64))
-            for client in range(num_clients)
-        ]
+        with warnings.catch_warnings():
+            # Dirichlet resampling warns on every retry; the outcome is a result or a ConfigError.
+            warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
+            return [
+                np.sort(np.asarray(partitioner.load_partition(client)["idx"], dtype=np.int64))
+                for client in range(num_clients)
+            ]
     except ValueError as exc:  # the partitioner could not meet its constraints
         raise ConfigError(
-            f"{scheme} partition of {len(labels)} samples among {num_clients} clients "
-            f"failed: {exc}"
+            f"{scheme} partition of {len(labels)} samples among {num_clients} clients failed: {exc}"
         ) from exc
 
 
-def _check_arguments(
-    labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int
-) -> None:
+def _check_arguments(labels: np.ndarray, num_clients: int, scheme: str, alpha: float, classes_per_client: int) -> None:
     if scheme not in SCHEMES:
         raise ConfigError(f"unknown partition scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
     if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise ConfigError(f"labels must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}")
     if not 1 <= num_clients <= len(labels):
-        raise ConfigError(
-            f"num_clients must be between 1 and the number of samples ({len(labels)}), got {num_clients}"
-        )
+        raise ConfigError(f"num_clients must be between 1 and the number of samples ({len(labels)}), got {num_clients}")
     num_classes = len(np.unique(labels))
     if scheme == "dirichlet" and not alpha > 0:
         raise ConfigError(f"dirichlet alpha must be > 0, got {alpha}")

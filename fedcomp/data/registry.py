@@ -25,9 +25,7 @@ def dataset_names() -> list[str]:
     return [*BUILTIN_NAMES, FOLDER_FORM, PLUGIN_FORM]
 
 
-def load_dataset(
-    name: str, data_dir: str | Path = "data", download: bool = False, seed: int = 0
-) -> DatasetBundle:
+def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, seed: int = 0) -> DatasetBundle:
     """Load the dataset called ``name`` (see ``dataset_names()``).
 
     ``data_dir`` is where on-disk datasets (cifar10) live; ``download`` lets torchvision
@@ -66,8 +64,7 @@ def _load_plugin_dataset(reference: str) -> DatasetBundle:
         labels = labels_of(dataset)
         if labels.min() < 0 or labels.max() >= num_classes:
             raise DatasetError(
-                f"{reference}: {split} labels span {labels.min()}..{labels.max()}, "
-                f"outside range({num_classes})"
+                f"{reference}: {split} labels span {labels.min()}..{labels.max()}, outside range({num_classes})"
             )
     input_shape = tuple(int(d) for d in image.shape)
     return DatasetBundle(train, test, num_classes, input_shape, name=reference)

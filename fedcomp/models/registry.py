@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
@@ -40,7 +41,5 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, int, int]) 
             raise ModelError(f"{name} returned {type(model).__name__}, expected a torch.nn.Module")
         return model
     if name not in BUILTIN_MODELS:
-        raise ModelError(
-            f"unknown model {name!r}; choose one of: {', '.join([*model_names(), PLUGIN_FORM])}"
-        )
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join([*model_names(), PLUGIN_FORM])}")
     return BUILTIN_MODELS[name](num_classes, tuple(input_shape))

@@ -29,16 +29,17 @@ def mobilenet_v2(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Modu
     # torchvision's default setting (expansion t, channels c, repeats n, stride s) with the
     # second stage's stride lowered from 2 to 1.
     setting = [
-        [1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2],
-        [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1],
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
     ]
-    model = models.mobilenet_v2(
-        weights=None, num_classes=num_classes, inverted_residual_setting=setting
-    )
+    model = models.mobilenet_v2(weights=None, num_classes=num_classes, inverted_residual_setting=setting)
     stem = model.features[0][0]
-    model.features[0][0] = nn.Conv2d(
-        input_shape[0], stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False
-    )
+    model.features[0][0] = nn.Conv2d(input_shape[0], stem.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
     return model
 
 
