@@ -31,7 +31,6 @@ import numpy as np
 
 from fedcomp.codec.base import Codec, register
 from fedcomp.errors import PayloadError
-from fedcomp.quant.tensor import MAX_SYMBOL
 
 _DIRECT = 4  # values 0..3 are tokens of their own
 _ALPHABET = 64  # tokens cover every value below 2**32
@@ -40,6 +39,7 @@ _GAP_PRIOR_WEIGHT = 2.0  # pseudo-observations the geometric gap prior is worth
 _MAG_PRIOR = 0.25  # pseudo-count of every magnitude token
 _SIGN_PRIOR = 0.5  # pseudo-count of each sign (Krichevsky-Trofimov)
 _MAX_VECTOR = 2**31 - 1  # positions are coded below this
+_MAX_MAGNITUDE = 2**31 - 1  # |s| - 1 of int32 symbols, -2**31 included (float32 bit patterns)
 
 _Uniform = constriction.stream.model.Uniform()
 
@@ -196,15 +196,18 @@ def _code(ch: _Channel, length: int, flat: np.ndarray | None) -> np.ndarray:
     values = None if flat is None else flat[positions].astype(np.int64)
     magnitudes = None if flat is None else np.abs(values) - 1
     biggest = None if flat is None else magnitudes.max(keepdims=True)
-    biggest = int(ch.integers(biggest, 1, _uniform_prior(MAX_SYMBOL))[0])
-    if biggest >= MAX_SYMBOL:
+    biggest = int(ch.integers(biggest, 1, _uniform_prior(_MAX_MAGNITUDE))[0])
+    if biggest > _MAX_MAGNITUDE:
         raise PayloadError("ans stream declares a magnitude beyond the int32 range")
     magnitudes = ch.integers(magnitudes, nnz, _uniform_prior(biggest))
     if magnitudes.max() > biggest:
         raise PayloadError("ans stream magnitude exceeds its declared maximum")
     negative = None if flat is None else (values < 0).astype(np.int32)
     negative = ch.adaptive(negative, nnz, np.full(2, _SIGN_PRIOR))
-    out[positions] = np.where(negative == 1, -(magnitudes + 1), magnitudes + 1)
+    signed = np.where(negative == 1, -(magnitudes + 1), magnitudes + 1)
+    if signed.max() > np.iinfo(np.int32).max:
+        raise PayloadError("ans stream holds a positive symbol beyond the int32 range")
+    out[positions] = signed
     return out
 
 

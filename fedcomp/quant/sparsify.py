@@ -109,12 +109,15 @@ class StatisticsThreshold:
         self.target, self.min_step, self.include_1d = float(target_sparsity), float(min_step), include_1d
 
     def threshold(self, values: np.ndarray) -> float:
-        """The magnitude at or below which this tensor's entries are zeroed."""
+        """The magnitude at or below which this tensor's entries are zeroed.
+
+        The smallest ``|mu| + delta * sigma`` (delta >= 0) that zeroes the target fraction
+        is ``max(|mu|, q)`` with ``q`` the target quantile of ``|x|`` (taken at or above
+        the target, so ties cannot leave the sparsity short of it).
+        """
         x = np.asarray(values, dtype=np.float64).reshape(-1)
-        mu, sigma = float(x.mean()), float(x.std())
-        needed = float(np.quantile(np.abs(x), self.target)) if self.target > 0 else 0.0
-        delta = max(0.0, (needed - abs(mu)) / sigma) if sigma > 0 else 0.0
-        return max(abs(mu) + delta * sigma, self.min_step / 2)
+        needed = float(np.quantile(np.abs(x), self.target, method="higher")) if self.target > 0 else 0.0
+        return max(abs(float(x.mean())), needed, self.min_step / 2)
 
     def sparsify(self, update: Update, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Zero the entries below each eligible tensor's statistics threshold."""
