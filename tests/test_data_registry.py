@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -131,11 +132,7 @@ def test_folder_rgb_large_images_are_resized(tmp_path: Path) -> None:
 
 def test_folder_without_test_split(tmp_path: Path) -> None:
     write_image_folder(tmp_path, "L", (4, 4))
-    for png in (tmp_path / "test").rglob("*.png"):
-        png.unlink()
-    for folder in sorted((tmp_path / "test").rglob("*"), reverse=True):
-        folder.rmdir()
-    (tmp_path / "test").rmdir()
+    shutil.rmtree(tmp_path / "test")
     with pytest.raises(DatasetError, match="no test/ subfolder"):
         load_dataset(f"folder:{tmp_path}")
 
@@ -150,7 +147,7 @@ def test_folder_with_mismatched_classes(tmp_path: Path) -> None:
 def test_folder_with_an_empty_class(tmp_path: Path) -> None:
     write_image_folder(tmp_path, "L", (4, 4))
     (tmp_path / "train" / "empty").mkdir()
-    with pytest.raises(DatasetError, match="empty"):
+    with pytest.raises(DatasetError, match="no valid file for the classes empty"):
         load_dataset(f"folder:{tmp_path}")
 
 
