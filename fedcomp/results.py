@@ -1,0 +1,113 @@
+"""The files a run writes: config.json, rounds.jsonl, summary.json and the accuracy plot.
+
+Every byte figure comes from the run's `TransferMeter`; the recorder only sums and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedcomp.meter import TransferMeter
+from fedcomp.plots import plot_accuracy_vs_mb
+
+MB = 1e6
+
+
+def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
+    """``runs/<timestamp>-<preset>``."""
+    return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}"
+
+
+def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's rounds.jsonl (a last line still being written is left out)."""
+    path = Path(run_dir) / "rounds.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def accuracy_curve(rounds: list[dict[str, Any]], initial_accuracy: float | None) -> tuple[list[float], list[float]]:
+    """(cumulative MB, accuracy) points, starting at the initial model when known."""
+    mb = [r["cum_bytes_total"] / MB for r in rounds]
+    acc = [r["accuracy"] for r in rounds]
+    if initial_accuracy is not None:
+        mb, acc = [0.0, *mb], [initial_accuracy, *acc]
+    return mb, acc
+
+
+class RunRecorder:
+    """Writes a run's files as the run goes: a row per round, the summary at the end."""
+
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter) -> None:
+        self.run_dir = Path(run_dir)
+        self.meter = meter
+        self.config = dict(config)
+        self.started = time.perf_counter()
+        self.initial: dict[str, float] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        (self.run_dir / "rounds.jsonl").write_text("")
+
+    def initial_evaluation(self, metrics: Mapping[str, float]) -> None:
+        self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+
+    def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
+                   round_seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Append the row of ``round`` to rounds.jsonl and return it."""
+        this = self.meter.totals(round=round)
+        cum = self.meter.totals(upto=round)
+        clients = [{"client": c["client"], "partition_id": partition_of.get(c["client"]), **{k: v for k, v in c.items() if k != "client"}}
+                   for c in self.meter.per_client(round)]
+        row = {
+            "round": round,
+            "accuracy": float(metrics["accuracy"]),
+            "loss": float(metrics["loss"]),
+            **this,
+            **{f"cum_{k}": v for k, v in cum.items()},
+            "cum_bytes_total": cum["bytes_up"] + cum["bytes_down"],
+            "cum_message_bytes_total": cum["message_bytes_up"] + cum["message_bytes_down"],
+            "round_seconds": round_seconds,
+            "wall_seconds": time.perf_counter() - self.started,
+            **(dict(extra) if extra else {}),
+            "clients": clients,
+        }
+        self.rows.append(row)
+        with (self.run_dir / "rounds.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def finish(self) -> dict[str, Any]:
+        """Write summary.json and accuracy_vs_bytes.png; return the summary."""
+        totals = self.meter.totals()
+        bytes_total = totals["bytes_up"] + totals["bytes_down"]
+        fedavg_total = totals["dense_bytes_up"] + totals["dense_bytes_down"]
+        accuracies = [r["accuracy"] for r in self.rows]
+        summary = {
+            "final_accuracy": accuracies[-1] if accuracies else None,
+            "best_accuracy": max(accuracies) if accuracies else None,
+            "initial_accuracy": self.initial["accuracy"] if self.initial else None,
+            "rounds": len(self.rows),
+            "num_clients": int(self.config["num_clients"]),
+            "preset": self.config.get("output.preset"),
+            **totals,
+            "bytes_total": bytes_total,
+            "message_bytes_total": totals["message_bytes_up"] + totals["message_bytes_down"],
+            "fedavg_bytes_total": fedavg_total,
+            "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
+            "wall_seconds": time.perf_counter() - self.started,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        curve = accuracy_curve(self.rows, summary["initial_accuracy"])
+        plot_accuracy_vs_mb({str(summary["preset"]): curve}, self.run_dir / "accuracy_vs_bytes.png")
+        return summary

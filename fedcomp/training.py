@@ -1,0 +1,64 @@
+"""Local training and evaluation loops (plain PyTorch, no Flower)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainSettings":
+        return cls(epochs=int(config["local_epochs"]), lr=float(config["lr"]),
+                   optimizer=str(config["train.optimizer"]), momentum=float(config["train.momentum"]),
+                   weight_decay=float(config["train.weight_decay"]))
+
+
+def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def train(model: nn.Module, loader: DataLoader, settings: TrainSettings) -> dict[str, float]:
+    """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch."""
+    model.train()
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(settings.epochs):
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``loader``."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        total_loss += float(loss_fn(logits, y))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "num_examples": seen}

@@ -1,0 +1,192 @@
+"""FedAvg over Flower's Message API, with metering and swappable channels.
+
+The round loop is Flower's own ``Strategy.start``; this class fills its hooks:
+
+* ``configure_train`` samples clients (seeded, by partition id, so runs repeat exactly),
+  encodes the global model with the *downstream* channel and meters each message;
+* ``aggregate_train`` meters each reply, decodes it with the *upstream* channel (a reply
+  that does not fit the model is dropped with a logged reason, never crashing the round)
+  and averages the results weighted by example counts, in partition order;
+* ``configure_evaluate``/``aggregate_evaluate`` run optional federated evaluation.
+
+Before the first round the strategy asks every node once for its partition id (a
+``query`` message, metered as round 0, kind ``setup``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from fedcomp.errors import PayloadError
+from fedcomp.meter import TransferMeter
+from fedcomp.params import ParamManifest
+from strategies.channel import Channel, DenseChannel, dense_record, record_tensors
+from strategies.metering import serialized_size
+
+ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
+NUM_EXAMPLES, PARTITION_ID = "num-examples", "partition-id"
+
+UpdateSink = Callable[[int, int, dict[str, np.ndarray]], None]
+
+
+class FedAvg(Strategy):
+    """Federated averaging of full local models, weighted by local example counts."""
+
+    def __init__(
+        self,
+        manifest: ParamManifest,
+        *,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 2,
+        fraction_evaluate: float = 0.0,
+        seed: int = 0,
+        downstream: Channel | None = None,
+        upstream: Channel | None = None,
+        meter: TransferMeter | None = None,
+        on_client_update: UpdateSink | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.fraction_train = fraction_train
+        self.min_train_nodes = min_train_nodes
+        self.fraction_evaluate = fraction_evaluate
+        self.seed = seed
+        self.downstream = downstream or DenseChannel()
+        self.upstream = upstream or DenseChannel()
+        self.meter = meter or TransferMeter()
+        self.on_client_update = on_client_update
+        self.partition_of: dict[int, int] = {}
+        self._global: dict[str, np.ndarray] = {}
+
+    # ---- Flower hooks --------------------------------------------------------------
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> fedcomp FedAvg: fraction_train=%.2f, min_train_nodes=%d, fraction_evaluate=%.2f",
+            self.fraction_train, self.min_train_nodes, self.fraction_evaluate)
+        log(INFO, "\t└──> channels: down=%s, up=%s", type(self.downstream).__name__, type(self.upstream).__name__)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
+        self._global = record_tensors(arrays)
+        config["server-round"] = server_round
+        return self._broadcast(server_round, self._global, config, nodes, MessageType.TRAIN, "train")
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        decoded = self._receive(server_round, replies, "train", decode=True)
+        if not decoded:
+            log(WARNING, "round %d: no usable training replies; the global model is unchanged", server_round)
+            return None, None
+        weights = np.array([n for _, n, _, _ in decoded], dtype=np.float64)
+        weights /= weights.sum()
+        averaged = {
+            spec.name: sum(w * tensors[spec.name].astype(np.float64) for w, (_, _, tensors, _) in zip(weights, decoded))
+            .astype(np.float32)
+            for spec in self.manifest.tensors
+        }
+        if self.on_client_update is not None:
+            for partition, _, tensors, _ in decoded:
+                self.on_client_update(server_round, partition,
+                                      {k: tensors[k] - self._global[k] for k in tensors})
+        return dense_record(averaged), _weighted_metrics(decoded)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate <= 0:
+            return []
+        nodes = self.sample(grid, server_round, self.fraction_evaluate, 1)
+        config["server-round"] = server_round
+        return self._broadcast(server_round, record_tensors(arrays), config, nodes, MessageType.EVALUATE, "evaluate")
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        received = self._receive(server_round, replies, "evaluate", decode=False)
+        return _weighted_metrics(received) if received else None
+
+    # ---- sampling ------------------------------------------------------------------
+
+    def sample(self, grid: Grid, server_round: int, fraction: float, minimum: int) -> list[int]:
+        """Seeded choice of nodes, made over partition ids so that it repeats across runs."""
+        if not self.partition_of:
+            self.partition_of = self.discover_partitions(grid)
+        by_partition = sorted(self.partition_of, key=self.partition_of.__getitem__)
+        count = min(len(by_partition), max(int(len(by_partition) * fraction), minimum))
+        rng = random.Random(self.seed * 1_000_003 + server_round)
+        chosen = rng.sample(by_partition, count)
+        return sorted(chosen, key=self.partition_of.__getitem__)
+
+    def discover_partitions(self, grid: Grid) -> dict[int, int]:
+        """Ask every connected node for its partition id (one metered query each)."""
+        nodes = sorted(grid.get_node_ids())
+        ask = [Message(RecordDict({CONFIG: ConfigRecord({"fedcomp-setup": 1})}), node, MessageType.QUERY)
+               for node in nodes]
+        for msg in ask:
+            self.meter.record(0, "down", msg.metadata.dst_node_id, "setup", 0, serialized_size(msg), 0)
+        mapping: dict[int, int] = {}
+        for reply in grid.send_and_receive(ask):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "node %d did not answer the setup query: %s", node, reply.error.reason)
+                continue
+            self.meter.record(0, "up", node, "setup", 0, serialized_size(reply), 0)
+            mapping[node] = int(reply.content[METRICS][PARTITION_ID])
+        return mapping
+
+    # ---- helpers -------------------------------------------------------------------
+
+    def _broadcast(self, server_round: int, tensors: dict[str, np.ndarray], config: ConfigRecord,
+                   nodes: list[int], message_type: str, kind: str) -> list[Message]:
+        record = self.downstream.encode(tensors)
+        payload = self.downstream.payload_bytes(record)
+        content = RecordDict({ARRAYS: record, CONFIG: config})
+        messages = [Message(content, node, message_type) for node in nodes]
+        for msg in messages:
+            self.meter.record(server_round, "down", msg.metadata.dst_node_id, kind, payload,
+                              serialized_size(msg), self.manifest.dense_bytes)
+        return messages
+
+    def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
+                 decode: bool) -> list[tuple[int, int, dict[str, np.ndarray], MetricRecord]]:
+        """Meter each reply; return (partition, examples, tensors, metrics) in partition order."""
+        received = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "round %d: node %d failed: %s", server_round, node, reply.error.reason)
+                continue
+            content = reply.content
+            record = content.array_records.get(ARRAYS)
+            payload = self.upstream.payload_bytes(record) if record is not None else 0
+            self.meter.record(server_round, "up", node, kind, payload, serialized_size(reply),
+                              self.manifest.dense_bytes if record is not None else 0)
+            try:
+                metrics = content[METRICS]
+                examples = int(metrics[NUM_EXAMPLES])
+                tensors = self.upstream.decode(record, self.manifest) if decode else {}
+            except (KeyError, TypeError, PayloadError) as err:
+                log(WARNING, "round %d: dropped the reply of node %d: %s", server_round, node, err)
+                continue
+            if examples <= 0:
+                log(WARNING, "round %d: dropped the reply of node %d: it reports %d examples",
+                    server_round, node, examples)
+                continue
+            received.append((self.partition_of.get(node, node), examples, tensors, metrics))
+        received.sort(key=lambda item: item[0])
+        return received
+
+
+def _weighted_metrics(received: list[tuple[int, int, dict, MetricRecord]]) -> MetricRecord:
+    """Example-weighted mean of every numeric metric the replies share."""
+    total = sum(n for _, n, _, _ in received)
+    shared = set.intersection(*(set(m.keys()) for _, _, _, m in received)) - {NUM_EXAMPLES, PARTITION_ID}
+    out = {k: sum(float(m[k]) * n for _, n, _, m in received) / total
+           for k in sorted(shared) if all(isinstance(m[k], (int, float)) for _, _, _, m in received)}
+    out[NUM_EXAMPLES] = total
+    return MetricRecord(out)
