@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +33,8 @@ def preflight(config: dict) -> None:
     """Load the dataset and build the model once here, so a missing dataset fails before Ray starts."""
     from fedcomp.experiment import run_model
 
+    if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
+        sys.path.insert(0, os.getcwd())
     run_model(config)
 
 

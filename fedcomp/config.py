@@ -50,7 +50,7 @@ def _unit_interval(x: Any) -> bool:
 def _dataset_names() -> list[str]:
     from fedcomp.data import dataset_names
 
-    return dataset_names()
+    return [name for name in dataset_names() if ":" not in name]  # the open forms come from `prefixes`
 
 
 def _model_names() -> list[str]:

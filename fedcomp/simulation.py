@@ -45,15 +45,15 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)
 
 
-def write_app(app_dir: Path, config: Mapping[str, Any]) -> None:
-    """A Flower App folder whose run config defaults are ``config``."""
+def write_app(app_dir: Path, config: Mapping[str, Any], components: Mapping[str, str] = APP_COMPONENTS) -> None:
+    """A Flower App folder whose components are ``components`` and whose run config defaults are ``config``."""
     app_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
         "[project]", 'name = "fedcomp-run"', 'version = "1.0.0"',
         'description = "A fedcomp simulation run"', 'license = "Apache-2.0"', "dependencies = []", "",
         "[tool.flwr.app]", 'publisher = "fedcomp"', "",
-        "[tool.flwr.app.components]", *(f'{k} = "{v}"' for k, v in APP_COMPONENTS.items()), "",
+        "[tool.flwr.app.components]", *(f'{k} = "{v}"' for k, v in components.items()), "",
         "[tool.flwr.app.config]", *(f'"{k}" = {_toml_value(v)}' for k, v in config.items()), "",
     ]
     (app_dir / "pyproject.toml").write_text("\n".join(lines))
@@ -123,8 +123,12 @@ def _stop_all(processes: list[subprocess.Popen], token: str) -> None:
 
 def run_simulation(config: Mapping[str, Any], run_dir: Path,
                    on_round: Callable[[dict[str, Any]], None] | None = None,
-                   startup_timeout: float = 60.0) -> dict[str, Any]:
-    """Run one simulation to the end and return its summary (``summary.json``)."""
+                   startup_timeout: float = 60.0, components: Mapping[str, str] = APP_COMPONENTS) -> dict[str, Any]:
+    """Run one simulation to the end and return its summary (``summary.json``).
+
+    ``components`` names the ServerApp and ClientApp (``module:attribute``); modules in the
+    current directory are importable (it is put on ``PYTHONPATH``), as are ``python:`` plugins.
+    """
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {**config, "output.dir": str(run_dir)}
@@ -135,11 +139,12 @@ def run_simulation(config: Mapping[str, Any], run_dir: Path,
     with tempfile.TemporaryDirectory(prefix="fedcomp-") as tmp, log.open("w") as log_file:
         home, app_dir, port = Path(tmp) / "flwr-home", Path(tmp) / "app", _free_port()
         home.mkdir()
-        write_app(app_dir, config)
+        write_app(app_dir, config, components)
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "fedcomp"\n\n[superlink.fedcomp]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
         env = {**os.environ, "FLWR_HOME": str(home), TOKEN_VARIABLE: token,
-               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
         popen = dict(env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                      start_new_session=True, cwd=tmp)
         try:
