@@ -44,7 +44,7 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings) -> dict
             loss = loss_fn(logits, y)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(y)
+            total_loss += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}

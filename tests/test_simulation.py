@@ -1,0 +1,123 @@
+"""End to end through Flower's Simulation Engine on Ray, via the supported `flwr run` path."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcomp.config import resolve
+from fedcomp.simulation import TOKEN_VARIABLE, run_simulation
+from conftest import ROOT
+
+FEDCOMP = str(Path(sys.executable).parent / "fedcomp")
+SMALL = {"num_clients": 3, "rounds": 2, "seed": 3}
+
+
+def ray_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if "ray::" in line or "raylet" in line or "flower-superlink" in line]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    rows = []
+    summary = run_simulation(resolve({**SMALL, "output.dump_updates": True}), run_dir, on_round=rows.append)
+    return run_dir, summary, rows
+
+
+@pytest.mark.slow
+def test_simulation_writes_exact_results(finished_run):
+    run_dir, summary, rows = finished_run
+    for name in ("config.json", "rounds.jsonl", "summary.json", "accuracy_vs_bytes.png", "flower.log", "updates.npz"):
+        assert (run_dir / name).is_file(), name
+    assert [r["round"] for r in rows] == [1, 2]  # progress saw every round
+    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert lines == rows
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num_clients"] == 3 and config["output.dir"] == str(run_dir.resolve())
+    from fedcomp.experiment import run_model
+    from fedcomp.params import ParamManifest
+
+    manifest = ParamManifest.from_model(run_model(config))
+    per_message = manifest.dense_bytes + 128 * len(manifest)
+    for row in lines:
+        assert len(row["clients"]) == 3
+        assert sorted(c["partition_id"] for c in row["clients"]) == [0, 1, 2]
+        assert all(c["bytes_up"] == c["bytes_down"] == per_message for c in row["clients"])
+        for key in ("bytes_up", "bytes_down", "message_bytes_up", "message_bytes_down"):
+            assert row[key] == sum(c[key] for c in row["clients"])
+        assert row["dense_bytes_up"] == 3 * manifest.dense_bytes
+    assert summary["bytes_up"] == sum(r["bytes_up"] for r in lines)
+    assert summary["bytes_total"] == summary["bytes_up"] + summary["bytes_down"] == lines[-1]["cum_bytes_total"]
+    assert summary["fedavg_bytes_total"] == 2 * 2 * 3 * manifest.dense_bytes
+    assert summary["compression_ratio"] == pytest.approx(manifest.dense_bytes / per_message)
+    assert summary["final_accuracy"] == lines[-1]["accuracy"] > 0.5
+    with np.load(run_dir / "updates.npz", allow_pickle=False) as updates:
+        assert len(updates.files) == 2 * 3 * len(manifest)
+        assert f"r002/c1/{manifest.names[0]}" in updates.files
+
+
+@pytest.mark.slow
+def test_nothing_is_left_running(finished_run):
+    assert ray_processes() == []
+    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+                 and _has(p, TOKEN_VARIABLE.encode())]
+    assert leftovers == []
+
+
+def _has(proc: Path, needle: bytes) -> bool:
+    try:
+        return needle in (proc / "environ").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_cli_run_repeats_the_same_run_and_compare_reads_both(finished_run, tmp_path):
+    run_dir, summary, rows = finished_run
+    again = tmp_path / "again"
+    args = [FEDCOMP, "run", "--out", str(again), "--set", "output.dump_updates=true"]
+    args += [arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "round   2" in done.stdout and "final accuracy" in done.stdout
+    repeat = [json.loads(line) for line in (again / "rounds.jsonl").read_text().splitlines()]
+    for first, second in zip(rows, repeat):
+        for key in ("accuracy", "loss", "bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down"):
+            assert first[key] == second[key], key
+    table = subprocess.run([FEDCOMP, "compare", str(run_dir), str(again), "--out", str(tmp_path / "cmp.md")],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    text = (tmp_path / "cmp.md").read_text()
+    assert text.count("| ") > 10 and run_dir.name in text and "again" in text
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "--set", "bogus=1"], "unknown setting 'bogus'"),
+    (["run", "--set", "partition=zipf"], "must be one of iid, dirichlet, pathological"),
+    (["run", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "--set", "dataset=cifar10", "--set", "data.dir=/nonexistent"], "cifar-10-batches-py"),
+    (["run", "--config", "/nonexistent.toml"], "config file not found"),
+    (["compare", "/nonexistent"], "not a finished run"),
+])
+def test_cli_bad_input_is_one_readable_error(args, fragment):
+    done = subprocess.run([FEDCOMP, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "400"}, cwd=ROOT)
+    assert done.returncode == 2
+    output = done.stdout + done.stderr
+    assert fragment in output
+    assert "Traceback" not in output
+
+
+def test_presets_lists_every_preset():
+    from fedcomp.presets import PRESETS
+
+    done = subprocess.run([FEDCOMP, "presets"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert [line.split()[0] for line in done.stdout.splitlines()] == list(PRESETS)

@@ -1,0 +1,143 @@
+"""FedAvg's hooks with real Flower messages and the real ClientApp, through a loopback grid (no Ray)."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from clients.client_app import app as client_app
+from fedcomp.config import resolve
+from fedcomp.experiment import client_indices, run_model
+from fedcomp.meter import TransferMeter
+from fedcomp.params import ParamManifest, state_arrays
+from loopback import LoopbackGrid
+from strategies.channel import DenseChannel, dense_record, record_tensors
+from strategies.fedavg import FedAvg
+
+NODES = {9_000_000_017: 2, 1_234: 0, 77_777_777: 1}  # node id -> partition id, deliberately unordered
+
+
+@pytest.fixture
+def setup(task_identity):
+    config = resolve({"num_clients": 3, "rounds": 2})
+    model = run_model(config)
+    manifest = ParamManifest.from_model(model)
+    grid = LoopbackGrid(client_app, NODES, config)
+    strategy = FedAvg(manifest, fraction_train=1.0, min_train_nodes=2, seed=0, meter=TransferMeter())
+    return config, model, manifest, grid, strategy
+
+
+def npy_size(shape) -> int:
+    """A float32 .npy blob: its header is padded to 128 bytes for these small shapes."""
+    return 128 + 4 * int(np.prod(shape))
+
+
+def test_train_round_is_metered_exactly(setup):
+    config, model, manifest, grid, strategy = setup
+    arrays = dense_record(state_arrays(model))
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+    new_arrays, metrics = strategy.aggregate_train(1, replies)
+
+    expected_payload = sum(npy_size(t.shape) for t in manifest.tensors)
+    train = [r for r in strategy.meter.records if r.kind == "train"]
+    assert len(train) == 2 * len(NODES)
+    for rec in train:
+        assert rec.payload_bytes == expected_payload
+        assert rec.dense_bytes == manifest.dense_bytes == 4 * sum(p.numel() for p in model.parameters())
+        assert rec.payload_bytes - rec.dense_bytes == 128 * len(manifest)  # only the .npy headers on top
+        moved = (grid.bytes_down if rec.direction == "down" else grid.bytes_up)[rec.client]
+        setup_bytes = sum(r.message_bytes for r in strategy.meter.select(round=0, direction=rec.direction,
+                                                                         client=rec.client))
+        assert rec.message_bytes == moved - setup_bytes  # what the loopback really serialised
+        assert rec.message_bytes > rec.payload_bytes
+    totals = strategy.meter.totals(round=1)
+    assert totals["bytes_up"] == sum(c["bytes_up"] for c in strategy.meter.per_client(1)) == 3 * expected_payload
+    assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in NODES.values())
+    assert set(new_arrays.keys()) == set(manifest.names)
+
+
+def test_aggregate_is_the_example_weighted_mean(setup):
+    config, model, manifest, grid, strategy = setup
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    local = {r.metadata.src_node_id: (record_tensors(r.content["arrays"]), r.content["metrics"]["num-examples"])
+             for r in replies}
+    new = record_tensors(strategy.aggregate_train(1, replies)[0])
+    total = sum(n for _, n in local.values())
+    for name in manifest.names:
+        expected = sum(t[name].astype(np.float64) * n for t, n in local.values()) / total
+        np.testing.assert_allclose(new[name], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_sampling_is_seeded_by_partition_not_node_id(setup):
+    config, model, manifest, grid, strategy = setup
+    strategy.fraction_train = 0.5
+    strategy.min_train_nodes = 1
+    arrays = dense_record(state_arrays(model))
+    chosen = [[NODES[m.metadata.dst_node_id] for m in strategy.configure_train(r, arrays, ConfigRecord(), grid)]
+              for r in (1, 2, 3, 4)]
+    other = FedAvg(manifest, fraction_train=0.5, min_train_nodes=1, seed=0)
+    renamed = {node * 3 + 1: pid for node, pid in NODES.items()}  # different node ids, same partitions
+    grid2 = LoopbackGrid(client_app, renamed, config)
+    again = [[renamed[m.metadata.dst_node_id] for m in other.configure_train(r, arrays, ConfigRecord(), grid2)]
+             for r in (1, 2, 3, 4)]
+    assert chosen == again
+    assert all(len(c) == 1 for c in chosen)
+
+
+def test_a_reply_that_does_not_fit_the_model_is_dropped(setup):
+    config, model, manifest, grid, strategy = setup
+    bad_node = 1_234
+
+    def wrong_shape(reply: Message) -> Message:
+        arrays = reply.content["arrays"]
+        name = manifest.names[0]
+        tensors = record_tensors(arrays)
+        tensors[name] = np.zeros((3, 3), np.float32)
+        return Message(RecordDict({"arrays": DenseChannel().encode(tensors), "metrics": reply.content["metrics"]}),
+                       reply_to=reply_to_of(reply))
+
+    sent = {}
+
+    def reply_to_of(reply):
+        return sent[reply.metadata.src_node_id]
+
+    messages = list(strategy.configure_train(1, dense_record(state_arrays(model)), ConfigRecord(), grid))
+    sent.update({m.metadata.dst_node_id: m for m in messages})
+    grid.tamper[bad_node] = wrong_shape
+    replies = grid.send_and_receive(messages)
+    new_arrays, metrics = strategy.aggregate_train(1, replies)
+    good = [p for n, p in NODES.items() if n != bad_node]
+    assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
+    assert len(strategy.meter.select(round=1, direction="up")) == 3  # it was still metered
+
+
+def test_malformed_dense_records_raise_payload_error():
+    from fedcomp.errors import PayloadError
+
+    manifest = ParamManifest.from_arrays({"w": np.zeros((2, 3), np.float32)})
+    channel = DenseChannel()
+    with pytest.raises(PayloadError, match="missing"):
+        channel.decode(ArrayRecord(), manifest)
+    with pytest.raises(PayloadError, match="expected float32"):
+        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)}), manifest)
+    with pytest.raises(PayloadError, match="expected float32"):
+        channel.decode(ArrayRecord({"w": Array(np.zeros((2, 3), np.float64))}), manifest)
+
+
+def test_setup_query_learns_partitions(setup):
+    config, model, manifest, grid, strategy = setup
+    assert strategy.discover_partitions(grid) == NODES
+    setup_records = strategy.meter.select(round=0)
+    assert len(setup_records) == 2 * len(NODES)
+    assert all(r.payload_bytes == 0 and r.message_bytes > 0 for r in setup_records)
+
+
+def test_metrics_are_example_weighted():
+    from strategies.fedavg import _weighted_metrics
+
+    received = [(0, 10, {}, MetricRecord({"loss": 1.0, "num-examples": 10})),
+                (1, 30, {}, MetricRecord({"loss": 3.0, "num-examples": 30}))]
+    out = _weighted_metrics(received)
+    assert out["loss"] == pytest.approx(2.5)
+    assert out["num-examples"] == 40
