@@ -1,0 +1,41 @@
+# fedcomp: `make run` runs the default simulation, `make test` runs the test suite.
+# Both create .venv on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# dev + deepcabac: nncodec compiles its C++ once (2-3 minutes) and pins numpy<2.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,deepcabac]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/fedcomp run
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/codec_bench.py
+	$(BIN)/python benchmarks/overhead.py
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check fedcomp strategies clients benchmarks tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
