@@ -10,7 +10,7 @@ Simulation Engine sets and a SuperNode takes via ``--node-config``.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcomp.config import from_run_config

@@ -67,8 +67,7 @@ class RunRecorder:
         """Append the row of ``round`` to rounds.jsonl and return it."""
         this = self.meter.totals(round=round)
         cum = self.meter.totals(upto=round)
-        clients = [{"client": c["client"], "partition_id": partition_of.get(c["client"]), **{k: v for k, v in c.items() if k != "client"}}
-                   for c in self.meter.per_client(round)]
+        clients = [{"partition_id": partition_of.get(c["client"]), **c} for c in self.meter.per_client(round)]
         row = {
             "round": round,
             "accuracy": float(metrics["accuracy"]),
