@@ -1,25 +1,36 @@
 """``ans``: our own entropy coder for sparse symbol tensors, on constriction's ANS coder.
 
-All tensors of a message are coded as one sparse vector (their symbols concatenated in
-payload order), in one ANS stream:
+All tensors of a message go into one ANS stream. Each tensor is cut into *rows* (its
+output filters: ``shape[0]`` rows of ``prod(shape[1:])`` symbols; a 1-D tensor is one
+row; rows longer than 2**20 are split). Four streams follow, each over every tensor:
 
-1. ``nnz``, the number of non-zero symbols;
-2. the positions of the non-zeros, as gaps (zero runs) between them;
-3. the magnitudes ``|s| - 1`` of the non-zeros;
-4. their signs.
+1. per row, the number ``k`` of non-zero symbols;
+2. the positions of the non-zeros as gaps (zero runs) within their row, under a
+   geometric model with the row's own density ``k / width`` (nothing transmitted: the
+   decoder knows ``k``);
+3. the magnitudes ``|s| - 1``, under an adaptive model per tensor;
+4. the signs: per row the number of negative symbols (uniform over ``0..k``), then the
+   signs under that row's static Bernoulli model (rows of one sign cost nothing more).
 
-Integers (gaps, magnitudes) are split into a *token* and raw bits, as in JPEG XL's hybrid
-integer coding: values below 4 are tokens of their own, larger values are coded by their
-exponent and the bit below the leading one (the token, entropy coded) plus the remaining
-low bits (coded uniformly). Tokens and signs are coded with *adaptive* categorical models
-whose counts are updated after blocks of geometrically growing length (1, 1, 2, 4, ...):
-no histogram is transmitted, the model learns as it goes, and a decoder only needs one
-model update per block, which keeps the number of Python-level steps logarithmic in the
-number of non-zeros. The gap model starts from the geometric distribution implied by
-``nnz`` and the vector length, so even a handful of positions code near their entropy.
+Rows are where updates have structure: some filters change a lot, others barely, and a
+filter's entries tend to move in one direction. Modelling density and sign per row codes
+real updates well below their zeroth-order entropy.
 
-Work is proportional to the number of non-zeros (one pass over the symbols to find them),
-which is what makes this coder faster than a coder visiting every symbol.
+Integers (counts, gaps, magnitudes) are split into a *token* and raw bits, as in JPEG XL's
+hybrid integer coding: values below 4 are tokens of their own, larger values are coded by
+their exponent and the bit below the leading one (the token, entropy coded) plus the
+remaining low bits (coded uniformly).
+
+*Adaptive* models keep counts per context (a tensor) that start at a small prior and are
+refreshed after 1, 2, 4, 8, ... symbols of that context: no histogram is transmitted, and
+all contexts' symbols of one refresh level are coded together, so a message costs a
+number of vectorised steps logarithmic in its size, not one per symbol. Within one step,
+symbols are coded grouped by model: per group with one model, or, when that is small, all
+at once with one probability row per symbol.
+
+Work is proportional to the number of rows and non-zeros plus one pass over the symbols to
+find the non-zeros; coding order and models are fully determined by what the decoder has
+already decoded, which is all it needs.
 """
 
 from __future__ import annotations
@@ -35,12 +46,14 @@ from fedcomp.errors import PayloadError
 _DIRECT = 4  # values 0..3 are tokens of their own
 _ALPHABET = 64  # tokens cover every value below 2**32
 _RAW_CHUNK = 16  # constriction's Uniform model takes sizes below 2**24
-_GAP_PRIOR_WEIGHT = 2.0  # pseudo-observations the geometric gap prior is worth
-_MAG_PRIOR = 0.25  # pseudo-count of every magnitude token
-_SIGN_PRIOR = 0.5  # pseudo-count of each sign (Krichevsky-Trofimov)
-_MAX_VECTOR = 2**31 - 1  # positions are coded below this
-_MAX_MAGNITUDE = 2**31 - 1  # |s| - 1 of int32 symbols, -2**31 included (float32 bit patterns)
+_TOKEN_PRIOR = 0.1  # pseudo-count of every allowed token in an adaptive model
+_SIGN_PRIOR = np.array([[0.5, 0.5]])  # Krichevsky-Trofimov, the same for every row
+_MAX_ROW = 2**20  # rows are cut to at most this many symbols
+_MAX_VECTOR = 2**31 - 1  # symbols per message
+_MAX_MAGNITUDE = 2**32 - 1  # bounds every integer coded below (int32 range checked at the end)
+_TABLE_LIMIT = 2**20  # per-symbol probability rows are used up to this many table entries
 
+_Categorical = constriction.stream.model.Categorical(perfect=False)
 _Uniform = constriction.stream.model.Uniform()
 
 
@@ -81,22 +94,30 @@ def token_range(token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return low, np.left_shift(np.int64(1), nbits)
 
 
-def block_bounds(count: int) -> list[tuple[int, int]]:
-    """Blocks 1, 1, 2, 4, 8, ...: the adaptive model is refreshed between blocks."""
-    bounds, start = [], 0
-    while start < count:
-        end = min(count, max(start + 1, 2 * start))
-        bounds.append((start, end))
-        start = end
-    return bounds
+def _token_of(value: int) -> int:
+    return int(to_tokens(np.array([value]))[0][0])
+
+
+def _levels(contexts: np.ndarray) -> np.ndarray:
+    """Refresh level of each symbol: 0 for a context's first, then 1, 2, 2, 3, 3, 3, 3, ...
+
+    ``contexts`` must be non-decreasing (symbols of one context are contiguous).
+    """
+    n = contexts.size
+    starts = np.flatnonzero(np.diff(contexts, prepend=-1))
+    rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+    level = np.zeros(n, dtype=np.int8)
+    nonzero = rank > 0
+    level[nonzero] = np.floor(np.log2(rank[nonzero])).astype(np.int8) + 1
+    return level
 
 
 class _Channel:
     """One ANS stream seen from either side: the coding logic is written once.
 
-    Encoding, each call receives the values and records (values, model) operations that
-    :meth:`finish` writes in reverse (ANS is a stack). Decoding, each call receives
-    ``values=None`` and reads them. Both return the values.
+    Encoding, each call receives the values and records operations that :meth:`finish`
+    writes in reverse (ANS is a stack). Decoding, each call receives ``values=None`` and
+    reads them. Both return the values.
     """
 
     def __init__(self, words: np.ndarray | None = None) -> None:
@@ -104,18 +125,11 @@ class _Channel:
         self._ops: list[tuple] = []
         self._coder = None if self.encoding else constriction.stream.stack.AnsCoder(words)
 
-    def categorical(self, values: np.ndarray | None, count: int, probs: np.ndarray) -> np.ndarray:
-        model = constriction.stream.model.Categorical(probs, perfect=False)
+    def _op(self, values: np.ndarray | None, *model) -> np.ndarray:
         if self.encoding:
-            self._ops.append((values.astype(np.int32), model))
+            self._ops.append((values.astype(np.int32), *model))
             return values
-        return np.asarray(self._coder.decode(model, count), dtype=np.int32)
-
-    def uniform(self, values: np.ndarray | None, sizes: np.ndarray) -> np.ndarray:
-        if self.encoding:
-            self._ops.append((values.astype(np.int32), _Uniform, sizes.astype(np.int32)))
-            return values
-        return np.asarray(self._coder.decode(_Uniform, sizes.astype(np.int32)), dtype=np.int64)
+        return np.asarray(self._coder.decode(*model), dtype=np.int64)
 
     def finish(self) -> bytes:
         coder = constriction.stream.stack.AnsCoder()
@@ -127,16 +141,47 @@ class _Channel:
     def exhausted(self) -> bool:
         return self._coder.is_empty()
 
-    def adaptive(self, values: np.ndarray | None, count: int, prior: np.ndarray) -> np.ndarray:
-        """Symbols in ``0..len(prior)-1`` under counts that start at ``prior``."""
-        # constriction needs two symbols; a one-symbol alphabet gets a never-used second.
-        counts = np.zeros(max(2, prior.size))
-        counts[: prior.size] = prior
-        out = np.empty(count, dtype=np.int32)
-        for start, end in block_bounds(count):
-            block = None if values is None else values[start:end]
-            out[start:end] = self.categorical(block, end - start, counts)
-            counts += np.bincount(out[start:end], minlength=counts.size)
+    def grouped(self, values: np.ndarray | None, groups: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Symbols in coding order; symbol i uses the model ``table[groups[i]]``.
+
+        ``groups`` is non-decreasing. Small work goes in one call with a probability row per
+        symbol, larger work in one call per run of equal groups.
+        """
+        n = groups.size
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        if n * table.shape[1] <= _TABLE_LIMIT:
+            return self._op(values, _Categorical, table[groups])
+        bounds = np.append(np.flatnonzero(np.diff(groups)) + 1, n)
+        out, start = [], 0
+        for end in bounds:
+            model = constriction.stream.model.Categorical(table[groups[start]], perfect=False)
+            chunk = None if values is None else values[start:end]
+            out.append(self._op(chunk, model) if self.encoding else self._op(None, model, int(end - start)))
+            start = end
+        return np.concatenate(out)
+
+    def adaptive(self, values: np.ndarray | None, contexts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """Symbols under per-context counts that start at ``prior[context]`` (or a shared row).
+
+        ``contexts`` is non-decreasing; counts are refreshed between refresh levels.
+        """
+        level = _levels(contexts)
+        order = np.argsort(level, kind="stable")
+        bounds = np.append(np.flatnonzero(np.diff(level[order])) + 1, level.size)
+        contexts_needed = int(contexts.max()) + 1 if contexts.size else 0
+        counts = np.repeat(prior, contexts_needed, axis=0) if prior.shape[0] == 1 else prior.astype(np.float64)
+        out = np.empty(contexts.size, dtype=np.int64)
+        start = 0
+        for end in bounds:
+            idx = order[start:end]
+            ctx = contexts[idx]
+            coded = self.grouped(None if values is None else values[idx], ctx, counts)
+            if not self.encoding and coded.size and coded.max() >= counts.shape[1]:
+                raise PayloadError("ans stream holds a token outside its alphabet")
+            out[idx] = coded
+            np.add.at(counts, (ctx, coded), 1.0)
+            start = end
         return out
 
     def raw_bits(self, values: np.ndarray | None, nbits: np.ndarray) -> np.ndarray:
@@ -146,94 +191,149 @@ class _Channel:
         has_low, has_high = low_bits > 0, nbits > _RAW_CHUNK
         low = None if values is None else (values & ((np.int64(1) << low_bits) - 1))[has_low]
         high = None if values is None else (values >> _RAW_CHUNK)[has_high]
-        low = self.uniform(low, np.left_shift(1, low_bits[has_low]))
-        high = self.uniform(high, np.left_shift(1, nbits[has_high] - _RAW_CHUNK))
+        low = self._op(low, _Uniform, np.left_shift(1, low_bits[has_low]).astype(np.int32))
+        high = self._op(high, _Uniform, np.left_shift(1, nbits[has_high] - _RAW_CHUNK).astype(np.int32))
         out = np.zeros(nbits.shape, dtype=np.int64)
         out[has_low] = low
         out[has_high] |= np.asarray(high, dtype=np.int64) << _RAW_CHUNK
         return out
 
-    def integers(self, values: np.ndarray | None, count: int, prior: np.ndarray) -> np.ndarray:
-        """Non-negative integers: adaptive tokens plus raw bits."""
+    def integers(self, values: np.ndarray | None, code_tokens) -> np.ndarray:
+        """Non-negative integers: tokens by ``code_tokens(tokens or None)``, then raw bits."""
         tokens, raw = (None, None) if values is None else to_tokens(values)[::2]
-        tokens = self.adaptive(tokens, count, prior)
+        tokens = code_tokens(tokens)
         return from_tokens(tokens, self.raw_bits(raw, token_bits(tokens)))
 
 
-def _uniform_prior(largest: int) -> np.ndarray:
-    """Equal pseudo-counts on every token up to the token of ``largest``."""
-    return np.full(int(to_tokens(np.array([largest]))[0][0]) + 1, _MAG_PRIOR)
+def _uniform_prior(largest: np.ndarray) -> np.ndarray:
+    """Per context, pseudo-counts on every token up to the token of ``largest[context]``."""
+    last = to_tokens(np.asarray(largest, dtype=np.int64))[0]
+    table = np.zeros((last.size, max(2, int(last.max()) + 1)))
+    table[np.arange(table.shape[1]) <= last[:, None]] = _TOKEN_PRIOR
+    return table
 
 
-def _gap_prior(nnz: int, length: int) -> np.ndarray:
-    """Token probabilities of a geometric gap with success rate ``nnz / length``."""
-    last = int(to_tokens(np.array([length - 1]))[0][0])
-    low, width = token_range(np.arange(last + 1))
-    rate = nnz / length
-    if rate >= 1.0:
-        mass = (low == 0).astype(np.float64)
-    else:
-        log_q = np.log1p(-rate)
+#: One context over every token: for the few per-message integers (floors, largest excess).
+_MAGNITUDE_PRIOR = _uniform_prior(np.array([_MAX_MAGNITUDE]))
+#: Floors are mostly 1 (coded as 0) wherever nothing pushes small values to zero.
+_FLOOR_PRIOR = _MAGNITUDE_PRIOR + np.eye(1, _MAGNITUDE_PRIOR.shape[1])
+
+
+def _geometric_table(rate: np.ndarray, longest: int) -> np.ndarray:
+    """Per rate, token probabilities of a geometric gap ``P(g) = rate * (1 - rate)**g``."""
+    low, width = token_range(np.arange(max(2, _token_of(longest) + 1)))
+    log_q = np.log1p(-np.minimum(rate, 1.0 - 1e-12))[:, None]
+    with np.errstate(under="ignore"):
         mass = np.exp(low * log_q) - np.exp((low + width) * log_q)
-    return _GAP_PRIOR_WEIGHT * mass + 1e-3
+    return mass + 1e-12
 
 
-def _code(ch: _Channel, length: int, flat: np.ndarray | None) -> np.ndarray:
-    """Code (or decode, ``flat=None``) a sparse int32 vector of ``length`` symbols."""
-    positions = None if flat is None else np.flatnonzero(flat)
-    nnz = ch.integers(None if flat is None else np.array([positions.size]), 1, _uniform_prior(length))
-    nnz = int(nnz[0])
-    if nnz > length:
-        raise PayloadError(f"ans stream declares {nnz} non-zeros in {length} symbols")
-    out = np.zeros(length, dtype=np.int32)
+class _Rows:
+    """The row layout of a message's tensors: both sides derive it from the shapes."""
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+        widths, tensors = [], []
+        for t, shape in enumerate(shapes):
+            size = int(np.prod(shape, dtype=np.int64))
+            if size == 0:
+                continue
+            natural = size // shape[0] if len(shape) >= 2 else size
+            width = min(natural, _MAX_ROW)
+            rows = -(-size // width)
+            widths.append(np.full(rows, width, dtype=np.int64))
+            widths[-1][-1] = size - (rows - 1) * width
+            tensors.append(np.full(rows, t, dtype=np.int64))
+        self.width = np.concatenate(widths) if widths else np.zeros(0, dtype=np.int64)
+        self.tensor = np.concatenate(tensors) if tensors else np.zeros(0, dtype=np.int64)
+        self.start = np.cumsum(self.width) - self.width
+        self.length = int(self.width.sum())
+        self.num_tensors = len(shapes)
+
+
+def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
+    """Code (or decode, ``flat=None``) the concatenated symbols laid out in ``rows``."""
+    enc = flat is not None
+    positions = np.flatnonzero(flat) if enc else None
+    row_of = np.searchsorted(rows.start, positions, side="right") - 1 if enc else None
+    # 1. non-zeros per row, adaptive per tensor
+    counts = np.bincount(row_of, minlength=rows.width.size) if enc else None
+    largest = np.zeros(rows.num_tensors, dtype=np.int64)
+    np.maximum.at(largest, rows.tensor, rows.width)
+    counts = ch.integers(counts, lambda tok: ch.adaptive(tok, rows.tensor, _uniform_prior(largest)))
+    if np.any(counts > rows.width):
+        raise PayloadError("ans stream declares more non-zeros in a row than it holds")
+    nnz = int(counts.sum())
+    out = np.zeros(rows.length, dtype=np.int32)
     if nnz == 0:
         return out
-    gaps = None if flat is None else np.diff(positions, prepend=-1) - 1
-    gaps = ch.integers(gaps, nnz, _gap_prior(nnz, length))
-    positions = np.cumsum(gaps + 1) - 1
-    if positions[-1] >= length:
-        raise PayloadError("ans stream places a non-zero beyond the end of the tensors")
-    values = None if flat is None else flat[positions].astype(np.int64)
-    magnitudes = None if flat is None else np.abs(values) - 1
-    biggest = None if flat is None else magnitudes.max(keepdims=True)
-    biggest = int(ch.integers(biggest, 1, _uniform_prior(_MAX_MAGNITUDE))[0])
-    if biggest > _MAX_MAGNITUDE:
-        raise PayloadError("ans stream declares a magnitude beyond the int32 range")
-    magnitudes = ch.integers(magnitudes, nnz, _uniform_prior(biggest))
-    if magnitudes.max() > biggest:
-        raise PayloadError("ans stream magnitude exceeds its declared maximum")
-    negative = None if flat is None else (values < 0).astype(np.int32)
-    negative = ch.adaptive(negative, nnz, np.full(2, _SIGN_PRIOR))
-    signed = np.where(negative == 1, -(magnitudes + 1), magnitudes + 1)
-    if signed.max() > np.iinfo(np.int32).max:
-        raise PayloadError("ans stream holds a positive symbol beyond the int32 range")
+    full = counts > 0
+    # 2. gaps within rows, geometric with the row's density
+    row_of = np.repeat(np.arange(counts.size), counts)
+    first = np.cumsum(counts) - counts  # index of each row's first non-zero
+    if enc:
+        column = positions - rows.start[row_of]
+        previous = np.empty_like(column)
+        previous[1:] = column[:-1]
+        previous[first[full]] = -1
+        gaps = column - previous - 1
+    rates, model = np.unique(counts[full] / rows.width[full], return_inverse=True)
+    table = _geometric_table(rates, int(rows.width.max()))
+    groups = np.repeat(model, counts[full])
+    gaps = ch.integers(gaps if enc else None, lambda tok: ch.grouped(tok, groups, table))
+    if not enc:
+        steps = np.cumsum(gaps + 1)
+        column = steps - np.repeat((steps - gaps - 1)[first[full]], counts[full]) - 1
+        if np.any(column >= rows.width[row_of]):
+            raise PayloadError("ans stream places a non-zero beyond the end of its row")
+        positions = rows.start[row_of] + column
+    # 3. magnitudes: per tensor the smallest (top-k and thresholds leave a floor), then the
+    #    excess over it under an adaptive model per tensor; the alphabet is bounded by the
+    #    message's largest excess
+    values = flat[positions].astype(np.int64) if enc else None
+    magnitude = np.abs(values) if enc else None
+    tensor_of = rows.tensor[row_of]
+    first_of_tensor = np.flatnonzero(np.diff(tensor_of, prepend=-1))
+    floors = np.minimum.reduceat(magnitude, first_of_tensor) - 1 if enc else None
+    one_context = np.zeros(first_of_tensor.size, dtype=np.int64)
+    floors = 1 + ch.integers(floors, lambda tok: ch.adaptive(tok, one_context, _FLOOR_PRIOR))
+    floor = np.repeat(floors, np.diff(np.append(first_of_tensor, nnz)))
+    excess = magnitude - floor if enc else None
+    biggest = excess.max(keepdims=True) if enc else None
+    biggest = int(ch.integers(biggest, lambda tok: ch.adaptive(tok, np.zeros(1, np.int64), _MAGNITUDE_PRIOR))[0])
+    prior = _uniform_prior(np.full(rows.num_tensors, biggest))
+    magnitude = floor + ch.integers(excess, lambda tok: ch.adaptive(tok, tensor_of, prior))
+    # 4. signs, adaptive per row (a filter's entries tend to move one way)
+    negative = ch.adaptive((values < 0).astype(np.int64) if enc else None, row_of, _SIGN_PRIOR)
+    signed = np.where(negative == 1, -magnitude, magnitude)
+    if signed.max() > np.iinfo(np.int32).max or signed.min() < np.iinfo(np.int32).min:
+        raise PayloadError("ans stream holds a symbol beyond the int32 range")
     out[positions] = signed
     return out
 
 
 @register
 class AnsCodec(Codec):
-    """Sparse-vector coder: positions, magnitudes, signs under adaptive models."""
+    """Row-structured sparse coder: counts, gaps, magnitudes, signs (see module docs)."""
 
     name = "ans"
     id = 3
 
     def encode(self, symbols: Sequence[np.ndarray]) -> bytes:
-        flat = np.concatenate([np.asarray(s, dtype=np.int32).reshape(-1) for s in symbols] or [np.zeros(0, np.int32)])
-        if flat.size > _MAX_VECTOR:
+        rows = _Rows([np.shape(s) for s in symbols])
+        if rows.length > _MAX_VECTOR:
             raise ValueError(f"ans codes at most {_MAX_VECTOR} symbols per message")
-        if flat.size == 0:
+        if rows.length == 0:
             return b""
+        flat = np.concatenate([np.asarray(s, dtype=np.int32).reshape(-1) for s in symbols])
         ch = _Channel()
-        _code(ch, flat.size, flat)
+        _code(ch, rows, flat)
         return ch.finish()
 
     def decode(self, data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-        length = sum(sizes)
-        if length > _MAX_VECTOR:
+        rows = _Rows(shapes)
+        if rows.length > _MAX_VECTOR:
             raise PayloadError(f"ans codes at most {_MAX_VECTOR} symbols per message")
-        if length == 0:
+        if rows.length == 0:
             if data:
                 raise PayloadError("ans body is not empty although there are no symbols")
             return [np.zeros(s, dtype=np.int32) for s in shapes]
@@ -241,7 +341,7 @@ class AnsCodec(Codec):
             raise PayloadError(f"ans body length {len(data)} is not a multiple of 4")
         try:
             ch = _Channel(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-            flat = _code(ch, length, None)
+            flat = _code(ch, rows, None)
             exhausted = ch.exhausted()
         except PayloadError:
             raise
@@ -249,5 +349,6 @@ class AnsCodec(Codec):
             raise PayloadError(f"ans stream is malformed: {exc}") from exc
         if not exhausted:
             raise PayloadError("ans stream has data left after the last symbol")
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
         bounds = np.cumsum([0] + sizes)
         return [flat[a:b].reshape(s) for a, b, s in zip(bounds[:-1], bounds[1:], shapes)]
