@@ -259,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             spec = CompressionSpec.from_dict({"scheme": scheme}).to_dict()
             spec.pop("codec", None)
             spec.pop("error_feedback", None)
-            title = f"{data_name}: {', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in spec.items())}"
+            described = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.items())
+            title = f"{data_name}: {scheme} ({', '.join(described)})"
             print(f"measuring {title} ...", file=sys.stderr)
             stats = measure([quantize(u, scheme) for u in updates], coder_list, args.repeats)
             sections.append(table(title, stats))

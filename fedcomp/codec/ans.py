@@ -44,31 +44,34 @@ from fedcomp.codec.base import Codec, register
 from fedcomp.errors import PayloadError
 
 _DIRECT = 4  # values 0..3 are tokens of their own
-_ALPHABET = 64  # tokens cover every value below 2**32
 _RAW_CHUNK = 16  # constriction's Uniform model takes sizes below 2**24
 _TOKEN_PRIOR = 0.1  # pseudo-count of every allowed token in an adaptive model
 _SIGN_PRIOR = np.array([[0.5, 0.5]])  # Krichevsky-Trofimov, the same for every row
 _MAX_ROW = 2**20  # rows are cut to at most this many symbols
 _MAX_VECTOR = 2**31 - 1  # symbols per message
 _MAX_MAGNITUDE = 2**32 - 1  # bounds every integer coded below (int32 range checked at the end)
-_TABLE_LIMIT = 2**20  # per-symbol probability rows are used up to this many table entries
+_TABLE_LIMIT = 2**18  # probability-table entries per coder call
+_MIN_RUN = 64  # runs of one model at least this long (on average) get a model object each
+_LEVEL_LOG2 = 1  # adaptive counts are refreshed after 1, 2, 4, 8, ... symbols of a context
 
 _Categorical = constriction.stream.model.Categorical(perfect=False)
 _Uniform = constriction.stream.model.Uniform()
 
 
+def _floor_log2(values: np.ndarray) -> np.ndarray:
+    """``floor(log2(v))`` of positive integers below 2**53 (exact, via the float exponent)."""
+    return np.frexp(values.astype(np.float64))[1].astype(np.int64) - 1
+
+
 def to_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split non-negative integers into (token, number of raw bits, raw bits)."""
     v = values.astype(np.int64)
-    exponent = np.zeros(v.shape, dtype=np.int64)
+    exponent = _floor_log2(v)
     big = v >= _DIRECT
-    exponent[big] = np.floor(np.log2(v[big])).astype(np.int64)
-    # log2 of large integers in float64 can round up at exact powers of two minus one.
-    exponent[big] -= (np.left_shift(1, exponent[big]) > v[big]).astype(np.int64)
     nbits = np.where(big, exponent - 1, 0)
-    top = np.where(big, (v >> np.maximum(nbits, 0)) & 1, 0)
+    top = (v >> nbits) & 1
     tokens = np.where(big, _DIRECT + 2 * (exponent - 2) + top, v)
-    raw = np.where(big, v & ((np.int64(1) << nbits) - 1), 0)
+    raw = v & ((np.int64(1) << nbits) - 1)
     return tokens.astype(np.int32), nbits.astype(np.int32), raw
 
 
@@ -95,21 +98,23 @@ def token_range(token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _token_of(value: int) -> int:
-    return int(to_tokens(np.array([value]))[0][0])
+    """:func:`to_tokens` of one integer, without numpy's per-call overhead."""
+    if value < _DIRECT:
+        return value
+    exponent = value.bit_length() - 1
+    return _DIRECT + 2 * (exponent - 2) + ((value >> (exponent - 1)) & 1)
 
 
 def _levels(contexts: np.ndarray) -> np.ndarray:
-    """Refresh level of each symbol: 0 for a context's first, then 1, 2, 2, 3, 3, 3, 3, ...
+    """Refresh level of each symbol within its context: rank 0 is level 0, ranks
+    ``[G**(l-1), G**l)`` level ``l``, with ``G = 2**_LEVEL_LOG2``.
 
     ``contexts`` must be non-decreasing (symbols of one context are contiguous).
     """
     n = contexts.size
     starts = np.flatnonzero(np.diff(contexts, prepend=-1))
     rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-    level = np.zeros(n, dtype=np.int8)
-    nonzero = rank > 0
-    level[nonzero] = np.floor(np.log2(rank[nonzero])).astype(np.int8) + 1
-    return level
+    return np.where(rank > 0, _floor_log2(rank) // _LEVEL_LOG2 + 1, 0).astype(np.int8)
 
 
 class _Channel:
@@ -141,18 +146,30 @@ class _Channel:
     def exhausted(self) -> bool:
         return self._coder.is_empty()
 
-    def grouped(self, values: np.ndarray | None, groups: np.ndarray, table: np.ndarray) -> np.ndarray:
+    def grouped(
+        self, values: np.ndarray | None, groups: np.ndarray, table: np.ndarray, order: np.ndarray | None = None
+    ) -> np.ndarray:
         """Symbols in coding order; symbol i uses the model ``table[groups[i]]``.
 
-        ``groups`` is non-decreasing. Small work goes in one call with a probability row per
-        symbol, larger work in one call per run of equal groups.
+        ``groups`` is non-decreasing. Long runs of one group are coded with one model each;
+        otherwise every symbol gets its probability row (in chunks of bounded size). With
+        ``order``, symbol i is ``values[order[i]]`` and the result is in ``values``' order.
         """
+        if order is not None:
+            coded = self.grouped(None if values is None else values[order], groups, table)
+            out = np.empty_like(coded)
+            out[order] = coded
+            return out
         n = groups.size
         if n == 0:
             return np.zeros(0, dtype=np.int64)
-        if n * table.shape[1] <= _TABLE_LIMIT:
-            return self._op(values, _Categorical, table[groups])
         bounds = np.append(np.flatnonzero(np.diff(groups)) + 1, n)
+        if bounds.size * _MIN_RUN > n:  # many short runs: probability rows, in chunks
+            step = max(1, _TABLE_LIMIT // table.shape[1])
+            return np.concatenate([
+                self._op(None if values is None else values[a : a + step], _Categorical, table[groups[a : a + step]])
+                for a in range(0, n, step)
+            ])
         out, start = [], 0
         for end in bounds:
             model = constriction.stream.model.Categorical(table[groups[start]], perfect=False)
@@ -180,7 +197,7 @@ class _Channel:
             if not self.encoding and coded.size and coded.max() >= counts.shape[1]:
                 raise PayloadError("ans stream holds a token outside its alphabet")
             out[idx] = coded
-            np.add.at(counts, (ctx, coded), 1.0)
+            counts += np.bincount(ctx * counts.shape[1] + coded, minlength=counts.size).reshape(counts.shape)
             start = end
         return out
 
@@ -253,7 +270,7 @@ class _Rows:
 def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     """Code (or decode, ``flat=None``) the concatenated symbols laid out in ``rows``."""
     enc = flat is not None
-    positions = np.flatnonzero(flat) if enc else None
+    positions = np.flatnonzero(flat != 0) if enc else None  # 5x faster than on int32
     row_of = np.searchsorted(rows.start, positions, side="right") - 1 if enc else None
     # 1. non-zeros per row, adaptive per tensor
     counts = np.bincount(row_of, minlength=rows.width.size) if enc else None
@@ -276,10 +293,14 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
         previous[1:] = column[:-1]
         previous[first[full]] = -1
         gaps = column - previous - 1
+    # (coded row by row in order of their model, so that each model is one run)
     rates, model = np.unique(counts[full] / rows.width[full], return_inverse=True)
     table = _geometric_table(rates, int(rows.width.max()))
-    groups = np.repeat(model, counts[full])
-    gaps = ch.integers(gaps if enc else None, lambda tok: ch.grouped(tok, groups, table))
+    by_model = np.argsort(model, kind="stable")
+    sizes = counts[full][by_model]
+    order = np.repeat(first[full][by_model] - (np.cumsum(sizes) - sizes), sizes) + np.arange(nnz)
+    gaps = ch.integers(gaps if enc else None,
+                       lambda tok: ch.grouped(tok, np.repeat(model[by_model], sizes), table, order))
     if not enc:
         steps = np.cumsum(gaps + 1)
         column = steps - np.repeat((steps - gaps - 1)[first[full]], counts[full]) - 1
