@@ -47,7 +47,7 @@ try:
 except ImportError:  # dev extra
     zstandard = None
 
-REAL_SCHEMES = ["topk-uniform-ans", "stc", "nnc"]
+REAL_SCHEMES = ["topk-uniform-ans", "stc", "nnc", "uniform-ans"]
 RESULTS = Path(__file__).parent / "results" / "codec.md"
 
 

@@ -51,7 +51,7 @@ _MAX_ROW = 2**20  # rows are cut to at most this many symbols
 _MAX_VECTOR = 2**31 - 1  # symbols per message
 _MAX_MAGNITUDE = 2**32 - 1  # bounds every integer coded below (int32 range checked at the end)
 _TABLE_LIMIT = 2**18  # probability-table entries per coder call
-_MIN_RUN = 64  # runs of one model at least this long (on average) get a model object each
+_MIN_RUN = 512  # runs of one model at least this long (on average) get a model object each
 _LEVEL_LOG2 = 1  # adaptive counts are refreshed after 1, 2, 4, 8, ... symbols of a context
 
 _Categorical = constriction.stream.model.Categorical(perfect=False)
