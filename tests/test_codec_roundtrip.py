@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,3 +87,23 @@ def test_tokens_round_trip(values):
 def test_unknown_codec_lists_valid_names():
     with pytest.raises(ConfigError, match="ans.*deepcabac.*float32.*raw"):
         get_codec("zip")
+
+
+def test_deepcabac_without_nncodec_says_how_to_install(monkeypatch):
+    # a None entry in sys.modules makes the import fail as if nncodec were absent
+    monkeypatch.setitem(sys.modules, "nncodec.extensions", None)
+    monkeypatch.setitem(sys.modules, "nncodec.extensions.deepCABAC", None)
+    with pytest.raises(ConfigError, match=r"pip install 'fedcomp\[deepcabac\]'"):
+        get_codec("deepcabac")
+
+
+def test_ans_long_rows_are_split():
+    rng = np.random.default_rng(5)
+    tensors = [np.zeros(2**20 + 5, np.int32), np.zeros((2, 2**20 + 3), np.int32)]
+    for t in tensors:
+        flat = t.reshape(-1)
+        flat[rng.integers(0, flat.size, 50)] = rng.integers(-9, 9, 50)
+        flat[-1] = -(2**31)
+    codec = get_codec("ans")
+    decoded = codec.decode(codec.encode(tensors), [t.shape for t in tensors])
+    assert all(np.array_equal(a, b) for a, b in zip(tensors, decoded))

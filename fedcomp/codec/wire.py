@@ -44,7 +44,8 @@ codec and flags; that the total length is exactly header + body + CRC; the CRC; 
 index and parameter against the manifest. Symbol arrays are then allocated at the
 manifest's sizes, and decoded symbols outside what their quantization kind allows are
 rejected. Every malformed payload raises :class:`~fedcomp.errors.PayloadError`; nothing is
-ever unpickled.
+ever unpickled. (A well-formed payload of an optional codec this installation lacks raises
+:class:`~fedcomp.errors.ConfigError` saying what to install.)
 """
 
 from __future__ import annotations
