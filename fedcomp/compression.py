@@ -199,20 +199,35 @@ class Compressor:
             out[name] = values
         return out
 
-    def quantize(self, update: Mapping[str, np.ndarray]) -> list[QuantizedTensor]:
-        """Sparsify and quantize (no error feedback, no coding): the symbols to send."""
+    def quantize(
+        self, update: Mapping[str, np.ndarray], relevance: Mapping[str, np.ndarray] | None = None
+    ) -> list[QuantizedTensor]:
+        """Sparsify and quantize (no error feedback, no coding): the symbols to send.
+
+        ``relevance`` (per-weight, same shapes) goes to relevance-aware quantizers.
+        """
         if self.sparsifier is not None:
             rng = np.random.default_rng([self.spec.seed, self.rounds])
             update = self.sparsifier.sparsify(update, rng)
         if self.quantizer is None:
             return [float32_tensor(name, v) for name, v in update.items()]
-        return [self.quantizer.quantize(v, name) for name, v in update.items()]
+        relevance = relevance or {}
+        return [self.quantizer.quantize(v, name, relevance.get(name)) for name, v in update.items()]
 
-    def compress(self, update: Mapping[str, np.ndarray], flags: int = 0) -> bytes:
-        """Payload bytes for ``update`` (a subset of the manifest); updates the residual."""
+    def compress(
+        self,
+        update: Mapping[str, np.ndarray],
+        flags: int = 0,
+        relevance: Mapping[str, np.ndarray] | None = None,
+    ) -> bytes:
+        """Payload bytes for ``update`` (a subset of the manifest); updates the residual.
+
+        ``flags``: wire flags (e.g. :data:`~fedcomp.codec.wire.FLAG_FULL_MODEL`);
+        ``relevance``: optional per-weight relevances for relevance-aware quantizers.
+        """
         update = self._check(update)
         corrected = self.feedback.corrected(update) if self.feedback else update
-        self.last_quantized = self.quantize(corrected)
+        self.last_quantized = self.quantize(corrected, relevance)
         self.last_reconstruction = {t.name: t.dequantize() for t in self.last_quantized}
         if self.feedback:
             self.feedback.record(corrected, self.last_reconstruction)

@@ -147,3 +147,23 @@ def test_spec_from_toml_and_scheme_override():
 def test_decompress_rejects_garbage():
     with pytest.raises(PayloadError):
         decompress(b"\x00" * 64, MANIFEST)
+
+
+def test_flags_and_relevance_reach_the_wire_and_the_quantizer():
+    from fedcomp.codec import FLAG_FULL_MODEL, decode_payload
+    from fedcomp.quant import UniformQuantizer
+
+    seen = {}
+
+    class RecordingQuantizer(UniformQuantizer):
+        def quantize(self, values, name="", relevance=None):
+            seen[name] = relevance
+            return super().quantize(values, name, relevance)
+
+    comp = Compressor(CompressionSpec.from_dict({"quantizer": "uniform"}), MANIFEST)
+    comp.quantizer = RecordingQuantizer(qp=-32)
+    update = _update()
+    relevance = {"fc.weight": np.ones((10, 64), np.float32)}
+    payload = comp.compress(update, flags=FLAG_FULL_MODEL, relevance=relevance)
+    assert decode_payload(payload, MANIFEST).flags == FLAG_FULL_MODEL
+    assert seen["fc.weight"] is relevance["fc.weight"] and seen["conv.weight"] is None
