@@ -39,7 +39,7 @@ import numpy as np
 from fedcomp.codec import get_codec
 from fedcomp.codec.deepcabac import available as deepcabac_available
 from fedcomp.codec.wire import encode_payload
-from fedcomp.compression import CompressionSpec, Compressor
+from fedcomp.compression import SCHEMES, CompressionSpec, Compressor
 from fedcomp.params import ParamManifest
 
 try:
@@ -213,6 +213,15 @@ def table(title: str, stats: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_row(label: str, stats: dict[str, dict[str, float]]) -> str:
+    """ans against DeepCABAC in one line: size ratio and speed-ups (>1: ans is faster)."""
+    ans, ref = stats["ans"], stats.get("deepcabac")
+    if ref is None:
+        return f"| {label} | {8 * ans['bytes'] / ans['params']:.4f} | - | - | - |"
+    return (f"| {label} | {8 * ans['bytes'] / ans['params']:.4f} | {ans['bytes'] / ref['bytes']:.3f} | "
+            f"{ref['enc_s'] / ans['enc_s']:.2f}x | {ref['dec_s'] / ans['dec_s']:.2f}x |")
+
+
 def environment() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -253,29 +262,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         datasets[f"real updates ({args.updates.name})"] = load_updates(args.updates)
 
-    sections = []
+    sections, summary = [], []
     for data_name, updates in datasets.items():
         for scheme in args.schemes:
-            spec = CompressionSpec.from_dict({"scheme": scheme}).to_dict()
-            spec.pop("codec", None)
-            spec.pop("error_feedback", None)
-            described = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.items())
-            title = f"{data_name}: {scheme} ({', '.join(described)})"
+            quantization = {k: v for k, v in SCHEMES[scheme].items() if k not in ("codec", "error_feedback")}
+            described = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in quantization.items())
+            title = f"{data_name}, quantized as scheme `{scheme}` ({described})"
             print(f"measuring {title} ...", file=sys.stderr)
             stats = measure([quantize(u, scheme) for u in updates], coder_list, args.repeats)
             sections.append(table(title, stats))
+            summary.append(summary_row(f"{data_name}, `{scheme}`", stats))
             print(sections[-1])
 
+    command = ["benchmarks/codec_bench.py", f"--repeats {args.repeats}", f"--seed {args.seed}"]
+    if datasets.keys() - {f"synthetic Laplacian, {name}" for name in synthetic_sets(args.seed)}:
+        command.insert(1, f"--updates {args.updates}")
+    if args.schemes != REAL_SCHEMES:
+        command.append("--schemes " + " ".join(args.schemes))
     note = f"\nReal-update corpus: {args.updates_note}\n" if args.updates_note else ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# Codec benchmark\n\n"
-        f"Produced by `{' '.join(['benchmarks/codec_bench.py'] + list(argv if argv is not None else sys.argv[1:]))}` "
-        f"on {environment()}.\n"
+        f"Produced by `{' '.join(command)}` on {environment()}.\n"
         f"Medians of {args.repeats} interleaved repeats per payload, all codecs in the same run; "
         "throughput is float32 input bytes (4 per parameter) over the codec step alone "
         "(symbols <-> bytes). Each update is quantized on its own, without error feedback.\n"
-        + note + "\n" + "\n".join(sections)
+        + note
+        + "\n## Summary: ans against DeepCABAC\n\n"
+        + "| data, quantization | ans bits/param | size vs DeepCABAC | encode speed vs DeepCABAC "
+        + "| decode speed vs DeepCABAC |\n|---|---:|---:|---:|---:|\n"
+        + "\n".join(summary)
+        + "\n\n## Per codec\n\n"
+        + "\n".join(sections)
     )
     print(f"wrote {args.out}", file=sys.stderr)
 
