@@ -107,3 +107,14 @@ def test_ans_long_rows_are_split():
     codec = get_codec("ans")
     decoded = codec.decode(codec.encode(tensors), [t.shape for t in tensors])
     assert all(np.array_equal(a, b) for a, b in zip(tensors, decoded))
+
+
+def test_ans_large_streams_take_the_per_run_paths():
+    # beyond the probability-table limit the coder switches to one model per run and to
+    # chunked probability rows; both sides must follow the same path
+    rng = np.random.default_rng(6)
+    dense = rng.integers(-40, 40, size=(600, 500)).astype(np.int32)
+    sparse = np.where(rng.random((3, 200_000)) < 0.3, rng.integers(-5, 5, (3, 200_000)), 0).astype(np.int32)
+    codec = get_codec("ans")
+    decoded = codec.decode(codec.encode([dense, sparse]), [dense.shape, sparse.shape])
+    assert np.array_equal(decoded[0], dense) and np.array_equal(decoded[1], sparse)

@@ -151,8 +151,9 @@ class _Channel:
     ) -> np.ndarray:
         """Symbols in coding order; symbol i uses the model ``table[groups[i]]``.
 
-        ``groups`` is non-decreasing. Long runs of one group are coded with one model each;
-        otherwise every symbol gets its probability row (in chunks of bounded size). With
+        ``groups`` is non-decreasing. Small tables, or many short runs, give every symbol its
+        probability row (in chunks of bounded size); long runs of one group are coded with
+        one model each. With
         ``order``, symbol i is ``values[order[i]]`` and the result is in ``values``' order.
         """
         if order is not None:
@@ -163,6 +164,8 @@ class _Channel:
         n = groups.size
         if n == 0:
             return np.zeros(0, dtype=np.int64)
+        if n * table.shape[1] <= _TABLE_LIMIT:
+            return self._op(values, _Categorical, table[groups])
         bounds = np.append(np.flatnonzero(np.diff(groups)) + 1, n)
         if bounds.size * _MIN_RUN > n:  # many short runs: probability rows, in chunks
             step = max(1, _TABLE_LIMIT // table.shape[1])
@@ -185,21 +188,43 @@ class _Channel:
         """
         level = _levels(contexts)
         order = np.argsort(level, kind="stable")
-        bounds = np.append(np.flatnonzero(np.diff(level[order])) + 1, level.size)
         contexts_needed = int(contexts.max()) + 1 if contexts.size else 0
-        counts = np.repeat(prior, contexts_needed, axis=0) if prior.shape[0] == 1 else prior.astype(np.float64)
+        prior = np.repeat(prior, contexts_needed, axis=0) if prior.shape[0] == 1 else prior.astype(np.float64)
+        if self.encoding and contexts.size * prior.shape[1] <= _TABLE_LIMIT:
+            return self._adaptive_at_once(values, contexts, level, order, prior)
+        bounds = np.append(np.flatnonzero(np.diff(level[order])) + 1, level.size)
+        # integer counts plus the prior, added afresh each time: the encoder's shortcut
+        # computes the very same floats
+        seen = np.zeros(prior.shape, dtype=np.int64)
         out = np.empty(contexts.size, dtype=np.int64)
         start = 0
         for end in bounds:
             idx = order[start:end]
             ctx = contexts[idx]
-            coded = self.grouped(None if values is None else values[idx], ctx, counts)
-            if not self.encoding and coded.size and coded.max() >= counts.shape[1]:
+            coded = self.grouped(None if values is None else values[idx], ctx, prior + seen)
+            if not self.encoding and coded.size and coded.max() >= prior.shape[1]:
                 raise PayloadError("ans stream holds a token outside its alphabet")
             out[idx] = coded
-            counts += np.bincount(ctx * counts.shape[1] + coded, minlength=counts.size).reshape(counts.shape)
+            seen += np.bincount(ctx * prior.shape[1] + coded, minlength=prior.size).reshape(prior.shape)
             start = end
         return out
+
+    def _adaptive_at_once(
+        self, values: np.ndarray, contexts: np.ndarray, level: np.ndarray, order: np.ndarray, prior: np.ndarray
+    ) -> np.ndarray:
+        """Encoder shortcut for a small stream: every level's probability rows in one op.
+
+        The decoder goes level by level with one probability row per symbol (the table is
+        small, see :meth:`grouped`); pushing the same rows in the same order in one call
+        writes the same ANS stream.
+        """
+        ctx, lev, val = contexts[order], level[order].astype(np.int64), values[order]
+        levels, num_ctx, k = int(lev[-1]) + 1, prior.shape[0], prior.shape[1]
+        seen = np.bincount((lev * num_ctx + ctx) * k + val, minlength=levels * num_ctx * k)
+        seen = seen.reshape(levels, num_ctx, k)
+        before = np.cumsum(seen, axis=0) - seen  # counts from lower levels only
+        self._op(val, _Categorical, prior[ctx] + before[lev, ctx])
+        return values
 
     def raw_bits(self, values: np.ndarray | None, nbits: np.ndarray) -> np.ndarray:
         """``nbits[i]`` uniform bits per value, in chunks the Uniform model accepts."""
