@@ -46,9 +46,13 @@ def accuracy_curve(rounds: list[dict[str, Any]], initial_accuracy: float | None)
 
 
 class RunRecorder:
-    """Writes a run's files as the run goes: a row per round, the summary at the end."""
+    """Writes a run's files as the run goes: a row per round, the summary at the end.
 
-    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter) -> None:
+    Without a meter (a strategy that meters nothing, such as Flower's stock FedAvg in the
+    overhead benchmark) the rows and summary carry accuracy and times only.
+    """
+
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None) -> None:
         self.run_dir = Path(run_dir)
         self.meter = meter
         self.config = dict(config)
@@ -63,50 +67,50 @@ class RunRecorder:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
 
     def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
-                   round_seconds: float, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   round_seconds: float) -> dict[str, Any]:
         """Append the row of ``round`` to rounds.jsonl and return it."""
-        this = self.meter.totals(round=round)
-        cum = self.meter.totals(upto=round)
-        clients = [{"partition_id": partition_of.get(c["client"]), **c} for c in self.meter.per_client(round)]
-        row = {
-            "round": round,
-            "accuracy": float(metrics["accuracy"]),
-            "loss": float(metrics["loss"]),
-            **this,
-            **{f"cum_{k}": v for k, v in cum.items()},
-            "cum_bytes_total": cum["bytes_up"] + cum["bytes_down"],
-            "cum_message_bytes_total": cum["message_bytes_up"] + cum["message_bytes_down"],
-            "round_seconds": round_seconds,
-            "wall_seconds": time.perf_counter() - self.started,
-            **(dict(extra) if extra else {}),
-            "clients": clients,
-        }
+        row: dict[str, Any] = {"round": round, "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+        if self.meter is not None:
+            cum = self.meter.totals(upto=round)
+            row.update(self.meter.totals(round=round))
+            row.update({f"cum_{k}": v for k, v in cum.items()})
+            row["cum_bytes_total"] = cum["bytes_up"] + cum["bytes_down"]
+            row["cum_message_bytes_total"] = cum["message_bytes_up"] + cum["message_bytes_down"]
+        row["round_seconds"] = round_seconds
+        row["wall_seconds"] = time.perf_counter() - self.started
+        if self.meter is not None:
+            row["clients"] = [{"partition_id": partition_of.get(c["client"]), **c}
+                              for c in self.meter.per_client(round)]
         self.rows.append(row)
         with (self.run_dir / "rounds.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         return row
 
     def finish(self) -> dict[str, Any]:
-        """Write summary.json and accuracy_vs_bytes.png; return the summary."""
-        totals = self.meter.totals()
-        bytes_total = totals["bytes_up"] + totals["bytes_down"]
-        fedavg_total = totals["dense_bytes_up"] + totals["dense_bytes_down"]
+        """Write summary.json (and, when metered, accuracy_vs_bytes.png); return the summary."""
         accuracies = [r["accuracy"] for r in self.rows]
-        summary = {
+        summary: dict[str, Any] = {
             "final_accuracy": accuracies[-1] if accuracies else None,
             "best_accuracy": max(accuracies) if accuracies else None,
             "initial_accuracy": self.initial["accuracy"] if self.initial else None,
             "rounds": len(self.rows),
             "num_clients": int(self.config["num_clients"]),
             "preset": self.config.get("output.preset"),
-            **totals,
-            "bytes_total": bytes_total,
-            "message_bytes_total": totals["message_bytes_up"] + totals["message_bytes_down"],
-            "fedavg_bytes_total": fedavg_total,
-            "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
-            "wall_seconds": time.perf_counter() - self.started,
         }
+        if self.meter is not None:
+            totals = self.meter.totals()
+            bytes_total = totals["bytes_up"] + totals["bytes_down"]
+            fedavg_total = totals["dense_bytes_up"] + totals["dense_bytes_down"]
+            summary.update(totals)
+            summary.update({
+                "bytes_total": bytes_total,
+                "message_bytes_total": totals["message_bytes_up"] + totals["message_bytes_down"],
+                "fedavg_bytes_total": fedavg_total,
+                "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
+            })
+        summary["wall_seconds"] = time.perf_counter() - self.started
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        curve = accuracy_curve(self.rows, summary["initial_accuracy"])
-        plot_accuracy_vs_mb({str(summary["preset"]): curve}, self.run_dir / "accuracy_vs_bytes.png")
+        if self.meter is not None:
+            curve = accuracy_curve(self.rows, summary["initial_accuracy"])
+            plot_accuracy_vs_mb({str(summary["preset"]): curve}, self.run_dir / "accuracy_vs_bytes.png")
         return summary

@@ -1,17 +1,21 @@
-"""The fedcomp ServerApp: builds the run from its settings and drives FedAvg round by round.
+"""The fedcomp ServerApp: builds the run from its settings and drives a strategy round by round.
 
 After every round it evaluates the global model on the central test set and appends a row
 to the run's ``rounds.jsonl``; at the end it writes ``summary.json`` and the plot.
+`serve` holds all of that for any Flower strategy, so that a baseline (Flower's stock
+FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedcomp.config import from_run_config
 from fedcomp.experiment import eval_loader, run_model
@@ -23,6 +27,8 @@ from strategies.channel import dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
 app = ServerApp()
+
+StrategyBuilder = Callable[[dict[str, Any], ParamManifest], Strategy]
 
 
 class UpdateDump:
@@ -39,46 +45,47 @@ class UpdateDump:
         np.savez(path, **self.arrays)
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
+def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
+    """Run ``build_strategy``'s strategy for the configured rounds; write the run's files into the returned folder.
+
+    A strategy with a ``meter`` (a `TransferMeter`) gets its bytes recorded; ``round_seconds``
+    is the wall time from the end of one round's central evaluation to the end of the next.
+    """
     config = from_run_config(context.run_config)
     run_dir = Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
     model = run_model(config)
-    manifest = ParamManifest.from_model(model)
-    meter = TransferMeter()
-    recorder = RunRecorder(run_dir, config, meter)
-    dump = UpdateDump() if config["output.dump_updates"] else None
-    strategy = FedAvg(
-        manifest,
-        fraction_train=float(config["fraction"]),
-        min_train_nodes=int(config["server.min_clients"]),
-        fraction_evaluate=1.0 if config["eval.federated"] else 0.0,
-        seed=int(config["seed"]),
-        meter=meter,
-        on_client_update=dump,
-    )
+    strategy = build_strategy(config, ParamManifest.from_model(model))
+    recorder = RunRecorder(run_dir, config, getattr(strategy, "meter", None))
     test = eval_loader(config)
     clock = {"t": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_arrays(model, record_tensors(arrays))
         metrics = evaluate(model, test)
+        now = time.perf_counter()
         if server_round == 0:
             recorder.initial_evaluation(metrics)
-            clock["t"] = time.perf_counter()
         else:
-            now = time.perf_counter()
-            recorder.round_done(server_round, metrics, strategy.partition_of, now - clock["t"])
-            clock["t"] = now
+            recorder.round_done(server_round, metrics, getattr(strategy, "partition_of", {}), now - clock["t"])
+        clock["t"] = now
         return MetricRecord({"accuracy": metrics["accuracy"], "loss": metrics["loss"]})
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=dense_record(state_arrays(model)),
-        num_rounds=int(config["rounds"]),
-        train_config=ConfigRecord(),
-        evaluate_fn=round_end,
-    )
+    strategy.start(grid=grid, initial_arrays=dense_record(state_arrays(model)), num_rounds=int(config["rounds"]),
+                   train_config=ConfigRecord(), evaluate_fn=round_end)
     recorder.finish()
-    if dump is not None:
+    return run_dir
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    dump = UpdateDump()
+
+    def fedavg(config: dict[str, Any], manifest: ParamManifest) -> FedAvg:
+        return FedAvg(manifest, fraction_train=float(config["fraction"]),
+                      min_train_nodes=int(config["server.min_clients"]),
+                      fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
+                      meter=TransferMeter(), on_client_update=dump if config["output.dump_updates"] else None)
+
+    run_dir = serve(grid, context, fedavg)
+    if dump.arrays:
         dump.save(run_dir / "updates.npz")
