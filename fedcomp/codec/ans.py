@@ -35,6 +35,7 @@ already decoded, which is all it needs.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import constriction
@@ -229,22 +230,29 @@ class _Channel:
     def raw_bits(self, values: np.ndarray | None, nbits: np.ndarray) -> np.ndarray:
         """``nbits[i]`` uniform bits per value, in chunks the Uniform model accepts."""
         nbits = nbits.astype(np.int64)
-        low_bits = np.minimum(nbits, _RAW_CHUNK)
-        has_low, has_high = low_bits > 0, nbits > _RAW_CHUNK
-        low = None if values is None else (values & ((np.int64(1) << low_bits) - 1))[has_low]
-        high = None if values is None else (values >> _RAW_CHUNK)[has_high]
-        low = self._op(low, _Uniform, np.left_shift(1, low_bits[has_low]).astype(np.int32))
-        high = self._op(high, _Uniform, np.left_shift(1, nbits[has_high] - _RAW_CHUNK).astype(np.int32))
         out = np.zeros(nbits.shape, dtype=np.int64)
-        out[has_low] = low
-        out[has_high] |= np.asarray(high, dtype=np.int64) << _RAW_CHUNK
+        has_low = nbits > 0
+        if not has_low.any():
+            return out
+        low_bits = np.minimum(nbits[has_low], _RAW_CHUNK)
+        low = None if values is None else values[has_low] & ((np.int64(1) << low_bits) - 1)
+        out[has_low] = self._op(low, _Uniform, np.left_shift(1, low_bits).astype(np.int32))
+        has_high = nbits > _RAW_CHUNK
+        if has_high.any():
+            high = None if values is None else values[has_high] >> _RAW_CHUNK
+            sizes = np.left_shift(1, nbits[has_high] - _RAW_CHUNK).astype(np.int32)
+            out[has_high] |= np.asarray(self._op(high, _Uniform, sizes), dtype=np.int64) << _RAW_CHUNK
         return out
 
     def integers(self, values: np.ndarray | None, code_tokens) -> np.ndarray:
         """Non-negative integers: tokens by ``code_tokens(tokens or None)``, then raw bits."""
-        tokens, raw = (None, None) if values is None else to_tokens(values)[::2]
-        tokens = code_tokens(tokens)
-        return from_tokens(tokens, self.raw_bits(raw, token_bits(tokens)))
+        if self.encoding:
+            tokens, nbits, raw = to_tokens(values)
+            code_tokens(tokens)
+            self.raw_bits(raw, nbits)
+            return values
+        tokens = code_tokens(None)
+        return from_tokens(tokens, self.raw_bits(None, token_bits(tokens)))
 
 
 def _uniform_prior(largest: np.ndarray) -> np.ndarray:
@@ -271,9 +279,12 @@ def _geometric_table(rate: np.ndarray, longest: int) -> np.ndarray:
 
 
 class _Rows:
-    """The row layout of a message's tensors: both sides derive it from the shapes."""
+    """The row layout of a message's tensors: both sides derive it from the shapes.
 
-    def __init__(self, shapes: Sequence[tuple[int, ...]]) -> None:
+    Use :func:`_rows_for`, which caches layouts (a sender sends the same shapes each round).
+    """
+
+    def __init__(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         widths, tensors = [], []
         for t, shape in enumerate(shapes):
             size = int(np.prod(shape, dtype=np.int64))
@@ -290,6 +301,18 @@ class _Rows:
         self.start = np.cumsum(self.width) - self.width
         self.length = int(self.width.sum())
         self.num_tensors = len(shapes)
+        for array in (self.width, self.tensor, self.start):
+            array.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_rows(shapes: tuple[tuple[int, ...], ...]) -> _Rows:
+    return _Rows(shapes)
+
+
+def _rows_for(shapes: Sequence[Sequence[int]]) -> _Rows:
+    """The (cached, read-only) row layout of tensors with these shapes."""
+    return _cached_rows(tuple(tuple(int(d) for d in shape) for shape in shapes))
 
 
 def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
@@ -365,7 +388,7 @@ class AnsCodec(Codec):
     id = 3
 
     def encode(self, symbols: Sequence[np.ndarray]) -> bytes:
-        rows = _Rows([np.shape(s) for s in symbols])
+        rows = _rows_for([np.shape(s) for s in symbols])
         if rows.length > _MAX_VECTOR:
             raise ValueError(f"ans codes at most {_MAX_VECTOR} symbols per message")
         if rows.length == 0:
@@ -376,7 +399,7 @@ class AnsCodec(Codec):
         return ch.finish()
 
     def decode(self, data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-        rows = _Rows(shapes)
+        rows = _rows_for(shapes)
         if rows.length > _MAX_VECTOR:
             raise PayloadError(f"ans codes at most {_MAX_VECTOR} symbols per message")
         if rows.length == 0:
