@@ -258,7 +258,7 @@ class _Channel:
 def _uniform_prior(largest: np.ndarray) -> np.ndarray:
     """Per context, pseudo-counts on every token up to the token of ``largest[context]``."""
     last = to_tokens(np.asarray(largest, dtype=np.int64))[0]
-    table = np.zeros((last.size, max(2, int(last.max()) + 1)))
+    table = np.zeros((last.size, max(2, int(last.max(initial=0)) + 1)))
     table[np.arange(table.shape[1]) <= last[:, None]] = _TOKEN_PRIOR
     return table
 
@@ -269,9 +269,14 @@ _MAGNITUDE_PRIOR = _uniform_prior(np.array([_MAX_MAGNITUDE]))
 _FLOOR_PRIOR = _MAGNITUDE_PRIOR + np.eye(1, _MAGNITUDE_PRIOR.shape[1])
 
 
+@functools.lru_cache(maxsize=64)
+def _token_ranges(alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    return token_range(np.arange(alphabet))
+
+
 def _geometric_table(rate: np.ndarray, longest: int) -> np.ndarray:
     """Per rate, token probabilities of a geometric gap ``P(g) = rate * (1 - rate)**g``."""
-    low, width = token_range(np.arange(max(2, _token_of(longest) + 1)))
+    low, width = _token_ranges(max(2, _token_of(longest) + 1))
     log_q = np.log1p(-np.minimum(rate, 1.0 - 1e-12))[:, None]
     with np.errstate(under="ignore"):
         mass = np.exp(low * log_q) - np.exp((low + width) * log_q)
@@ -301,7 +306,10 @@ class _Rows:
         self.start = np.cumsum(self.width) - self.width
         self.length = int(self.width.sum())
         self.num_tensors = len(shapes)
-        for array in (self.width, self.tensor, self.start):
+        widest = np.zeros(self.num_tensors, dtype=np.int64)
+        np.maximum.at(widest, self.tensor, self.width)
+        self.count_prior = _uniform_prior(widest)  # a row holds 0..width non-zeros
+        for array in (self.width, self.tensor, self.start, self.count_prior):
             array.setflags(write=False)
 
 
@@ -322,9 +330,7 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     row_of = np.searchsorted(rows.start, positions, side="right") - 1 if enc else None
     # 1. non-zeros per row, adaptive per tensor
     counts = np.bincount(row_of, minlength=rows.width.size) if enc else None
-    largest = np.zeros(rows.num_tensors, dtype=np.int64)
-    np.maximum.at(largest, rows.tensor, rows.width)
-    counts = ch.integers(counts, lambda tok: ch.adaptive(tok, rows.tensor, _uniform_prior(largest)))
+    counts = ch.integers(counts, lambda tok: ch.adaptive(tok, rows.tensor, rows.count_prior))
     if np.any(counts > rows.width):
         raise PayloadError("ans stream declares more non-zeros in a row than it holds")
     nnz = int(counts.sum())
