@@ -8,7 +8,8 @@ row; rows longer than 2**20 are split). Four streams follow, each over every ten
 2. the positions of the non-zeros as gaps (zero runs) within their row, under a
    geometric model with the row's own density ``k / width`` (nothing transmitted: the
    decoder knows ``k``);
-3. the magnitudes ``|s| - 1``, under an adaptive model per tensor;
+3. the magnitudes: per tensor the smallest (top-k and thresholds leave a floor below which
+   nothing is sent), then the excess over it under an adaptive model per tensor;
 4. the signs: per row the number of negative symbols (uniform over ``0..k``), then the
    signs under that row's static Bernoulli model (rows of one sign cost nothing more).
 
@@ -263,10 +264,10 @@ def _uniform_prior(largest: np.ndarray) -> np.ndarray:
     return table
 
 
-#: One context over every token: for the few per-message integers (floors, largest excess).
+#: Static models for the few per-message integers: the largest excess (any token) and the
+#: floors, which are 1 (coded as 0) wherever nothing pushed small values to zero.
 _MAGNITUDE_PRIOR = _uniform_prior(np.array([_MAX_MAGNITUDE]))
-#: Floors are mostly 1 (coded as 0) wherever nothing pushes small values to zero.
-_FLOOR_PRIOR = _MAGNITUDE_PRIOR + np.eye(1, _MAGNITUDE_PRIOR.shape[1])
+_FLOOR_PRIOR = _MAGNITUDE_PRIOR + 3 * np.eye(1, _MAGNITUDE_PRIOR.shape[1])
 
 
 @functools.lru_cache(maxsize=64)
@@ -370,11 +371,11 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     first_of_tensor = np.flatnonzero(np.diff(tensor_of, prepend=-1))
     floors = np.minimum.reduceat(magnitude, first_of_tensor) - 1 if enc else None
     one_context = np.zeros(first_of_tensor.size, dtype=np.int64)
-    floors = 1 + ch.integers(floors, lambda tok: ch.adaptive(tok, one_context, _FLOOR_PRIOR))
+    floors = 1 + ch.integers(floors, lambda tok: ch.grouped(tok, one_context, _FLOOR_PRIOR))
     floor = np.repeat(floors, np.diff(np.append(first_of_tensor, nnz)))
     excess = magnitude - floor if enc else None
     biggest = excess.max(keepdims=True) if enc else None
-    biggest = int(ch.integers(biggest, lambda tok: ch.adaptive(tok, np.zeros(1, np.int64), _MAGNITUDE_PRIOR))[0])
+    biggest = int(ch.integers(biggest, lambda tok: ch.grouped(tok, np.zeros(1, np.int64), _MAGNITUDE_PRIOR))[0])
     prior = _uniform_prior(np.full(rows.num_tensors, biggest))
     magnitude = floor + ch.integers(excess, lambda tok: ch.adaptive(tok, tensor_of, prior))
     # 4. signs, adaptive per row (a filter's entries tend to move one way)
