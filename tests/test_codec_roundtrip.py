@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedcomp.codec import get_codec
-from fedcomp.codec.ans import from_tokens, to_tokens
+from fedcomp.codec.ans import _token_of, from_tokens, to_tokens
 from fedcomp.codec.deepcabac import available as deepcabac_available
 from fedcomp.errors import ConfigError
 
@@ -82,6 +82,7 @@ def test_tokens_round_trip(values):
     tokens, nbits, raw = to_tokens(v)
     assert np.all(tokens < 64) and np.all(raw < (np.int64(1) << nbits))
     assert np.array_equal(from_tokens(tokens, raw), v)
+    assert [_token_of(int(x)) for x in v] == tokens.tolist()
 
 
 def test_unknown_codec_lists_valid_names():

@@ -45,7 +45,6 @@ import numpy as np
 from fedcomp.codec.base import Codec, register
 from fedcomp.errors import PayloadError
 
-_DIRECT = 4  # values 0..3 are tokens of their own
 _RAW_CHUNK = 16  # constriction's Uniform model takes sizes below 2**24
 _TOKEN_PRIOR = 0.1  # pseudo-count of every allowed token in an adaptive model
 _SIGN_PRIOR = np.array([[0.5, 0.5]])  # Krichevsky-Trofimov, the same for every row
@@ -61,34 +60,33 @@ _Uniform = constriction.stream.model.Uniform()
 
 
 def _floor_log2(values: np.ndarray) -> np.ndarray:
-    """``floor(log2(v))`` of positive integers below 2**53 (exact, via the float exponent)."""
+    """``floor(log2(v))`` of integers below 2**53 (exact, via the float exponent); -1 for 0."""
     return np.frexp(values.astype(np.float64))[1].astype(np.int64) - 1
+
+
+# Tokens: 0..3 stand for themselves; a value v >= 4 with exponent e = floor(log2 v) has
+# token 2e + (the bit below its leading one) and e - 1 raw bits. The formulas below fold
+# the small values into the same arithmetic.
 
 
 def to_tokens(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split non-negative integers into (token, number of raw bits, raw bits)."""
-    v = values.astype(np.int64)
+    v = np.asarray(values, dtype=np.int64)
     exponent = _floor_log2(v)
-    big = v >= _DIRECT
-    nbits = np.where(big, exponent - 1, 0)
-    top = (v >> nbits) & 1
-    tokens = np.where(big, _DIRECT + 2 * (exponent - 2) + top, v)
-    raw = v & ((np.int64(1) << nbits) - 1)
-    return tokens.astype(np.int32), nbits.astype(np.int32), raw
+    nbits = np.maximum(exponent - 1, 0)
+    tokens = np.maximum(2 * exponent + ((v >> nbits) & 1), 0)
+    return tokens, nbits, v & ((np.int64(1) << nbits) - 1)
 
 
 def token_bits(tokens: np.ndarray) -> np.ndarray:
     """Number of raw bits that follow each token."""
-    t = tokens.astype(np.int64)
-    return np.where(t >= _DIRECT, (t - _DIRECT) // 2 + 1, 0).astype(np.int32)
+    return np.maximum((np.asarray(tokens, dtype=np.int64) >> 1) - 1, 0)
 
 
 def from_tokens(tokens: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Inverse of :func:`to_tokens` (int64)."""
-    t = tokens.astype(np.int64)
-    nbits = token_bits(tokens).astype(np.int64)
-    top = np.where(t >= _DIRECT, (t - _DIRECT) & 1, 0)
-    return np.where(t >= _DIRECT, ((2 | top) << nbits) | raw, t)
+    t = np.asarray(tokens, dtype=np.int64)
+    return np.where(t < 2, t, ((2 | (t & 1)) << token_bits(t)) | raw)
 
 
 def token_range(token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,10 +99,10 @@ def token_range(token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _token_of(value: int) -> int:
     """:func:`to_tokens` of one integer, without numpy's per-call overhead."""
-    if value < _DIRECT:
+    if value < 4:
         return value
     exponent = value.bit_length() - 1
-    return _DIRECT + 2 * (exponent - 2) + ((value >> (exponent - 1)) & 1)
+    return 2 * exponent + ((value >> (exponent - 1)) & 1)
 
 
 def _levels(contexts: np.ndarray) -> np.ndarray:
