@@ -83,6 +83,8 @@ class CompressionSpec:
     target_sparsity: float = 0.9
     gain: float = 1.0
     include_1d: bool = False
+    # ans: smallest on every set measured (benchmarks/results/codec.md); DeepCABAC is faster
+    # on small (38k-parameter) and on dense payloads, ans on large sparse ones
     codec: str = "ans"
     error_feedback: bool = False
     seed: int = 0
