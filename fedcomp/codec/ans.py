@@ -193,18 +193,21 @@ class _Channel:
         if self.encoding and contexts.size * prior.shape[1] <= _TABLE_LIMIT:
             return self._adaptive_at_once(values, contexts, level, order, prior)
         bounds = np.append(np.flatnonzero(np.diff(level[order])) + 1, level.size)
+        ctx_sorted = contexts[order]
+        values_sorted = None if values is None else values[order]
         # integer counts plus the prior, added afresh each time: the encoder's shortcut
         # computes the very same floats
         seen = np.zeros(prior.shape, dtype=np.int64)
-        out = np.empty(contexts.size, dtype=np.int64)
+        coded = np.empty(contexts.size, dtype=np.int64)
         start = 0
         for end in bounds:
-            idx = order[start:end]
-            ctx = contexts[idx]
-            coded = self.grouped(None if values is None else values[idx], ctx, prior + seen)
-            out[idx] = coded  # always inside the alphabet: the model has no other symbols
-            seen += np.bincount(ctx * prior.shape[1] + coded, minlength=prior.size).reshape(prior.shape)
+            ctx = ctx_sorted[start:end]
+            block = None if values is None else values_sorted[start:end]
+            coded[start:end] = self.grouped(block, ctx, prior + seen)
+            seen += np.bincount(ctx * prior.shape[1] + coded[start:end], minlength=prior.size).reshape(prior.shape)
             start = end
+        out = np.empty_like(coded)
+        out[order] = coded
         return out
 
     def _adaptive_at_once(
