@@ -53,7 +53,6 @@ _MAX_VECTOR = 2**31 - 1  # symbols per message
 _MAX_MAGNITUDE = 2**32 - 1  # bounds every integer coded below (int32 range checked at the end)
 _TABLE_LIMIT = 2**18  # probability-table entries per coder call
 _MIN_RUN = 512  # runs of one model at least this long (on average) get a model object each
-_LEVEL_LOG2 = 1  # adaptive counts are refreshed after 1, 2, 4, 8, ... symbols of a context
 
 _Categorical = constriction.stream.model.Categorical(perfect=False)
 _Uniform = constriction.stream.model.Uniform()
@@ -107,14 +106,12 @@ def _token_of(value: int) -> int:
 
 def _levels(contexts: np.ndarray) -> np.ndarray:
     """Refresh level of each symbol within its context: rank 0 is level 0, ranks
-    ``[G**(l-1), G**l)`` level ``l``, with ``G = 2**_LEVEL_LOG2``.
+    ``[2**(l-1), 2**l)`` level ``l`` (counts are refreshed after 1, 2, 4, 8, ... symbols).
 
     ``contexts`` must be non-decreasing (symbols of one context are contiguous).
     """
-    n = contexts.size
-    starts = np.flatnonzero(np.diff(contexts, prepend=-1))
-    rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-    return np.where(rank > 0, _floor_log2(rank) // _LEVEL_LOG2 + 1, 0).astype(np.int8)
+    rank = np.arange(contexts.size) - np.searchsorted(contexts, contexts, side="left")
+    return np.frexp(rank)[1]  # the float exponent: floor(log2(rank)) + 1, and 0 for rank 0
 
 
 class _Channel:
