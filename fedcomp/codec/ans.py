@@ -110,7 +110,11 @@ def _levels(contexts: np.ndarray) -> np.ndarray:
 
     ``contexts`` must be non-decreasing (symbols of one context are contiguous).
     """
-    rank = np.arange(contexts.size) - np.searchsorted(contexts, contexts, side="left")
+    index = np.arange(contexts.size)
+    starts = np.empty(contexts.size, dtype=bool)
+    starts[:1] = True
+    np.not_equal(contexts[1:], contexts[:-1], out=starts[1:])
+    rank = index - np.maximum.accumulate(np.where(starts, index, 0))
     return np.frexp(rank)[1]  # the float exponent: floor(log2(rank)) + 1, and 0 for rank 0
 
 
