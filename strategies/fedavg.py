@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -35,6 +36,15 @@ ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 NUM_EXAMPLES, PARTITION_ID = "num-examples", "partition-id"
 
 UpdateSink = Callable[[int, int, dict[str, np.ndarray]], None]
+
+
+class ClientResult(NamedTuple):
+    """One usable reply: whose it is, how many examples stand behind it, what it carries."""
+
+    partition: int
+    examples: int
+    tensors: dict[str, np.ndarray]
+    metrics: MetricRecord
 
 
 class FedAvg(Strategy):
@@ -85,17 +95,15 @@ class FedAvg(Strategy):
         if not decoded:
             log(WARNING, "round %d: no usable training replies; the global model is unchanged", server_round)
             return None, None
-        weights = np.array([n for _, n, _, _ in decoded], dtype=np.float64)
+        weights = np.array([r.examples for r in decoded], dtype=np.float64)
         weights /= weights.sum()
         averaged = {
-            spec.name: sum(w * tensors[spec.name].astype(np.float64) for w, (_, _, tensors, _) in zip(weights, decoded))
-            .astype(np.float32)
-            for spec in self.manifest.tensors
+            name: sum(w * r.tensors[name].astype(np.float64) for w, r in zip(weights, decoded)).astype(np.float32)
+            for name in self.manifest.names
         }
         if self.on_client_update is not None:
-            for partition, _, tensors, _ in decoded:
-                self.on_client_update(server_round, partition,
-                                      {k: tensors[k] - self._global[k] for k in tensors})
+            for r in decoded:
+                self.on_client_update(server_round, r.partition, {k: r.tensors[k] - self._global[k] for k in r.tensors})
         return dense_record(averaged), _weighted_metrics(decoded)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -153,8 +161,8 @@ class FedAvg(Strategy):
         return messages
 
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
-                 decode: bool) -> list[tuple[int, int, dict[str, np.ndarray], MetricRecord]]:
-        """Meter each reply; return (partition, examples, tensors, metrics) in partition order."""
+                 decode: bool) -> list[ClientResult]:
+        """Meter each reply; return the usable ones in partition order."""
         received = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -177,16 +185,16 @@ class FedAvg(Strategy):
                 log(WARNING, "round %d: dropped the reply of node %d: it reports %d examples",
                     server_round, node, examples)
                 continue
-            received.append((self.partition_of.get(node, node), examples, tensors, metrics))
-        received.sort(key=lambda item: item[0])
+            received.append(ClientResult(self.partition_of.get(node, node), examples, tensors, metrics))
+        received.sort(key=lambda r: r.partition)
         return received
 
 
-def _weighted_metrics(received: list[tuple[int, int, dict, MetricRecord]]) -> MetricRecord:
+def _weighted_metrics(received: list[ClientResult]) -> MetricRecord:
     """Example-weighted mean of every numeric metric the replies share."""
-    total = sum(n for _, n, _, _ in received)
-    shared = set.intersection(*(set(m.keys()) for _, _, _, m in received)) - {NUM_EXAMPLES, PARTITION_ID}
-    out = {k: sum(float(m[k]) * n for _, n, _, m in received) / total
-           for k in sorted(shared) if all(isinstance(m[k], (int, float)) for _, _, _, m in received)}
+    total = sum(r.examples for r in received)
+    shared = set.intersection(*(set(r.metrics.keys()) for r in received)) - {NUM_EXAMPLES, PARTITION_ID}
+    out = {k: sum(float(r.metrics[k]) * r.examples for r in received) / total
+           for k in sorted(shared) if all(isinstance(r.metrics[k], (int, float)) for r in received)}
     out[NUM_EXAMPLES] = total
     return MetricRecord(out)

@@ -134,10 +134,25 @@ def test_setup_query_learns_partitions(setup):
 
 
 def test_metrics_are_example_weighted():
-    from strategies.fedavg import _weighted_metrics
+    from strategies.fedavg import ClientResult, _weighted_metrics
 
-    received = [(0, 10, {}, MetricRecord({"loss": 1.0, "num-examples": 10})),
-                (1, 30, {}, MetricRecord({"loss": 3.0, "num-examples": 30}))]
+    received = [ClientResult(0, 10, {}, MetricRecord({"loss": 1.0, "num-examples": 10})),
+                ClientResult(1, 30, {}, MetricRecord({"loss": 3.0, "num-examples": 30}))]
     out = _weighted_metrics(received)
     assert out["loss"] == pytest.approx(2.5)
     assert out["num-examples"] == 40
+
+
+def test_federated_evaluation_is_metered_and_weighted(setup):
+    config, model, manifest, grid, strategy = setup
+    strategy.fraction_evaluate = 1.0
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
+    metrics = strategy.aggregate_evaluate(1, replies)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in NODES.values())
+    down = strategy.meter.select(round=1, direction="down")
+    up = strategy.meter.select(round=1, direction="up")
+    assert {r.kind for r in down + up} == {"evaluate"} and len(down) == len(up) == 3
+    assert all(r.payload_bytes == sum(npy_size(t.shape) for t in manifest.tensors) for r in down)
+    assert all(r.payload_bytes == 0 and r.dense_bytes == 0 and r.message_bytes > 0 for r in up)
