@@ -30,7 +30,7 @@ from fedcomp.errors import PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
 from strategies.channel import Channel, DenseChannel, dense_record, record_tensors
-from strategies.metering import serialized_size
+from strategies.metering import content_size, serialized_size
 
 ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
 NUM_EXAMPLES, PARTITION_ID = "num-examples", "partition-id"
@@ -154,10 +154,11 @@ class FedAvg(Strategy):
         record = self.downstream.encode(tensors)
         payload = self.downstream.payload_bytes(record)
         content = RecordDict({ARRAYS: record, CONFIG: config})
+        shared = content_size(content)
         messages = [Message(content, node, message_type) for node in nodes]
         for msg in messages:
             self.meter.record(server_round, "down", msg.metadata.dst_node_id, kind, payload,
-                              serialized_size(msg), self.manifest.dense_bytes)
+                              serialized_size(msg, shared), self.manifest.dense_bytes)
         return messages
 
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
