@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedcomp.errors import PayloadError
+from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
 from strategies.channel import Channel, DenseChannel, dense_record, record_tensors
@@ -138,13 +138,18 @@ class FedAvg(Strategy):
         for msg in ask:
             self.meter.record(0, "down", msg.metadata.dst_node_id, "setup", 0, serialized_size(msg), 0)
         mapping: dict[int, int] = {}
+        failures: list[str] = []
         for reply in grid.send_and_receive(ask):
             node = reply.metadata.src_node_id
+            self.meter.record(0, "up", node, "setup", 0, serialized_size(reply), 0)
             if reply.has_error():
+                failures.append(reply.error.reason)
                 log(WARNING, "node %d did not answer the setup query: %s", node, reply.error.reason)
                 continue
-            self.meter.record(0, "up", node, "setup", 0, serialized_size(reply), 0)
             mapping[node] = int(reply.content[METRICS][PARTITION_ID])
+        if not mapping:
+            reason = failures[0] if failures else "no node is connected"
+            raise ConfigError(f"no client node can take part in this run: {reason}")
         return mapping
 
     # ---- helpers -------------------------------------------------------------------
@@ -167,14 +172,14 @@ class FedAvg(Strategy):
         received = []
         for reply in replies:
             node = reply.metadata.src_node_id
+            record = reply.content.array_records.get(ARRAYS) if reply.has_content() else None
+            payload = self.upstream.payload_bytes(record) if record is not None else 0
+            self.meter.record(server_round, "up", node, kind, payload, serialized_size(reply),
+                              self.manifest.dense_bytes if record is not None else 0)
             if reply.has_error():
                 log(WARNING, "round %d: node %d failed: %s", server_round, node, reply.error.reason)
                 continue
             content = reply.content
-            record = content.array_records.get(ARRAYS)
-            payload = self.upstream.payload_bytes(record) if record is not None else 0
-            self.meter.record(server_round, "up", node, kind, payload, serialized_size(reply),
-                              self.manifest.dense_bytes if record is not None else 0)
             try:
                 metrics = content[METRICS]
                 examples = int(metrics[NUM_EXAMPLES])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
@@ -64,7 +64,10 @@ class LoopbackGrid(Grid):
             node = message.metadata.dst_node_id
             received, size = wire_round_trip(message)
             self.bytes_down[node] = self.bytes_down.get(node, 0) + size
-            reply = self.client_app(received, self.contexts[node])
+            try:
+                reply = self.client_app(received, self.contexts[node])
+            except Exception as err:  # noqa: BLE001 - Flower turns a ClientApp's exception into an error reply
+                reply = Message(Error(code=2, reason=f"{type(err)}:<'{err}'>"), reply_to=received)
             if node in self.tamper:
                 reply = self.tamper[node](reply)
             reply, size = wire_round_trip(reply)

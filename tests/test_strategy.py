@@ -156,3 +156,14 @@ def test_federated_evaluation_is_metered_and_weighted(setup):
     assert {r.kind for r in down + up} == {"evaluate"} and len(down) == len(up) == 3
     assert all(r.payload_bytes == sum(npy_size(t.shape) for t in manifest.tensors) for r in down)
     assert all(r.payload_bytes == 0 and r.dense_bytes == 0 and r.message_bytes > 0 for r in up)
+
+
+def test_a_run_no_node_can_join_fails_with_the_nodes_reason(task_identity):
+    from fedcomp.errors import ConfigError
+
+    config = resolve({"num_clients": 5})  # the nodes below say num-partitions=3
+    strategy = FedAvg(ParamManifest.from_model(run_model(config)))
+    grid = LoopbackGrid(client_app, NODES, config)
+    with pytest.raises(ConfigError, match="num-partitions=3 but the run has num_clients=5"):
+        strategy.discover_partitions(grid)
+    assert len(strategy.meter.select(round=0, direction="up")) == 3  # error replies are messages too
