@@ -18,7 +18,7 @@ from fedcomp.experiment import client_indices, client_loader, local_seed, run_mo
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.training import TrainSettings, evaluate, train
 from strategies.channel import DenseChannel
-from strategies.fedavg import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from strategies.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 
 app = ClientApp()
 

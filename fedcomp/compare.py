@@ -20,9 +20,12 @@ def load_summary(run_dir: Path) -> dict:
     if not path.is_file():
         raise FedcompError(f"{run_dir} is not a finished run (no summary.json)")
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise FedcompError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(summary, dict) or "bytes_total" not in summary:
+        raise FedcompError(f"{path} has no transfer figures (a run whose strategy meters nothing cannot be compared)")
+    return summary
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:

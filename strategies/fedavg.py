@@ -30,10 +30,9 @@ from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
 from strategies.channel import Channel, DenseChannel, dense_record, record_tensors
+from strategies.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
-ARRAYS, CONFIG, METRICS = "arrays", "config", "metrics"
-NUM_EXAMPLES, PARTITION_ID = "num-examples", "partition-id"
 
 UpdateSink = Callable[[int, int, dict[str, np.ndarray]], None]
 
