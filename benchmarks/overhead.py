@@ -39,9 +39,9 @@ from fedcomp.experiment import client_indices, run_model
 from fedcomp.params import ParamManifest, state_arrays
 from fedcomp.results import default_run_dir, read_rounds
 from fedcomp.simulation import SimulationError, run_simulation
-from strategies.channel import dense_record
+from fedcomp.channels import dense_record
 from strategies.fedavg import FedAvg
-from strategies.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from fedcomp.config import from_run_config
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.training import TrainSettings, evaluate, train
-from strategies.channel import DenseChannel
-from strategies.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.channels import DenseChannel
+from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 
 app = ClientApp()
 

@@ -2,13 +2,13 @@
 
 A :class:`CompressionSpec` names a scheme in a few keys (a dict or a TOML table); a
 :class:`Compressor` (one per sender) turns an update dict into payload bytes through
-error feedback -> sparsifier -> quantizer -> codec, and remembers exactly what the
-receiver will reconstruct; :func:`decompress` is the receiver's side::
+error feedback -> sparsifier -> quantizer -> codec, and returns the payload with exactly
+what the receiver will reconstruct; :func:`decompress` is the receiver's side::
 
     spec = CompressionSpec.from_dict({"scheme": "topk-uniform-ans", "fraction": 0.01})
     comp = Compressor(spec, manifest)
-    payload = comp.compress(update)           # update: name -> float32 array
-    assert all((decompress(payload, manifest)[k] == v).all() for k, v in comp.last_reconstruction.items())
+    payload, reconstruction = comp.compress(update)    # update: name -> float32 array
+    assert all((decompress(payload, manifest)[k] == v).all() for k, v in reconstruction.items())
 
 Spec keys (defaults in :class:`CompressionSpec`): ``quantizer`` (none | uniform | stc),
 ``qp``, ``qp_density``, ``step``, ``bits``, ``dead_zone``; ``sparsify`` (none | topk |
@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -170,23 +170,55 @@ class CompressionSpec:
         return get_codec(self.codec)
 
 
+class Compressed(NamedTuple):
+    """What a sender produced: the payload bytes and exactly what the receiver will decode."""
+
+    payload: bytes
+    reconstruction: dict[str, np.ndarray]
+
+
+class _Pipeline:
+    """Error feedback, sparsifier and quantizer of one spec (a Compressor routes tensors to pipelines)."""
+
+    def __init__(self, spec: CompressionSpec) -> None:
+        self.spec = spec
+        self.quantizer = spec.build_quantizer()
+        self.sparsifier = spec.build_sparsifier()
+        self.feedback = ErrorFeedback() if spec.error_feedback else None
+
+
 class Compressor:
     """One sender's pipeline: error feedback, sparsify, quantize, entropy code.
 
-    Holds the error-feedback residual (plain float32 arrays, see :meth:`state_dict`) and
+    ``overrides`` routes named tensors through their own spec (its sparsifier, quantizer and
+    error feedback; the payload's codec is always ``spec``'s), e.g. FSFL's filter scales,
+    which travel dense and finely quantized beside a sparse weight update.
+
+    Holds the error-feedback residuals (plain float32 arrays, see :meth:`state_dict`) and
     the number of updates compressed so far (it seeds random-k, so a restored sender does
     not repeat its masks).
     """
 
-    def __init__(self, spec: CompressionSpec, manifest: ParamManifest) -> None:
+    def __init__(self, spec: CompressionSpec, manifest: ParamManifest,
+                 overrides: Mapping[str, CompressionSpec] | None = None) -> None:
         self.spec, self.manifest = spec, manifest
         self.codec = spec.build_codec()
-        self.quantizer = spec.build_quantizer()
-        self.sparsifier = spec.build_sparsifier()
-        self.feedback = ErrorFeedback() if spec.error_feedback else None
+        self.main = _Pipeline(spec)
+        by_spec: dict[CompressionSpec, _Pipeline] = {spec: self.main}
+        self.routes: dict[str, _Pipeline] = {}
+        for name, override in (overrides or {}).items():
+            self.routes[name] = by_spec.setdefault(override, _Pipeline(override))
+        self.pipelines = list(by_spec.values())
         self.rounds = 0
-        self.last_reconstruction: dict[str, np.ndarray] = {}
-        self.last_quantized: list[QuantizedTensor] = []
+
+    @property
+    def quantizer(self) -> Quantizer | None:
+        """The main spec's quantizer."""
+        return self.main.quantizer
+
+    @quantizer.setter
+    def quantizer(self, quantizer: Quantizer | None) -> None:
+        self.main.quantizer = quantizer
 
     def _check(self, update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = set(self.manifest.names)
@@ -201,61 +233,81 @@ class Compressor:
             out[name] = values
         return out
 
+    def _groups(self, update: Mapping[str, np.ndarray]) -> list[tuple[_Pipeline, dict[str, np.ndarray]]]:
+        groups: dict[int, dict[str, np.ndarray]] = {}
+        for name, values in update.items():
+            groups.setdefault(id(self.routes.get(name, self.main)), {})[name] = values
+        return [(p, groups[id(p)]) for p in self.pipelines if id(p) in groups]
+
     def quantize(
         self, update: Mapping[str, np.ndarray], relevance: Mapping[str, np.ndarray] | None = None
     ) -> list[QuantizedTensor]:
-        """Sparsify and quantize (no error feedback, no coding): the symbols to send.
+        """Sparsify and quantize (no error feedback, no coding): the symbols to send, in manifest order.
 
         ``relevance`` (per-weight, same shapes) goes to relevance-aware quantizers.
         """
-        if self.sparsifier is not None:
-            rng = np.random.default_rng([self.spec.seed, self.rounds])
-            update = self.sparsifier.sparsify(update, rng)
-        if self.quantizer is None:
+        out: dict[str, QuantizedTensor] = {}
+        for pipeline, group in self._groups(update):
+            out.update({t.name: t for t in self._quantize_group(pipeline, group, relevance or {})})
+        return [out[name] for name in update]
+
+    def _quantize_group(self, pipeline: _Pipeline, update: Mapping[str, np.ndarray],
+                        relevance: Mapping[str, np.ndarray]) -> list[QuantizedTensor]:
+        if pipeline.sparsifier is not None:
+            rng = np.random.default_rng([pipeline.spec.seed, self.rounds])
+            update = pipeline.sparsifier.sparsify(update, rng)
+        if pipeline.quantizer is None:
             return [float32_tensor(name, v) for name, v in update.items()]
-        relevance = relevance or {}
-        return [self.quantizer.quantize(v, name, relevance.get(name)) for name, v in update.items()]
+        return [pipeline.quantizer.quantize(v, name, relevance.get(name)) for name, v in update.items()]
 
     def compress(
         self,
         update: Mapping[str, np.ndarray],
         flags: int = 0,
         relevance: Mapping[str, np.ndarray] | None = None,
-    ) -> bytes:
-        """Payload bytes for ``update`` (a subset of the manifest); updates the residual.
+    ) -> Compressed:
+        """Code ``update`` (a subset of the manifest) into one payload; updates the residuals.
 
         ``flags``: wire flags (e.g. :data:`~fedcomp.codec.wire.FLAG_FULL_MODEL`);
         ``relevance``: optional per-weight relevances for relevance-aware quantizers.
+        Returns the payload and the reconstruction the receiver will decode from it.
         """
         update = self._check(update)
-        corrected = self.feedback.corrected(update) if self.feedback else update
-        self.last_quantized = self.quantize(corrected, relevance)
-        self.last_reconstruction = {t.name: t.dequantize() for t in self.last_quantized}
-        if self.feedback:
-            self.feedback.record(corrected, self.last_reconstruction)
+        quantized: dict[str, QuantizedTensor] = {}
+        for pipeline, group in self._groups(update):
+            corrected = pipeline.feedback.corrected(group) if pipeline.feedback else group
+            tensors = self._quantize_group(pipeline, corrected, relevance or {})
+            if pipeline.feedback:
+                pipeline.feedback.record(corrected, {t.name: t.dequantize() for t in tensors})
+            quantized.update({t.name: t for t in tensors})
+        ordered = [quantized[name] for name in update]
         self.rounds += 1
-        return encode_payload(self.last_quantized, self.manifest, self.codec, flags)
+        payload = encode_payload(ordered, self.manifest, self.codec, flags)
+        return Compressed(payload, {t.name: t.dequantize() for t in ordered})
 
     @property
     def residual(self) -> dict[str, np.ndarray]:
-        """The error-feedback residual (empty without error feedback)."""
-        return self.feedback.residual if self.feedback else {}
+        """The error-feedback residuals of every tensor that has one."""
+        return {k: v for p in self.pipelines if p.feedback for k, v in p.feedback.residual.items()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays: ``residual/<name>`` per tensor and ``rounds``."""
-        state = {f"residual/{k}": v for k, v in (self.feedback.state_dict() if self.feedback else {}).items()}
+        state = {f"residual/{k}": v.copy() for k, v in self.residual.items()}
         state["rounds"] = np.array(self.rounds, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` saved."""
         self.rounds = int(np.asarray(state.get("rounds", 0)))
-        residual = {k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")}
-        if residual and self.feedback is None:
-            raise ConfigError("state holds a residual but this spec has error_feedback = false")
-        if self.feedback is not None:
-            self._check(residual)
-            self.feedback.load_state_dict(residual)
+        residual = self._check({k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")})
+        for pipeline in self.pipelines:
+            if pipeline.feedback is not None:
+                pipeline.feedback.load_state_dict({})
+        for name, values in residual.items():
+            pipeline = self.routes.get(name, self.main)
+            if pipeline.feedback is None:
+                raise ConfigError(f"state holds a residual for {name!r} but its spec has error_feedback = false")
+            pipeline.feedback.residual[name] = np.array(values, dtype=np.float32)
 
 
 def decompress(payload: bytes, manifest: ParamManifest) -> dict[str, np.ndarray]:

@@ -29,8 +29,8 @@ from flwr.supercore import log
 from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
-from strategies.channel import Channel, DenseChannel, dense_record, record_tensors
-from strategies.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.channels import Channel, DenseChannel, dense_record, record_tensors
+from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
 

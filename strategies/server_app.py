@@ -23,7 +23,7 @@ from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.results import RunRecorder, default_run_dir
 from fedcomp.training import evaluate
-from strategies.channel import dense_record, record_tensors
+from fedcomp.channels import dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
 app = ServerApp()

@@ -29,19 +29,19 @@ MANIFEST = ParamManifest.from_arrays(_update())
 def test_every_scheme_round_trips_bit_identically(scheme):
     comp = Compressor(CompressionSpec.from_dict({"scheme": scheme}), MANIFEST)
     for seed in range(3):
-        payload = comp.compress(_update(seed))
+        payload, reconstruction = comp.compress(_update(seed))
         decoded = decompress(payload, MANIFEST)
-        assert list(decoded) == list(comp.last_reconstruction)
+        assert list(decoded) == list(reconstruction)
         for name, values in decoded.items():
             assert values.dtype == np.float32
-            assert np.array_equal(values.view(np.int32), comp.last_reconstruction[name].view(np.int32))
+            assert np.array_equal(values.view(np.int32), reconstruction[name].view(np.int32))
 
 
 def test_dense_float32_is_lossless():
     update = _update()
     update["fc.bias"][0] = -0.0
     comp = Compressor(CompressionSpec.from_dict({"scheme": "dense"}), MANIFEST)
-    decoded = decompress(comp.compress(update), MANIFEST)
+    decoded = decompress(comp.compress(update).payload, MANIFEST)
     for name in update:
         assert np.array_equal(decoded[name].view(np.int32), update[name].view(np.int32))
 
@@ -74,10 +74,11 @@ def test_pipeline_round_trip_property(codec, update, quant, sparse):
     manifest = ParamManifest.from_arrays(update)
     comp = Compressor(CompressionSpec.from_dict({**quant, **sparse, "codec": codec, "error_feedback": True}), manifest)
     for _ in range(2):
-        decoded = decompress(comp.compress(update), manifest)
+        payload, reconstruction = comp.compress(update)
+        decoded = decompress(payload, manifest)
         for name, values in decoded.items():
             assert values.shape == update[name].shape
-            assert np.array_equal(values.view(np.int32), comp.last_reconstruction[name].view(np.int32))
+            assert np.array_equal(values.view(np.int32), reconstruction[name].view(np.int32))
 
 
 @pytest.mark.parametrize("scheme", ["stc", "topk-uniform-ans", "randk-uniform-ans"])
@@ -88,7 +89,7 @@ def test_error_feedback_invariant(scheme):
     delivered = {k: np.zeros(v.shape, np.float64) for k, v in _update().items()}
     for t in range(60):
         update = _update(seed=t)
-        decoded = decompress(comp.compress(update), MANIFEST)
+        decoded = decompress(comp.compress(update).payload, MANIFEST)
         for k in update:
             true_sum[k] += update[k]
             delivered[k] += decoded[k]
@@ -107,14 +108,14 @@ def test_state_dict_round_trip_resumes_identically():
     assert all(isinstance(v, np.ndarray) for v in state.values())
     b = Compressor(spec, MANIFEST)
     b.load_state_dict(state)
-    assert a.compress(_update(1)) == b.compress(_update(1))
-    assert a.compress(_update(2)) != Compressor(spec, MANIFEST).compress(_update(2))
+    assert a.compress(_update(1)).payload == b.compress(_update(1)).payload
+    assert a.compress(_update(2)).payload != Compressor(spec, MANIFEST).compress(_update(2)).payload
 
 
 def test_partial_update_and_bad_names():
     comp = Compressor(CompressionSpec.from_dict({"scheme": "topk-uniform-ans"}), MANIFEST)
     part = {"fc.weight": _update()["fc.weight"]}
-    assert list(decompress(comp.compress(part), MANIFEST)) == ["fc.weight"]
+    assert list(decompress(comp.compress(part).payload, MANIFEST)) == ["fc.weight"]
     with pytest.raises(ValueError, match="not in the parameter manifest"):
         comp.compress({"nope": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="shape"):
@@ -164,6 +165,26 @@ def test_flags_and_relevance_reach_the_wire_and_the_quantizer():
     comp.quantizer = RecordingQuantizer(qp=-32)
     update = _update()
     relevance = {"fc.weight": np.ones((10, 64), np.float32)}
-    payload = comp.compress(update, flags=FLAG_FULL_MODEL, relevance=relevance)
+    payload = comp.compress(update, flags=FLAG_FULL_MODEL, relevance=relevance).payload
     assert decode_payload(payload, MANIFEST).flags == FLAG_FULL_MODEL
     assert seen["fc.weight"] is relevance["fc.weight"] and seen["conv.weight"] is None
+
+
+def test_overrides_route_tensors_through_their_own_spec():
+    """FSFL-style: 1-D tensors dense and fine, the rest sparse; one payload, one codec."""
+    sparse = CompressionSpec.from_dict({"scheme": "topk-uniform-ans", "fraction": 0.05, "include_1d": True})
+    fine = CompressionSpec.from_dict({"quantizer": "uniform", "qp": -48, "error_feedback": True})
+    comp = Compressor(sparse, MANIFEST, overrides={"conv.bias": fine, "fc.bias": fine})
+    update = _update()
+    payload, reconstruction = comp.compress(update)
+    decoded = decompress(payload, MANIFEST)
+    assert list(decoded) == list(update)
+    for name in ("conv.bias", "fc.bias"):
+        assert np.count_nonzero(decoded[name]) == update[name].size  # dense
+        assert np.max(np.abs(decoded[name] - update[name])) <= 2.0**-12 / 2 + 1e-9  # qp -48: step 2**-12
+    assert np.count_nonzero(decoded["fc.weight"]) == round(0.05 * 640)
+    state = comp.state_dict()
+    assert set(state) == {"rounds", *(f"residual/{k}" for k in update)}
+    restored = Compressor(sparse, MANIFEST, overrides={"conv.bias": fine, "fc.bias": fine})
+    restored.load_state_dict(state)
+    assert restored.compress(_update(1)).payload == comp.compress(_update(1)).payload

@@ -10,7 +10,7 @@ from fedcomp.experiment import client_indices, run_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, state_arrays
 from loopback import LoopbackGrid
-from strategies.channel import DenseChannel, dense_record, record_tensors
+from fedcomp.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
 NODES = {9_000_000_017: 2, 1_234: 0, 77_777_777: 1}  # node id -> partition id, deliberately unordered
