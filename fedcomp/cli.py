@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -49,10 +50,15 @@ def run(
     = None,
 ) -> None:
     """Run one simulation on Flower's Simulation Engine (Ray) and write its results."""
-    from fedcomp.results import MB, default_run_dir
     from fedcomp.simulation import run_simulation
 
-    config = build_config(preset_name, config_file, assignments or [])
+    execute(build_config(preset_name, config_file, assignments or []), out, preset_name, run_simulation)
+
+
+def execute(config: dict, out: Optional[Path], preset_name: str, engine: Callable[..., dict]) -> dict:
+    """Run ``config`` with ``engine`` (``run_simulation`` or ``run_deployment``), showing progress; its summary."""
+    from fedcomp.results import MB, default_run_dir
+
     preflight(config)
     run_dir = out or default_run_dir(preset_name)
     console.print(f"[bold]fedcomp[/] {config['dataset']} / {config['model']}, {config['num_clients']} clients, "
@@ -68,10 +74,11 @@ def run(
                 f"total so far {row['cum_bytes_total'] / MB:.3f} MB")
             progress.update(task, completed=row["round"])
 
-        summary = run_simulation(config, Path(run_dir), on_round=on_round)
+        summary = engine(config, Path(run_dir), on_round=on_round)
     console.print(f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
                   f"{summary['bytes_total'] / MB:.3f} MB transmitted, {summary['compression_ratio']:.2f}x vs "
                   f"float32 FedAvg; {summary['wall_seconds']:.1f} s. Results in {run_dir}")
+    return summary
 
 
 @app.command()
@@ -84,6 +91,33 @@ def compare(
     from fedcomp.compare import compare_runs
 
     typer.echo(compare_runs(run_dirs, out))
+
+
+# --- Deployment Engine on loopback (issue 10) ---
+@app.command("deploy-local")
+def deploy_local(
+    preset_name: Annotated[str, typer.Option("--preset", "-p", help="preset to start from (see `fedcomp presets`)")]
+    = "default",
+    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of settings")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/<time>-<preset>)")]
+    = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="no TLS and no SuperNode authentication")] = False,
+) -> None:
+    """Run on Flower's Deployment Engine: a SuperLink and num_clients SuperNodes on 127.0.0.1.
+
+    TLS with certificates made for the run and SuperNode authentication (keys registered
+    with the Flower CLI) are on by default. Every process started is stopped at the end.
+    """
+    from fedcomp.deploy import run_deployment
+    from fedcomp.results import MB
+
+    config = build_config(preset_name, config_file, assignments or [])
+    summary = execute(config, out, preset_name, partial(run_deployment, tls=not insecure))
+    console.print(f"payload bytes up/down {summary['bytes_up']}/{summary['bytes_down']} "
+                  f"({summary['bytes_total'] / MB:.3f} MB); serialised Flower messages up/down "
+                  f"{summary['message_bytes_up']}/{summary['message_bytes_down']}")
 
 
 @app.command()

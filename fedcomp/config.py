@@ -47,6 +47,12 @@ def _unit_interval(x: Any) -> bool:
     return 0 < x <= 1
 
 
+def _device_name(x: Any) -> bool:
+    from fedcomp.device import valid_device_name
+
+    return valid_device_name(x)
+
+
 def _dataset_names() -> list[str]:
     from fedcomp.data import dataset_names
 
@@ -95,6 +101,12 @@ SETTINGS: dict[str, Setting] = {
     "sim.client_cpus": Setting(1, "CPUs reserved per simulated client (Ray actor)",
                                check=_positive, requirement="> 0"),
     "sim.threads": Setting(1, "torch threads per client process", check=_positive, requirement="> 0"),
+    # scale-out: devices and Ray (issue 10)
+    "sim.device": Setting("auto", "where training and evaluation run: auto (CUDA when present), cpu, cuda, cuda:N",
+                          check=_device_name, requirement="auto, cpu, cuda or cuda:N"),
+    "sim.client_gpus": Setting(0.0, "GPU share reserved per simulated client (Ray actor); 0.25 = 4 clients per GPU",
+                               check=_non_negative, requirement=">= 0"),
+    "sim.ray_address": Setting("", "existing Ray cluster to run on (HEAD:6379 or auto); empty starts a local Ray"),
     # output
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),

@@ -11,9 +11,10 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, TensorDataset
 
 from fedcomp.data import DatasetBundle, labels_of, load_dataset, partition
+from fedcomp.device import resolve_device
 from fedcomp.models import build_model
 
 
@@ -45,15 +46,57 @@ def client_indices(config: Mapping, partition_id: int) -> np.ndarray:
     return parts[partition_id]
 
 
+def run_device(config: Mapping) -> torch.device:
+    """The device this party trains and evaluates on (``sim.device`` resolved here)."""
+    return resolve_device(str(config["sim.device"]))
+
+
+@lru_cache(maxsize=8)
+def _resident(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An in-memory dataset's images and labels as tensors on ``device``, copied there once per process.
+
+    Only datasets that already hold their images as one tensor qualify (the built-in digits and
+    ``python:`` plugins returning `ImageTensorDataset`); others keep torch's per-sample loader.
+    """
+    images, targets = getattr(data, "images", None), getattr(data, "targets", None)
+    if not isinstance(images, torch.Tensor) or targets is None:
+        return None
+    return images.to(device), torch.as_tensor(targets, dtype=torch.int64).to(device)
+
+
+def _loader(data: Dataset, indices: np.ndarray | None, batch_size: int, device: torch.device,
+            generator: torch.Generator | None) -> DataLoader:
+    """Batches of ``data[indices]`` (all of it when None), shuffled by ``generator`` when given.
+
+    A resident dataset is sliced a whole batch at a time on ``device`` (no per-sample Python
+    work, no host-to-device copy per batch); the batches are the ones torch's per-sample
+    loader gives for the same generator, so results do not depend on the path taken.
+    """
+    resident = _resident(data, device)
+    if resident is None:
+        subset = data if indices is None else Subset(data, indices.tolist())
+        return DataLoader(subset, batch_size=batch_size, shuffle=generator is not None, generator=generator)
+    images, targets = resident
+    if indices is not None:
+        position = torch.as_tensor(indices, dtype=torch.int64).to(device)
+        images, targets = images[position], targets[position]
+    tensors = TensorDataset(images, targets)
+    order = SequentialSampler(tensors) if generator is None else RandomSampler(tensors, generator=generator)
+    # the generator also seeds the loader's base seed, as in torch's loader: same draws, same batches
+    return DataLoader(tensors, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      generator=generator)
+
+
 def client_loader(config: Mapping, partition_id: int, server_round: int) -> DataLoader:
     """Shuffled loader over one client's partition; the shuffle is seeded by (seed, round, client)."""
-    subset = Subset(run_dataset(config).train, client_indices(config, partition_id).tolist())
     generator = torch.Generator().manual_seed(local_seed(config, server_round, partition_id))
-    return DataLoader(subset, batch_size=int(config["batch_size"]), shuffle=True, generator=generator)
+    return _loader(run_dataset(config).train, client_indices(config, partition_id), int(config["batch_size"]),
+                   run_device(config), generator)
 
 
 def eval_loader(config: Mapping) -> DataLoader:
-    return DataLoader(run_dataset(config).test, batch_size=int(config["eval.batch_size"]), shuffle=False)
+    """Loader over the central test set, in order."""
+    return _loader(run_dataset(config).test, None, int(config["eval.batch_size"]), run_device(config), None)
 
 
 def local_seed(config: Mapping, server_round: int, partition_id: int) -> int:
@@ -62,7 +105,7 @@ def local_seed(config: Mapping, server_round: int, partition_id: int) -> int:
 
 
 def run_model(config: Mapping) -> torch.nn.Module:
-    """The run's model, initialised from the run's seed (identical on every party)."""
+    """The run's model, initialised from the run's seed (identical on every party), on the run's device."""
     bundle = run_dataset(config)
     torch.manual_seed(int(config["seed"]))
-    return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape)
+    return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape).to(run_device(config))

@@ -18,25 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
-from fedcomp.errors import FedcompError
+from fedcomp.processes import TOKEN_VARIABLE, LaunchError, free_port, stop_all, tail, wait_for_port
 from fedcomp.results import read_rounds
 
 APP_COMPONENTS = {"serverapp": "strategies.server_app:app", "clientapp": "clients.client_app:app"}
-TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
-
-
-class SimulationError(FedcompError):
-    """The simulation could not start or did not finish."""
+SimulationError = LaunchError  # the name callers of run_simulation catch
 
 
 def _toml_value(value: Any) -> str:
@@ -59,66 +55,91 @@ def write_app(app_dir: Path, config: Mapping[str, Any], components: Mapping[str,
     (app_dir / "pyproject.toml").write_text("\n".join(lines))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Launch:
+    """One run's private folder, environment and processes, handed to the engine's starter."""
+
+    tmp: Path
+    home: Path  # $FLWR_HOME: the starter writes config.toml here, naming the SuperLink connection "fedcomp"
+    log: Path
+    popen: dict[str, Any]  # keyword arguments for subprocess.Popen (env, output to the log, own session)
+    bin_dir: Path
+    token: str
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, name: str, args: list[str], **overrides: Any) -> subprocess.Popen:
+        """Start ``bin_dir/name args`` as one of the run's processes (stopped with the run)."""
+        process = subprocess.Popen([str(self.bin_dir / name), *args], **{**self.popen, **overrides})
+        self.processes.append(process)
+        return process
+
+    def connection(self, port: int, tls: str = "insecure = true") -> None:
+        """Write the run's ``config.toml``: one SuperLink connection ``fedcomp`` at 127.0.0.1:``port``."""
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "fedcomp"\n\n[superlink.fedcomp]\naddress = "127.0.0.1:{port}"\n{tls}\n')
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SimulationError(f"flower-superlink exited with code {process.returncode}:\n{_tail(log)}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise SimulationError(f"flower-superlink did not start within {timeout:.0f} s:\n{_tail(log)}")
+@contextmanager
+def launched(log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[Launch]:
+    """A private folder and environment for one run's Flower processes; all of them are stopped on exit.
 
-
-def _tail(path: Path, lines: int = 25) -> str:
-    if not path.is_file():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _processes_with_token(token: str) -> list[int]:
-    """PIDs whose environment carries ``token`` (the run's SuperLink and all it spawned, Ray included)."""
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
+    The processes share a fresh ``$FLWR_HOME``, write to ``log``, may import modules from the
+    current directory, and carry the run's token so that none is left behind.
+    """
+    bin_dir = Path(sys.executable).parent
+    token = uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="fedcomp-") as tmp, log.open("w") as log_file:
+        home = Path(tmp) / "flwr-home"
+        home.mkdir()
+        env = {**os.environ, "FLWR_HOME": str(home), TOKEN_VARIABLE: token,
+               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])),
+               **(extra_env or {})}
+        popen = dict(env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                     start_new_session=True, cwd=tmp)
+        launch = Launch(Path(tmp), home, log, popen, bin_dir, token)
         try:
-            if needle in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+            yield launch
+        finally:
+            stop_all(launch.processes, token)
 
 
-def _stop_all(processes: list[subprocess.Popen], token: str) -> None:
-    """Terminate the run's process groups, then anything else still carrying the run's token."""
-    for process in processes:
-        if process.poll() is None:
-            try:
-                os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or _processes_with_token(token)):
-        time.sleep(0.2)
-    for pid in _processes_with_token(token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for process in processes:
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
+Starter = Callable[[Launch], list[str]]
+
+
+def run_app(config: Mapping[str, Any], run_dir: Path, start_engine: Starter,
+            on_round: Callable[[dict[str, Any]], None] | None = None,
+            components: Mapping[str, str] = APP_COMPONENTS, extra_env: Mapping[str, str] | None = None
+            ) -> dict[str, Any]:
+    """Run fedcomp's app on an engine ``start_engine`` brings up; return the run's summary.
+
+    ``start_engine(launch)`` starts the engine's processes with ``launch.start``, writes the
+    SuperLink connection with ``launch.connection`` and returns extra ``flwr run`` arguments.
+    Then ``flwr run APP fedcomp --stream`` submits the app, ``rounds.jsonl`` is followed, and
+    every process of the run is stopped, whatever happened.
+    """
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {**config, "output.dir": str(run_dir)}
+    log = run_dir / "flower.log"
+    with launched(log, extra_env) as launch:
+        app_dir = launch.tmp / "app"
+        write_app(app_dir, config, components)
+        run_args = start_engine(launch)
+        runner = launch.start("flwr", ["run", str(app_dir), "fedcomp", "--stream", *run_args])
+        _follow(run_dir, runner, on_round)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise LaunchError(f"the run ended without a summary; the end of {log}:\n{tail(log)}")
+    return json.loads(summary_path.read_text())
+
+
+def federation_args(config: Mapping[str, Any]) -> list[str]:
+    """``flwr run`` arguments giving the Simulation Engine its supernodes and each client's Ray resources."""
+    federation = [f"num-supernodes={int(config['num_clients'])}",
+                  f"client-resources-num-cpus={int(config['sim.client_cpus'])}",
+                  f"client-resources-num-gpus={float(config['sim.client_gpus'])}"]
+    return [arg for item in federation for arg in ("--federation-config", item)]
 
 
 def run_simulation(config: Mapping[str, Any], run_dir: Path,
@@ -128,43 +149,21 @@ def run_simulation(config: Mapping[str, Any], run_dir: Path,
 
     ``components`` names the ServerApp and ClientApp (``module:attribute``); modules in the
     current directory are importable (it is put on ``PYTHONPATH``), as are ``python:`` plugins.
+    A non-empty ``sim.ray_address`` reaches Ray as ``RAY_ADDRESS``: the Simulation Engine's
+    ``ray.init()`` then joins that cluster instead of starting its own.
     """
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {**config, "output.dir": str(run_dir)}
-    log = run_dir / "flower.log"
-    bin_dir = Path(sys.executable).parent
-    token = uuid.uuid4().hex
-    processes: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="fedcomp-") as tmp, log.open("w") as log_file:
-        home, app_dir, port = Path(tmp) / "flwr-home", Path(tmp) / "app", _free_port()
-        home.mkdir()
-        write_app(app_dir, config, components)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "fedcomp"\n\n[superlink.fedcomp]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        env = {**os.environ, "FLWR_HOME": str(home), TOKEN_VARIABLE: token,
-               "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
-        popen = dict(env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                     start_new_session=True, cwd=tmp)
-        try:
-            processes.append(subprocess.Popen(
-                [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-                 "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"], **popen))
-            _wait_for_port(port, processes[0], startup_timeout, log)
-            federation = [f"num-supernodes={int(config['num_clients'])}",
-                          f"client-resources-num-cpus={int(config['sim.client_cpus'])}"]
-            runner = subprocess.Popen(
-                [str(bin_dir / "flwr"), "run", str(app_dir), "fedcomp", "--stream",
-                 *(arg for item in federation for arg in ("--federation-config", item))], **popen)
-            processes.append(runner)
-            _follow(run_dir, runner, on_round)
-        finally:
-            _stop_all(processes, token)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise SimulationError(f"the simulation ended without a summary; the end of {log}:\n{_tail(log)}")
-    return json.loads(summary_path.read_text())
+
+    def simulation_engine(launch: Launch) -> list[str]:
+        port = free_port()
+        superlink = launch.start("flower-superlink", [
+            "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
+            "--disable-runtime-dependency-installation"])
+        wait_for_port(port, superlink, startup_timeout, launch.log, "flower-superlink")
+        launch.connection(port)
+        return federation_args(config)
+
+    ray = {"RAY_ADDRESS": str(config["sim.ray_address"])} if config.get("sim.ray_address") else None
+    return run_app(config, run_dir, simulation_engine, on_round, components, extra_env=ray)
 
 
 def _follow(run_dir: Path, runner: subprocess.Popen, on_round: Callable[[dict[str, Any]], None] | None) -> None:

@@ -24,6 +24,11 @@ class TrainSettings:
                    weight_decay=float(config["train.weight_decay"]))
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device holding the model's parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -33,30 +38,35 @@ def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
 def train(model: nn.Module, loader: DataLoader, settings: TrainSettings) -> dict[str, float]:
     """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch."""
     model.train()
+    device = model_device(model)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
     for _ in range(settings.epochs):
-        total_loss, correct, seen = 0.0, 0, 0
+        # sums stay on the device (float64, as Python's float): no host sync per batch
+        total_loss, correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0, 0
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = loss_fn(logits, y)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            total_loss += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+    return {"train_loss": float(total_loss) / max(seen, 1), "train_accuracy": int(correct) / max(seen, 1)}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``loader``."""
     model.eval()
+    device = model_device(model)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct, seen = 0.0, 0, 0
     for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
         total_loss += float(loss_fn(logits, y))
         correct += int((logits.argmax(1) == y).sum())

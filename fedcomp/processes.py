@@ -1,0 +1,88 @@
+"""Starting Flower's processes for one run and stopping every one of them afterwards.
+
+Each run gets a random token in its processes' environment (``FEDCOMP_RUN_TOKEN``). Every
+process started for the run inherits it, including those Flower and Ray spawn on their
+own, so `stop_all` finds them by the token even when they left the process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from fedcomp.errors import FedcompError
+
+TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
+
+
+class LaunchError(FedcompError):
+    """A Flower process could not start or the run did not finish."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a log file ('' when there is none)."""
+    if not path.is_file():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float, log: Path, name: str) -> None:
+    """Return once ``port`` on 127.0.0.1 accepts connections; raise if ``process`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"{name} exited with code {process.returncode}:\n{tail(log)}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise LaunchError(f"{name} did not start within {timeout:.0f} s:\n{tail(log)}")
+
+
+def processes_with_token(token: str) -> list[int]:
+    """PIDs whose environment carries ``token`` (a run's processes and all they spawned, Ray included)."""
+    needle = f"{TOKEN_VARIABLE}={token}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop_all(processes: list[subprocess.Popen], token: str) -> None:
+    """Terminate the run's process groups, then anything else still carrying the run's token."""
+    for process in processes:
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or processes_with_token(token)):
+        time.sleep(0.2)
+    for pid in processes_with_token(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for process in processes:
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
