@@ -39,15 +39,19 @@ def preflight(config: dict) -> None:
     run_model(config)
 
 
+# the options `run` and `deploy-local` share
+PresetOption = Annotated[str, typer.Option("--preset", "-p", help="preset to start from (see `fedcomp presets`)")]
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of settings")]
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
+OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/<time>-<preset>)")]
+
+
 @app.command()
 def run(
-    preset_name: Annotated[str, typer.Option("--preset", "-p", help="preset to start from (see `fedcomp presets`)")]
-    = "default",
-    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of settings")] = None,
-    assignments: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
-    = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/<time>-<preset>)")]
-    = None,
+    preset_name: PresetOption = "default",
+    config_file: ConfigOption = None,
+    assignments: SetOption = None,
+    out: OutOption = None,
 ) -> None:
     """Run one simulation on Flower's Simulation Engine (Ray) and write its results."""
     from fedcomp.simulation import run_simulation
@@ -96,13 +100,10 @@ def compare(
 # --- Deployment Engine on loopback (issue 10) ---
 @app.command("deploy-local")
 def deploy_local(
-    preset_name: Annotated[str, typer.Option("--preset", "-p", help="preset to start from (see `fedcomp presets`)")]
-    = "default",
-    config_file: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of settings")] = None,
-    assignments: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
-    = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/<time>-<preset>)")]
-    = None,
+    preset_name: PresetOption = "default",
+    config_file: ConfigOption = None,
+    assignments: SetOption = None,
+    out: OutOption = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="no TLS and no SuperNode authentication")] = False,
 ) -> None:
     """Run on Flower's Deployment Engine: a SuperLink and num_clients SuperNodes on 127.0.0.1.
