@@ -11,7 +11,8 @@
    --stream`` and follows the run's ``rounds.jsonl`` to report progress;
 4. stops the SuperLink and every process the run started, so nothing stays behind.
 
-All Flower output goes to ``flower.log`` in the run folder.
+All Flower output goes to ``flower.log`` in the run folder. Steps 1, 3 and 4 are `run_app`,
+which `fedcomp.deploy` shares: only the engine it brings up differs.
 """
 
 from __future__ import annotations
