@@ -43,6 +43,7 @@ import torch
 
 from fedcomp.config import resolve
 from fedcomp.deploy import run_deployment
+from fedcomp.presets import preset
 from fedcomp.experiment import client_loader, eval_loader, local_seed, run_model
 from fedcomp.results import default_run_dir, read_rounds
 from fedcomp.simulation import run_simulation
@@ -137,14 +138,15 @@ def direct_times(config: dict[str, Any], partitions: list[int], server_round: in
     return statistics.median(times), (time.perf_counter() - start) / 5
 
 
-def scale_row(num_clients: int, fraction: float, rounds: int, out: Path) -> dict[str, Any]:
-    config = resolve({"num_clients": num_clients, "fraction": fraction, "rounds": rounds, "seed": 0})
-    mark = uuid.uuid4().hex
+def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, out: Path) -> dict[str, Any]:
+    config = resolve(preset(preset_name), {"num_clients": num_clients, "fraction": fraction, "rounds": rounds,
+                                           "seed": 0})
+    mark, run_dir = uuid.uuid4().hex, out / f"{preset_name}-clients{num_clients}"
     started = time.perf_counter()
     with MemorySampler(mark) as memory:
-        summary = marked(mark, lambda: run_simulation(config, out / f"clients{num_clients}"))
+        summary = marked(mark, lambda: run_simulation(config, run_dir))
     wall = time.perf_counter() - started
-    rows = read_rounds(out / f"clients{num_clients}")
+    rows = read_rounds(run_dir)
     later = [r["round_seconds"] for r in rows if r["round"] > 1]
     sampled = [c["partition_id"] for r in rows for c in r["clients"]]
     per_round = statistics.median(len(r["clients"]) for r in rows)
@@ -152,10 +154,11 @@ def scale_row(num_clients: int, fraction: float, rounds: int, out: Path) -> dict
     actors = max(1, (os.cpu_count() or 1) // int(config["sim.client_cpus"]))
     round_s = statistics.median(later)
     framework = (round_s - eval_s) * actors / per_round - train_s
-    return {"clients": num_clients, "per_round": per_round, "round_s": round_s, "round1_s": rows[0]["round_seconds"],
+    return {"preset": preset_name, "clients": num_clients, "per_round": per_round,
+            "round_s": round_s, "round1_s": rows[0]["round_seconds"],
             "train_s": train_s, "eval_s": eval_s, "framework_s": framework, "actors": actors,
             "peak_mb": memory.peak_total / MB, "peak_by_kind": {k: v / MB for k, v in memory.peak_by_kind.items()},
-            "accuracy": summary["final_accuracy"], "wall_s": wall}
+            "accuracy": summary["final_accuracy"], "bytes_total": summary["bytes_total"], "wall_s": wall}
 
 
 def engines_row(engine: str, out: Path) -> dict[str, Any]:
@@ -180,21 +183,26 @@ def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], args: arg
         f"({platform.processor() or platform.machine()}, shared with other work), torch {torch.__version__}, "
         f"flwr {version('flwr')}, ray {version('ray')}. Command: `python benchmarks/scale.py`.", "",
         f"## Clients on one machine (Simulation Engine, Ray, digits/cnn, fraction {args.fraction}, "
-        f"{args.rounds} rounds, dense FedAvg)", "",
+        f"{args.rounds} rounds)", "",
+        "Preset `default` is dense FedAvg; a compressed preset adds the state each client keeps between rounds "
+        "(its copy of the global model and its error-feedback residual, in Flower's `context.state`).", "",
         "s/round is the median `round_seconds` of rounds 2..N (round 1, with Ray's start-up, is shown apart). "
         "Peak memory is the largest sum of PSS over every process of the run, sampled every 0.5 s. Training s/client "
         "and central evaluation s are measured directly with fedcomp's functions (no Flower, no Ray); framework "
-        "s/client = (s/round - evaluation s) x actors / clients per round - training s/client.", "",
-        "| clients | trained/round | Ray actors | s/round | round 1 s | training s/client | central eval s "
-        "| framework s/client | peak memory MB | of which flwr-simulation MB | Ray actors MB | final accuracy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "s/client = (s/round - evaluation s) x actors / clients per round - training s/client: everything in a "
+        "client's turn that is not local training (Ray and Flower messaging, building the model, and for a "
+        "compressed preset its compression and state handling).", "",
+        "| preset | clients | trained/round | Ray actors | s/round | round 1 s | training s/client | central eval s "
+        "| framework s/client | peak memory MB | of which flwr-simulation MB | Ray actors MB | final accuracy "
+        "| MB sent |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in scale:
         kinds = r["peak_by_kind"]
-        lines.append(f"| {r['clients']} | {r['per_round']:.0f} | {r['actors']} | {r['round_s']:.3f} | "
+        lines.append(f"| {r['preset']} | {r['clients']} | {r['per_round']:.0f} | {r['actors']} | {r['round_s']:.3f} | "
                      f"{r['round1_s']:.1f} | {r['train_s'] * 1000:.1f} ms | {r['eval_s'] * 1000:.1f} ms | "
                      f"{r['framework_s'] * 1000:.1f} ms | {r['peak_mb']:.0f} | {kinds.get('flwr-simulation', 0):.0f} | "
-                     f"{kinds.get('ClientAppActor', 0):.0f} | {r['accuracy']:.4f} |")
+                     f"{kinds.get('ClientAppActor', 0):.0f} | {r['accuracy']:.4f} | {r['bytes_total'] / MB:.1f} |")
     if engines:
         lines += _engine_lines(engines)
     lines += ["", "## GPU", "", gpu, ""]
@@ -228,6 +236,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--state-presets", nargs="*", default=[],
+                        help="compressed presets also run at the largest client count (client state's cost)")
     parser.add_argument("--skip-engines", action="store_true", help="leave out the deployment comparison")
     parser.add_argument("--gpu-results", type=Path, help="a markdown table measured on a GPU machine, quoted as is")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -237,8 +247,9 @@ def main() -> None:
                             cwd=ROOT).stdout.strip() or "unknown"
     runs = default_run_dir("scale")
     scale = []
-    for n in args.clients:
-        scale.append(scale_row(n, args.fraction, args.rounds, runs))
+    plan = [("default", n) for n in args.clients] + [(p, max(args.clients)) for p in args.state_presets]
+    for preset_name, n in plan:
+        scale.append(scale_row(preset_name, n, args.fraction, args.rounds, runs))
         print({k: v for k, v in scale[-1].items() if k != "peak_by_kind"}, flush=True)
     engines = [] if args.skip_engines else [engines_row(e, runs) for e in ("simulation", "deployment")]
     for row in engines:
