@@ -67,8 +67,11 @@ class RunRecorder:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
 
     def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
-                   round_seconds: float) -> dict[str, Any]:
-        """Append the row of ``round`` to rounds.jsonl and return it."""
+                   round_seconds: float, client_timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Append the row of ``round`` to rounds.jsonl and return it.
+
+        ``client_timings``: the clients' training, compression and decoding seconds (mean, max).
+        """
         row: dict[str, Any] = {"round": round, "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
         if self.meter is not None:
             cum = self.meter.totals(upto=round)
@@ -76,6 +79,7 @@ class RunRecorder:
             row.update({f"cum_{k}": v for k, v in cum.items()})
             row["cum_bytes_total"] = cum["bytes_up"] + cum["bytes_down"]
             row["cum_message_bytes_total"] = cum["message_bytes_up"] + cum["message_bytes_down"]
+        row.update(client_timings or {})
         row["round_seconds"] = round_seconds
         row["wall_seconds"] = time.perf_counter() - self.started
         if self.meter is not None:

@@ -94,7 +94,7 @@ def test_a_reply_that_does_not_fit_the_model_is_dropped(setup):
         name = manifest.names[0]
         tensors = record_tensors(arrays)
         tensors[name] = np.zeros((3, 3), np.float32)
-        return Message(RecordDict({"arrays": DenseChannel().encode(tensors), "metrics": reply.content["metrics"]}),
+        return Message(RecordDict({"arrays": DenseChannel().encode(tensors)[0].record, "metrics": reply.content["metrics"]}),
                        reply_to=reply_to_of(reply))
 
     sent = {}
@@ -120,7 +120,7 @@ def test_malformed_dense_records_raise_payload_error():
     with pytest.raises(PayloadError, match="missing"):
         channel.decode(ArrayRecord(), manifest)
     with pytest.raises(PayloadError, match="expected float32"):
-        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)}), manifest)
+        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)})[0].record, manifest)
     with pytest.raises(PayloadError, match="expected float32"):
         channel.decode(ArrayRecord({"w": Array(np.zeros((2, 3), np.float64))}), manifest)
 
