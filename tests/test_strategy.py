@@ -94,8 +94,8 @@ def test_a_reply_that_does_not_fit_the_model_is_dropped(setup):
         name = manifest.names[0]
         tensors = record_tensors(arrays)
         tensors[name] = np.zeros((3, 3), np.float32)
-        return Message(RecordDict({"arrays": DenseChannel().encode(tensors)[0].record, "metrics": reply.content["metrics"]}),
-                       reply_to=reply_to_of(reply))
+        record = DenseChannel().encode(tensors)[0].record
+        return Message(RecordDict({"arrays": record, "metrics": reply.content["metrics"]}), reply_to=reply_to_of(reply))
 
     sent = {}
 
