@@ -30,12 +30,14 @@ def build_config(preset_name: str, config_file: Optional[Path], assignments: lis
 
 
 def preflight(config: dict) -> None:
-    """Load the dataset and build the model once here, so a missing dataset fails before Ray starts."""
+    """Load the dataset, build the model and try the compression once here, so that a missing
+    dataset, a partial group the model lacks or a codec not installed fails before Ray starts."""
     from fedcomp.experiment import run_model
+    from fedcomp.updates import UpdateSettings
 
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
-    run_model(config)
+    UpdateSettings.from_config(config).check(run_model(config))
 
 
 @app.command()

@@ -49,12 +49,17 @@ class RunRecorder:
     """Writes a run's files as the run goes: a row per round, the summary at the end.
 
     Without a meter (a strategy that meters nothing, such as Flower's stock FedAvg in the
-    overhead benchmark) the rows and summary carry accuracy and times only.
+    overhead benchmark) the rows and summary carry accuracy and times only. ``model_bytes``
+    (the model's float32 size) gives the summary's FedAvg baseline: what plain FedAvg sends
+    in place of the same messages (the model in every training and evaluation message down,
+    and in every training reply that carried tensors up).
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None) -> None:
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None,
+                 model_bytes: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.meter = meter
+        self.model_bytes = model_bytes
         self.config = dict(config)
         self.started = time.perf_counter()
         self.initial: dict[str, float] | None = None
@@ -104,7 +109,9 @@ class RunRecorder:
         if self.meter is not None:
             totals = self.meter.totals()
             bytes_total = totals["bytes_up"] + totals["bytes_down"]
-            fedavg_total = totals["dense_bytes_up"] + totals["dense_bytes_down"]
+            fedavg_total = self.model_bytes * sum(
+                1 for r in self.meter.records if (r.direction == "down" and r.kind in ("train", "evaluate"))
+                or (r.kind == "train" and r.payload_bytes))
             summary.update(totals)
             summary.update({
                 "bytes_total": bytes_total,

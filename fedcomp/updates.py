@@ -77,6 +77,15 @@ class UpdateSettings:
         tensors = state_arrays(model)
         return {**tensors, **unit_scales(model)} if self.scaled else tensors
 
+    def check(self, model: nn.Module) -> None:
+        """Fail now, with one ConfigError, on what would fail mid-run: partial groups this model
+        lacks, a codec this installation lacks."""
+        manifest = self.manifest(model)
+        sent = self.sent_names(model, manifest)
+        probe = {sent[0]: np.zeros(manifest[manifest.index(sent[0])].shape, np.float32)}
+        for direction in ("up", "down"):
+            self.channel(direction, manifest, 0).encode(probe)
+
     def channel(self, direction: str, manifest: ParamManifest, seed: int) -> Channel:
         """The channel of ``direction`` (up or down); ``seed`` seeds this sender's random choices."""
         spec = self.up if direction == "up" else self.down

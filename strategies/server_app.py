@@ -22,7 +22,7 @@ from fedcomp.channels import dense_record, record_tensors
 from fedcomp.config import from_run_config
 from fedcomp.experiment import eval_loader, run_model
 from fedcomp.meter import TransferMeter
-from fedcomp.params import load_arrays, state_arrays
+from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.results import RunRecorder, default_run_dir
 from fedcomp.training import evaluate
 from fedcomp.updates import UpdateSettings
@@ -76,7 +76,8 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
     initial = state_arrays(model)
     strategy = build_strategy(config, model)
     observed = strategy if isinstance(strategy, Observed) else None
-    recorder = RunRecorder(run_dir, config, observed.meter if observed else None)
+    recorder = RunRecorder(run_dir, config, observed.meter if observed else None,
+                           ParamManifest.from_model(model).dense_bytes)
     test = eval_loader(config)
     clock = {"t": time.perf_counter()}
 

@@ -15,7 +15,7 @@ from fedcomp.experiment import run_model
 from fedcomp.params import ParamManifest, state_arrays
 from fedcomp.scaling import is_scale
 from fedcomp.updates import UpdateSettings
-from loopback import LoopbackGrid
+from strategies.loopback import LoopbackGrid
 from strategies.differential import DifferentialFedAvg
 from strategies.server_app import build_strategy
 

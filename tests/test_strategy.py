@@ -9,7 +9,7 @@ from fedcomp.config import resolve
 from fedcomp.experiment import client_indices, run_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, state_arrays
-from loopback import LoopbackGrid
+from strategies.loopback import LoopbackGrid
 from fedcomp.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
