@@ -89,8 +89,23 @@ def compare(
 
 
 @app.command()
-def presets() -> None:
-    """List the available presets."""
+def presets(
+    show: Annotated[Optional[str], typer.Option("--show", help="print this preset's settings as TOML")] = None,
+) -> None:
+    """List the available presets, or print one as a TOML table to copy and change."""
+    if show is not None:
+        import tomli_w
+
+        preset(show)  # unknown names get the usual one-line error
+        nested: dict = {}
+        for key, value in PRESETS[show][1].items():
+            *tables, leaf = key.split(".")
+            table = nested
+            for name in tables:
+                table = table.setdefault(name, {})
+            table[leaf] = value
+        typer.echo(tomli_w.dumps(nested), nl=False)
+        return
     width = max(len(name) for name in PRESETS)
     for name, (description, _) in PRESETS.items():
         typer.echo(f"{name:<{width}}  {description}")

@@ -95,3 +95,16 @@ def test_a_scheme_sets_its_direction_and_explicit_keys_win():
     assert config["up.quantizer"] == "stc" and config["up.fraction"] == 1 / 400  # a later scheme resets its keys
     assert config["down.quantizer"] == "uniform" and config["down.sparsify"] == "none"
     assert resolve({"up.scheme": "stc", "up.fraction": 0.05})["up.fraction"] == 0.05
+
+
+def test_every_preset_round_trips_through_its_toml(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedcomp = str(Path(sys.executable).parent / "fedcomp")
+    for name in ("fsfl-bidir", "nnc", "fsfl-partial"):
+        shown = subprocess.run([fedcomp, "presets", "--show", name], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        (tmp_path / f"{name}.toml").write_text(shown.stdout)
+        assert resolve(load_toml(tmp_path / f"{name}.toml")) == {**resolve(preset(name)), "output.preset": "default"}
