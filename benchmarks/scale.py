@@ -7,12 +7,13 @@ Ray, the ClientApp). While it runs, a sampler reads every 0.5 s the proportional
 started, found by a marker in their environment; the peak of the sum is the run's peak
 memory. A round's time is ``round_seconds`` (round 1 carries Ray's start-up and is left out).
 
-The framework's share is separated from the training by measuring, in this process and
-with fedcomp's own functions (no Flower, no Ray), the time of one client's local training
-(`run_model`, `client_loader`, `train`, median over the sampled clients) and of the central
-evaluation. With ``A`` Ray actors working in parallel and ``k`` clients per round:
+The framework's share is separated from the clients' own work with the seconds each client
+reports in its reply (local training, and compression for a compressed preset; measured in
+the Ray actor, averaged over a round's clients, median over rounds 2..N) and the central
+evaluation's seconds (measured in this process with fedcomp's functions). With ``A`` Ray
+actors working in parallel and ``k`` clients per round:
 
-    framework s per client = (s per round - central evaluation s) * A / k - training s per client
+    framework s per client = (s per round - central evaluation s) * A / k - training s - compression s
 
 Then the same small run (3 clients, 2 rounds) runs under the Simulation Engine and under
 ``run_deployment`` (SuperLink + 3 SuperNodes on loopback, TLS, SuperNode authentication):
@@ -44,10 +45,10 @@ import torch
 from fedcomp.config import resolve
 from fedcomp.deploy import run_deployment
 from fedcomp.presets import preset
-from fedcomp.experiment import client_loader, eval_loader, local_seed, run_model
+from fedcomp.experiment import eval_loader, run_model
 from fedcomp.results import default_run_dir, read_rounds
 from fedcomp.simulation import run_simulation
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "scale.md"
@@ -118,24 +119,15 @@ def marked(mark: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         del os.environ[MARK_NAME]
 
 
-def direct_times(config: dict[str, Any], partitions: list[int], server_round: int) -> tuple[float, float]:
-    """Median local-training seconds of the given clients, and central-evaluation seconds, in this process."""
+def central_eval_seconds(config: dict[str, Any], repeats: int = 5) -> float:
+    """Seconds of one central evaluation of the run's model, in this process (fedcomp's own functions)."""
     torch.set_num_threads(int(config["sim.threads"]))
-    settings = TrainSettings.from_config(config)
-    times = []
-    for pid in partitions:
-        model = run_model(config)
-        loader = client_loader(config, pid, server_round)
-        torch.manual_seed(local_seed(config, server_round, pid))
-        start = time.perf_counter()
-        train(model, loader, settings)
-        times.append(time.perf_counter() - start)
     model, test = run_model(config), eval_loader(config)
     evaluate(model, test)
     start = time.perf_counter()
-    for _ in range(5):
+    for _ in range(repeats):
         evaluate(model, test)
-    return statistics.median(times), (time.perf_counter() - start) / 5
+    return (time.perf_counter() - start) / repeats
 
 
 def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, out: Path) -> dict[str, Any]:
@@ -148,15 +140,18 @@ def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, 
     wall = time.perf_counter() - started
     rows = read_rounds(run_dir)
     later = [r["round_seconds"] for r in rows if r["round"] > 1]
-    sampled = [c["partition_id"] for r in rows for c in r["clients"]]
     per_round = statistics.median(len(r["clients"]) for r in rows)
-    train_s, eval_s = direct_times(config, sampled[: min(len(sampled), 50)], 2)
+    # seconds the clients report (measured in the Ray actor): local training, and compression when there is any
+    train_s = statistics.median(r.get("train_seconds_mean", 0.0) for r in rows if r["round"] > 1)
+    compress_s = statistics.median(r.get("compress_seconds_mean", 0.0) for r in rows if r["round"] > 1)
+    eval_s = central_eval_seconds(config)
     actors = max(1, (os.cpu_count() or 1) // int(config["sim.client_cpus"]))
     round_s = statistics.median(later)
-    framework = (round_s - eval_s) * actors / per_round - train_s
+    framework = (round_s - eval_s) * actors / per_round - train_s - compress_s
     return {"preset": preset_name, "clients": num_clients, "per_round": per_round,
             "round_s": round_s, "round1_s": rows[0]["round_seconds"],
-            "train_s": train_s, "eval_s": eval_s, "framework_s": framework, "actors": actors,
+            "train_s": train_s, "compress_s": compress_s, "eval_s": eval_s, "framework_s": framework,
+            "actors": actors,
             "peak_mb": memory.peak_total / MB, "peak_by_kind": {k: v / MB for k, v in memory.peak_by_kind.items()},
             "accuracy": summary["final_accuracy"], "bytes_total": summary["bytes_total"], "wall_s": wall}
 
@@ -187,20 +182,22 @@ def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], args: arg
         "Preset `default` is dense FedAvg; a compressed preset adds the state each client keeps between rounds "
         "(its copy of the global model and its error-feedback residual, in Flower's `context.state`).", "",
         "s/round is the median `round_seconds` of rounds 2..N (round 1, with Ray's start-up, is shown apart). "
-        "Peak memory is the largest sum of PSS over every process of the run, sampled every 0.5 s. Training s/client "
-        "and central evaluation s are measured directly with fedcomp's functions (no Flower, no Ray); framework "
-        "s/client = (s/round - evaluation s) x actors / clients per round - training s/client: everything in a "
-        "client's turn that is not local training (Ray and Flower messaging, building the model, and for a "
-        "compressed preset its compression and state handling).", "",
-        "| preset | clients | trained/round | Ray actors | s/round | round 1 s | training s/client | central eval s "
+        "Peak memory is the largest sum of PSS over every process of the run, sampled every 0.5 s. Training and "
+        "compression s/client are what the clients report (measured in the Ray actor); central evaluation s is "
+        "measured directly with fedcomp's functions; framework s/client = (s/round - evaluation s) x actors / "
+        "clients per round - training s - compression s: everything else in a client's turn (Ray and Flower "
+        "messaging, building the model, decoding, state handling).", "",
+        "| preset | clients | trained/round | Ray actors | s/round | round 1 s | training s/client "
+        "| compression s/client | central eval s "
         "| framework s/client | peak memory MB | of which flwr-simulation MB | Ray actors MB | final accuracy "
         "| MB sent |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in scale:
         kinds = r["peak_by_kind"]
         lines.append(f"| {r['preset']} | {r['clients']} | {r['per_round']:.0f} | {r['actors']} | {r['round_s']:.3f} | "
-                     f"{r['round1_s']:.1f} | {r['train_s'] * 1000:.1f} ms | {r['eval_s'] * 1000:.1f} ms | "
+                     f"{r['round1_s']:.1f} | {r['train_s'] * 1000:.1f} ms | {r['compress_s'] * 1000:.1f} ms | "
+                     f"{r['eval_s'] * 1000:.1f} ms | "
                      f"{r['framework_s'] * 1000:.1f} ms | {r['peak_mb']:.0f} | {kinds.get('flwr-simulation', 0):.0f} | "
                      f"{kinds.get('ClientAppActor', 0):.0f} | {r['accuracy']:.4f} | {r['bytes_total'] / MB:.1f} |")
     if engines:

@@ -16,7 +16,7 @@ from fedcomp.deploy import (make_certificates, make_node_key, node_statuses, reg
 from fedcomp.presets import preset
 from fedcomp.simulation import launched, run_simulation
 
-PRESET = "default"  # the compressed preset replaces it once issue 6 (compressed strategies) is merged
+PRESET = "topk-ef"  # a compressed preset (issue 6): sparse differential updates with error feedback
 SMALL = {"num_clients": 3, "rounds": 2, "seed": 5}
 PER_ROUND = ("bytes_up", "bytes_down", "dense_bytes_up", "dense_bytes_down", "accuracy", "loss")
 
