@@ -73,8 +73,11 @@ def test_deployment_with_three_authenticated_supernodes_meters_the_simulations_p
         assert all(c["message_bytes_up"] > c["bytes_up"] > 0 for c in row["clients"])
     for key in ("bytes_up", "bytes_down", "bytes_total", "final_accuracy"):
         assert deployed[key] == simulated[key], key
-    # Flower's serialised messages are reported beside the payload; they differ only by metadata
-    assert abs(deployed["message_bytes_up"] - simulated["message_bytes_up"]) < 0.01 * simulated["message_bytes_up"]
+    # Flower's serialised messages are reported beside the payload. Under both engines they carry
+    # the same content; only metadata differs (random 64-bit run/node ids, varint-coded): tens of bytes
+    messages = sum(len(r["clients"]) for r in rows)
+    for key in ("message_bytes_up", "message_bytes_down"):
+        assert deployed[key] > 0 and abs(deployed[key] - simulated[key]) <= 100 * messages, key
 
 
 @pytest.mark.slow
