@@ -154,14 +154,14 @@ def main() -> None:
     for label, settings in ABLATION.items():
         add("ablation", label, settings, "iid", seeds[:ABLATION_SEEDS])
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, _ in enumerate(pool.map(run_once, jobs), 1):
             print(f"\r{i}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
     print()
     result = {key: stats(folders) for key, folders in groups.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
     text = report(result, args.seeds, commit, time.perf_counter() - started, out, groups)
     (out / "comm_savings.md").write_text(text)
     print(text)
