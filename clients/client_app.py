@@ -38,7 +38,7 @@ def _setup(msg: Message, context: Context) -> tuple[dict, int, torch.nn.Module]:
     config = from_run_config(context.run_config)
     torch.set_num_threads(int(config["sim.threads"]))
     pid = _partition_id(context, config)
-    model = run_model(config)
+    model = run_model(config, context.node_config)
     load_arrays(model, DenseChannel().decode(msg.content[ARRAYS], ParamManifest.from_model(model)))
     return config, pid, model
 
@@ -48,7 +48,7 @@ def query(msg: Message, context: Context) -> Message:
     """Answer the server's setup query with this node's partition id and example count."""
     config = from_run_config(context.run_config)
     pid = _partition_id(context, config)
-    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid))})
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid, context.node_config))})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
@@ -57,7 +57,7 @@ def train_step(msg: Message, context: Context) -> Message:
     """Train the received global model on the local partition; reply with the local model."""
     config, pid, model = _setup(msg, context)
     server_round = int(msg.content[CONFIG].get("server-round", 0))
-    loader = client_loader(config, pid, server_round)
+    loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
     stats = train(model, loader, TrainSettings.from_config(config))
     metrics = MetricRecord({**stats, NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
@@ -69,7 +69,7 @@ def train_step(msg: Message, context: Context) -> Message:
 def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
     config, pid, model = _setup(msg, context)
-    stats = evaluate(model, client_loader(config, pid, 0))
+    stats = evaluate(model, client_loader(config, pid, 0, context.node_config))
     metrics = MetricRecord({"loss": stats["loss"], "accuracy": stats["accuracy"],
                             NUM_EXAMPLES: stats["num_examples"], PARTITION_ID: pid})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)

@@ -30,12 +30,12 @@ def build_config(preset_name: str, config_file: Optional[Path], assignments: lis
 
 
 def preflight(config: dict) -> None:
-    """Load the dataset and build the model once here, so a missing dataset fails before Ray starts."""
-    from fedcomp.experiment import run_model
+    """Load the dataset, build the model and partition the data once here, so bad data fails before Ray starts."""
+    from fedcomp.experiment import check_run
 
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
-    run_model(config)
+    check_run(config)
 
 
 @app.command()
