@@ -124,8 +124,8 @@ class TableFolders:
         if not table.num_rows:
             raise DatasetError(f"{path} has no rows: every client needs at least one example")
         features = feature_columns(table, options)
-        return Part(folder, table_examples(table, features, path), table_labels(table, options.label, path),
-                    f"feature columns {', '.join(features)}")
+        names = table_labels(table, options.label, path)
+        return Part(folder, table_examples(table, features, path), names, f"feature columns {', '.join(features)}")
 
     def datasets(self, train, labels, others, source):
         scale = Standardiser.fit(train)

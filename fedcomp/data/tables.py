@@ -29,7 +29,12 @@ from sklearn.model_selection import train_test_split
 from fedcomp.data.bundle import DataOptions, DatasetBundle, TensorExamples
 from fedcomp.errors import DatasetError
 
-TABLE_READERS = {".csv": pyarrow.csv.read_csv, ".parquet": pyarrow.parquet.read_table}
+TABLE_READERS = {
+    # an empty csv field is a missing value, in text columns too
+    ".csv": lambda path: pyarrow.csv.read_csv(
+        path, convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=True)),
+    ".parquet": pyarrow.parquet.read_table,
+}
 
 
 def read_table(path: Path, kind: str = "") -> pa.Table:
@@ -194,7 +199,8 @@ def load_table(path: Path, options: DataOptions, kind: str) -> DatasetBundle:
     else:
         table, test_table = read_table(path, kind), None
     features = feature_columns(table, options)
-    examples, names = table_examples(table, features, path), table_labels(table, options.label, path)
+    names = table_labels(table, options.label, path)
+    examples = table_examples(table, features, path)
     groups = None
     if options.partition_by:
         groups = _column(table, options.partition_by, path, "partition_by").to_numpy(zero_copy_only=False)
