@@ -29,6 +29,7 @@ class Loader:
 
     form: str
     load: Callable[[str, DataOptions], DatasetBundle]
+    path: bool = False  # the rest of the name is a file-system path
 
 
 def _path(rest: str) -> Path:
@@ -68,11 +69,11 @@ def _load_plugin_dataset(rest: str, options: DataOptions) -> DatasetBundle:
 LOADERS: dict[str, Loader] = {
     "cifar10": Loader("cifar10", lambda _, o: load_cifar10(_path(o.data_dir), o.download)),
     "digits": Loader("digits", lambda _, o: load_digits(o.seed)),
-    "folder:": Loader("folder:PATH", lambda rest, o: load_folder(_path(rest))),
-    "clients:": Loader("clients:PATH", lambda rest, o: load_clients(_path(rest), o)),
-    "csv:": Loader("csv:PATH", lambda rest, o: load_table(_path(rest), o, ".csv")),
-    "parquet:": Loader("parquet:PATH", lambda rest, o: load_table(_path(rest), o, ".parquet")),
-    "hf:": Loader("hf:PATH", lambda rest, o: load_table(_path(rest), o, "hf")),
+    "folder:": Loader("folder:PATH", lambda rest, o: load_folder(_path(rest)), path=True),
+    "clients:": Loader("clients:PATH", lambda rest, o: load_clients(_path(rest), o), path=True),
+    "csv:": Loader("csv:PATH", lambda rest, o: load_table(_path(rest), o, ".csv"), path=True),
+    "parquet:": Loader("parquet:PATH", lambda rest, o: load_table(_path(rest), o, ".parquet"), path=True),
+    "hf:": Loader("hf:PATH", lambda rest, o: load_table(_path(rest), o, "hf"), path=True),
     PLUGIN_PREFIX: Loader(PLUGIN_FORM, _load_plugin_dataset),
 }
 
@@ -80,6 +81,15 @@ LOADERS: dict[str, Loader] = {
 def dataset_names() -> list[str]:
     """Every accepted dataset name: the built-ins, then the open forms (``csv:PATH``, ``python:...``)."""
     return [entry.form for entry in LOADERS.values()]
+
+
+def absolute_paths(name: str) -> str:
+    """``name`` with a relative path made absolute (the simulation's processes run in another folder)."""
+    prefix, colon, rest = name.partition(":")
+    entry = LOADERS.get(prefix + colon)
+    if entry is None or not entry.path:
+        return name
+    return f"{prefix}{colon}{_path(rest).resolve()}"
 
 
 def load_dataset(name: str, options: DataOptions | None = None, **fields) -> DatasetBundle:
