@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Callable
 
@@ -66,7 +68,8 @@ def partition(
         table = table.shuffle(seed=seed)
     partitioner.dataset = table
     try:
-        with warnings.catch_warnings():
+        # NaturalIdPartitioner draws a tqdm bar on stderr; the user sees the outcome, not the bar.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             # Dirichlet resampling warns on every retry; the outcome is a result or a ConfigError.
             warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
             return [
