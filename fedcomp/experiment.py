@@ -110,8 +110,9 @@ def run_model(config: Mapping, node_config: Mapping | None = None) -> torch.nn.M
     return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape)
 
 
-def check_run(config: Mapping) -> None:
+def check_run(config: Mapping) -> torch.nn.Module:
     """Load the data, build the model and split the data among the clients once, so that any
-    problem with them stops the run before anything starts."""
-    run_model(config)
+    problem with them stops the run before anything starts; returns the model."""
+    model = run_model(config)
     client_indices(config, 0)
+    return model
