@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
@@ -78,7 +79,7 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
         return self.transform(self.loader(path)), int(target)
 
@@ -109,7 +110,8 @@ class ImageFolders:
         return Part(folder, np.asarray([p for p, _ in samples]), np.asarray([subfolders[i] for _, i in samples]),
                     f"{size[0]}x{size[1]} images")
 
-    def datasets(self, train, labels, others, source):
+    def datasets(self, train: np.ndarray, labels: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]],
+                 source: str) -> tuple[list[Dataset], tuple[int, ...]]:
         to_tensor, mode, input_shape = image_transform(Path(train[0]), source)
         sets = [ImageFiles(items, targets, mode, to_tensor) for items, targets in [(train, labels), *others]]
         return sets, input_shape
@@ -127,7 +129,8 @@ class TableFolders:
         names = table_labels(table, options.label, path)
         return Part(folder, table_examples(table, features, path), names, f"feature columns {', '.join(features)}")
 
-    def datasets(self, train, labels, others, source):
+    def datasets(self, train: np.ndarray, labels: np.ndarray, others: list[tuple[np.ndarray, np.ndarray]],
+                 source: str) -> tuple[list[Dataset], tuple[int, ...]]:
         scale = Standardiser.fit(train)
         sets = [TensorExamples(scale(items), targets) for items, targets in [(train, labels), *others]]
         return sets, tuple(int(d) for d in train.shape[1:])
