@@ -30,14 +30,14 @@ def build_config(preset_name: str, config_file: Optional[Path], assignments: lis
 
 
 def preflight(config: dict) -> None:
-    """Load the dataset, build the model and try the compression once here, so that a missing
-    dataset, a partial group the model lacks or a codec not installed fails before Ray starts."""
-    from fedcomp.experiment import run_model
+    """Load the dataset, build the model, split the data among the clients and try the compression once
+    here, so that bad data, a partial group the model lacks or a codec not installed fails before Ray starts."""
+    from fedcomp.experiment import check_run
     from fedcomp.updates import UpdateSettings
 
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
-    UpdateSettings.from_config(config).check(run_model(config))
+    UpdateSettings.from_config(config).check(check_run(config))
 
 
 @app.command()

@@ -47,6 +47,10 @@ def _unit_interval(x: Any) -> bool:
     return 0 < x <= 1
 
 
+def _open_unit_interval(x: Any) -> bool:
+    return 0 < x < 1
+
+
 def _dataset_names() -> list[str]:
     from fedcomp.data import dataset_names
 
@@ -61,8 +65,9 @@ def _model_names() -> list[str]:
 
 SETTINGS: dict[str, Setting] = {
     # everyday keys
-    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH or python:module:function",
-                       choices=_dataset_names, prefixes=("folder:", "python:")),
+    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH, clients:PATH, csv:PATH, parquet:PATH, "
+                       "hf:PATH or python:module:function",
+                       choices=_dataset_names, prefixes=("folder:", "python:", "clients:", "csv:", "parquet:", "hf:")),
     "model": Setting("cnn", "model: a registered name or python:module:function",
                      choices=_model_names, prefixes=("python:",)),
     "num_clients": Setting(10, "number of simulated clients (SuperNodes)", check=_positive, requirement="> 0"),
@@ -70,7 +75,7 @@ SETTINGS: dict[str, Setting] = {
     "fraction": Setting(1.0, "fraction of clients sampled for training each round",
                         check=_unit_interval, requirement="in (0, 1]"),
     "partition": Setting("iid", "how the training set is split among clients",
-                         choices=("iid", "dirichlet", "pathological")),
+                         choices=("iid", "dirichlet", "pathological", "natural")),
     "local_epochs": Setting(1, "local epochs per round", check=_positive, requirement="> 0"),
     "batch_size": Setting(32, "local training batch size", check=_positive, requirement="> 0"),
     "lr": Setting(0.05, "local learning rate", check=_positive, requirement="> 0"),
@@ -83,6 +88,16 @@ SETTINGS: dict[str, Setting] = {
                                check=_positive, requirement="> 0"),
     "data.classes_per_client": Setting(2, "classes per client for 'pathological'",
                                             check=_positive, requirement="> 0"),
+    # your own data: tables and one folder per client (README "Bring your own data")
+    "data.label": Setting("label", "label column of a csv:/parquet:/hf: table or of each client's table"),
+    "data.features": Setting("", "feature columns, comma-separated; empty means every column but the label "
+                                 "and data.partition_by"),
+    "data.partition_by": Setting("", "column whose values are the clients of partition=natural "
+                                     "(a writer, a hospital, a device id)"),
+    "data.test_fraction": Setting(0.2, "share of a table, or of each client folder without test/, held out "
+                                       "for central evaluation", check=_open_unit_interval, requirement="in (0, 1)"),
+    "data.classes": Setting("", "class names in label order, comma-separated; empty means the sorted classes "
+                                "found in the data (needed when a node reads its own data-path)"),
     # local training
     "train.optimizer": Setting("sgd", "local optimizer", choices=("sgd", "adam")),
     "train.momentum": Setting(0.9, "SGD momentum", check=_non_negative, requirement=">= 0"),
