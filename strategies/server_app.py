@@ -19,6 +19,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedcomp.config import from_run_config
 from fedcomp.experiment import eval_loader, run_model
+from fedcomp.fantastic4.edge import EdgeEvaluator
+from fedcomp.saved_model import save_final_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.results import RunRecorder, default_run_dir
@@ -57,6 +59,10 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
     strategy = build_strategy(config, ParamManifest.from_model(model))
     recorder = RunRecorder(run_dir, config, getattr(strategy, "meter", None))
     test = eval_loader(config)
+    # --- FantastIC4 edge client (issue 9): start-up check, then f4_* metrics in round_end ---
+    edge = EdgeEvaluator.from_config(config)
+    if edge is not None:
+        edge.check(model)
     clock = {"t": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -66,13 +72,15 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
         if server_round == 0:
             recorder.initial_evaluation(metrics)
         else:
-            recorder.round_done(server_round, metrics, getattr(strategy, "partition_of", {}), now - clock["t"])
-        clock["t"] = now
+            f4 = edge.evaluate(model) if edge is not None and edge.due(server_round, int(config["rounds"])) else {}
+            recorder.round_done(server_round, metrics, getattr(strategy, "partition_of", {}), now - clock["t"], f4)
+        clock["t"] = time.perf_counter() if edge is not None else now  # issue 9: edge evaluation is not round time
         return MetricRecord({"accuracy": metrics["accuracy"], "loss": metrics["loss"]})
 
     strategy.start(grid=grid, initial_arrays=dense_record(state_arrays(model)), num_rounds=int(config["rounds"]),
                    train_config=ConfigRecord(), evaluate_fn=round_end)
     recorder.finish()
+    save_final_model(run_dir, model, config)  # issue 9: output.save_model
     return run_dir
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedcomp.fantastic4.engine import IntLayer
 from fedcomp.fantastic4.formats import FORMATS, CompactFormat, Groups, OpCounts
 
 PJ = 1e-12
@@ -201,7 +202,7 @@ def reference_cost(arch: Architecture) -> NetworkCost:
 
 def calibrate_fpga(arch: Architecture, tops: float = FPGA_TOPS, watts: float = FPGA_WATTS) -> Architecture:
     """Solve the clock (for ``tops``) and the energy scale (for ``watts``) on the reference configuration."""
-    ref = reference_cost(replace(arch, energy_scale=1.0))
+    ref = reference_cost(replace(arch, energy_scale=1.0, clock_hz=1.0))  # cycles do not depend on the clock
     clock = tops * 1e12 * ref.cycles / ref.dense_ops
     latency = ref.cycles / clock
     dynamic = sum(dynamic_pj(layer.ops, arch) for layer in ref.layers) * PJ
@@ -246,3 +247,13 @@ def architecture(name: str) -> Architecture:
     if name not in PROFILES:
         raise ValueError(f"unknown FantastIC4 target {name!r}; choose one of {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+def network_cost(layers: list[IntLayer], act_bits: int, arch: Architecture, fmt: str = "cheapest",
+                 objective: str = "energy") -> NetworkCost:
+    """A compiled network on ``arch``, every layer in ``fmt`` or, with ``"cheapest"``, in its cheapest format."""
+    if fmt != "cheapest" and fmt not in FORMATS:
+        raise ValueError(f"unknown compact format {fmt!r}; choose cheapest or one of {', '.join(FORMATS)}")
+    formats = tuple(FORMATS) if fmt == "cheapest" else (fmt,)
+    return NetworkCost(tuple(cheapest(layer.name, Groups.of(layer.weights), act_bits, arch, layer.shift is not None,
+                                      objective, formats) for layer in layers), arch)
