@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fedcomp.fantastic4.compile import requant_parameters
-from fedcomp.fantastic4.engine import FLOAT32_EXACT, IntLayer, dense_reference, prepare, requantize, run
-from fedcomp.fantastic4.formats import Groups
+from fedcomp.errors import ModelError
+from fedcomp.fantastic4.engine import ACC_LIMIT, IntLayer, dense_reference, prepare, requantize, run
 
 CASES = [(n, m, density) for n, m in [(1, 1), (5, 3), (64, 64), (64, 10), (250, 128), (17, 300)]
          for density in (0.0, 0.02, 0.3, 1.0)]
@@ -35,26 +35,25 @@ def test_engine_equals_the_integer_dense_reference_exactly(n, m, density):
     assert np.array_equal(got, dense_reference(layers, inputs))
 
 
-def test_engine_switches_to_float64_when_float32_could_round_and_stays_exact():
-    rng = np.random.default_rng(7)
-    n = 3000
-    w = np.full((4, n), 7, dtype=np.int8)  # bound 7 * 3000 * 32767 > 2**24
-    layer = IntLayer("wide", w, np.zeros(4, np.int64), None, None, -(2**62), 2**62, 32767)
-    assert layer.accumulator_bound() >= FLOAT32_EXACT
-    prepared = prepare(layer)
-    assert prepared.dtype == np.float64
-    inputs = rng.integers(-32768, 32768, size=(5, n))
-    assert np.array_equal(run([prepared], inputs), dense_reference([layer], inputs))
+def test_a_layer_whose_accumulator_could_overflow_int32_is_refused_by_name():
+    w = np.full((4, 3000), 7, dtype=np.int8)
+    bias = np.zeros(4, np.int64)
+    fits = IntLayer("fits", w, bias, None, None, -(2**31), 2**31 - 1, 100_000)  # 7 * 3000 * 100000 < 2**31
+    assert fits.accumulator_bound() < ACC_LIMIT
+    inputs = np.random.default_rng(7).integers(-100_000, 100_001, size=(5, 3000))
+    assert np.array_equal(run([prepare(fits)], inputs), dense_reference([fits], inputs))
+    with pytest.raises(ModelError, match="'wide': its accumulator can reach"):
+        prepare(IntLayer("wide", w, bias, None, None, -(2**31), 2**31 - 1, 110_000))
 
 
 def test_engine_computes_rows_as_value_times_group_sum():
-    """The structure the engine runs: one group (row, value) per row of the group-sum matrix."""
+    """The structure the kernel walks: per row, one group per distinct value, holding its columns."""
     w = np.array([[2, 0, 2, -1], [0, 0, 0, 0], [5, 5, 5, 5]], dtype=np.int8)
     prepared = prepare(IntLayer("l", w, np.zeros(3, np.int64), None, None, -(2**31), 2**31 - 1, 10))
-    groups = Groups.of(w)
-    assert prepared.group_sums.shape == (groups.num_groups, 4) == (3, 4)  # (0, 2), (0, -1), (2, 5)
-    assert prepared.group_sums.nnz == 7 and set(prepared.group_sums.data) == {1.0}
-    assert sorted(prepared.values.data) == [-1, 2, 5]
+    assert list(prepared.row_ptr) == [0, 2, 2, 3]  # row 0: values 2 and -1; row 1: none; row 2: 5
+    assert list(prepared.values) == [2, -1, 5]
+    assert [list(prepared.cols[a:b]) for a, b in zip(prepared.starts[:-1], prepared.starts[1:])] == \
+        [[0, 2], [3], [0, 1, 2, 3]]
     x = np.array([[1, 2, 3, 4]])
     assert run([prepared], x).tolist() == [[2 * (1 + 3) - 4, 0, 5 * 10]]
 

@@ -29,13 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedcomp.errors import ModelError
-from fedcomp.fantastic4.engine import IntLayer, PreparedLayer, prepare, run
+from fedcomp.fantastic4.engine import ACC_LIMIT, IntLayer, PreparedLayer, prepare, run
 from fedcomp.fantastic4.formats import WEIGHT_BITS
 from fedcomp.quant.base import Quantizer
 from fedcomp.quant.ecq import ECQQuantizer
 
 MULTIPLIER_BITS = 16  # requantization multiplier width (cost.Architecture.requant_bits holds it and the shift)
-ACC_BITS = 32
 PASSTHROUGH = (nn.Dropout, nn.Identity)
 
 
@@ -202,9 +201,9 @@ class CompiledNet:
     prepared: list[PreparedLayer]
 
     def quantize_input(self, x: torch.Tensor) -> np.ndarray:
-        """Model inputs to the device's integer input activations."""
-        features = self.device.features(x).numpy().astype(np.float64)
-        return np.clip(np.rint(features / self.input_scale), self.input_low, self.input_high).astype(np.int64)
+        """Model inputs to the device's integer input activations (integer values in a float32 array)."""
+        features = self.device.features(x)
+        return torch.round(features / self.input_scale).clamp_(self.input_low, self.input_high).numpy()
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """The device's integer outputs (accumulators of the last layer) for model inputs ``x``."""
@@ -246,18 +245,14 @@ def compile_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int 
         bias = np.rint(lin.bias.detach().numpy().astype(np.float64) / acc_scale).astype(np.int64)
         if last:
             multiplier = shift = None
-            low, high, s_out = -(2 ** (ACC_BITS - 1)), 2 ** (ACC_BITS - 1) - 1, acc_scale
+            low, high, s_out = -ACC_LIMIT, ACC_LIMIT - 1, acc_scale
             if device.relu[i]:
                 low = 0
         else:
             s_out = float(np.abs(outputs[i]).max()) / (unsigned_max if device.relu[i] else signed_max) or 1.0
             multiplier, shift = requant_parameters(acc_scale / s_out)
             low, high = (0 if device.relu[i] else -signed_max - 1), (unsigned_max if device.relu[i] else signed_max)
-        layer = IntLayer(name, k.astype(np.int8), bias, multiplier, shift, low, high, bound)
-        needed = layer.accumulator_bound() + int(np.abs(bias).max(initial=0))
-        if needed >= 2 ** (ACC_BITS - 1):
-            raise ModelError(f"layer '{name}': its accumulator can reach {needed}, more than {ACC_BITS} bits hold")
-        layers.append(layer)
+        layers.append(IntLayer(name, k.astype(np.int8), bias, multiplier, shift, low, high, bound))
         s_in, bound = s_out, max(abs(low), abs(high))
     return CompiledNet(device, layers, [step for _, step in grids], scale_in, input_low, input_high, act_bits,
                        [prepare(layer) for layer in layers])

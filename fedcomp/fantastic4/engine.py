@@ -1,32 +1,30 @@
 """Bit-exact integer inference of a compiled 4-bit network, vectorized, and its dense reference.
 
 The engine computes every output the FantastIC4 way (DESIGN 4.9): for each row, the sum
-over the layer's distinct values ``k`` of ``k * (sum of the inputs whose weight is k)``.
-Both steps are sparse matrix products over the row's value groups (`formats.Groups`):
-``S = P @ x`` forms every group sum (``P`` holds a 1 per non-zero weight, one row per
-group), ``acc = V @ S`` multiplies each group sum by its value and adds it to its row
-(``V`` holds one value per group). Then the bias is added, and the accumulator is
-requantized by an integer multiply and a right shift and clipped to the activation range.
+over the row's distinct values ``k`` of ``k * (sum of the inputs whose weight is k)``,
+walking the layer's value groups (`formats.Groups`). Then the bias is added, and the
+accumulator is requantized by an integer multiply and a rounding right shift and clipped
+to the activation range.
 
-Exactness: the two products run on scipy's sparse kernels in float32 (float64 when a
-layer's bound needs it). Every operand is an integer and every partial sum is bounded by
-``sum_j |k_ij| * max|x|``; below 2**24 (float32) or 2**53 (float64) every such integer is
-represented exactly, so the result is the exact integer whatever the summation order. The
-bound is checked when a layer is prepared, and `dense_reference` (plain int64 matrix
-products) is the reference the tests hold the engine to.
+All arithmetic is integer: activations and accumulators in int32 (the device's
+accumulator; `prepare` refuses a layer whose worst case does not fit), the requantization
+product in int64. The kernel is compiled with numba and vectorized over the batch: the
+activations are laid out features x batch, so adding one input into a group sum is one
+contiguous vector add over the whole batch. `dense_reference` (plain int64 matrix
+products, numpy) is the reference the tests hold it to.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-import scipy.sparse as sp
 
+from fedcomp.errors import ModelError
 from fedcomp.fantastic4.formats import Groups
 
-FLOAT32_EXACT = 2**24
-FLOAT64_EXACT = 2**53
+ACC_LIMIT = 2**31  # int32 accumulators
 
 
 @dataclass(frozen=True)
@@ -63,34 +61,66 @@ def requantize(acc: np.ndarray, layer: IntLayer) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreparedLayer:
+    """A layer's value groups as flat arrays for the kernel (see `formats.Groups`)."""
+
     layer: IntLayer
-    group_sums: sp.csr_matrix  # G x n, ones
-    values: sp.csr_matrix  # m x G, the group values
-    dtype: type
+    cols: np.ndarray  # int32, the non-zeros' columns grouped by (row, value)
+    starts: np.ndarray  # int64, group g covers cols[starts[g]:starts[g + 1]]
+    values: np.ndarray  # int32, the value k of every group
+    row_ptr: np.ndarray  # int64, row r's groups are row_ptr[r]:row_ptr[r + 1]
+    offset: np.ndarray  # int64, bias * multiplier + 2**(shift - 1) (the bias alone without requantization)
+    multiplier: int
+    shift: int
 
 
 def prepare(layer: IntLayer) -> PreparedLayer:
-    """The layer's group matrices, in the narrowest float type that keeps it exact."""
-    bound = layer.accumulator_bound()
-    if bound >= FLOAT64_EXACT:
-        raise ValueError(f"layer {layer.name}: accumulator bound {bound} exceeds exact float64 range")
-    dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
+    """The layer's groups for the kernel; its accumulator must fit int32 (the device's accumulator)."""
+    bound = layer.accumulator_bound() + int(np.abs(layer.bias).max(initial=0))
+    if bound >= ACC_LIMIT:
+        raise ModelError(f"layer '{layer.name}': its accumulator can reach {bound}, more than a 32-bit accumulator "
+                         f"holds")
     groups = Groups.of(layer.weights)
-    m, n = groups.shape
-    group_sums = sp.csr_matrix((np.ones(groups.nnz, dtype), groups.cols, groups.starts), shape=(groups.num_groups, n))
-    row_ptr = np.searchsorted(groups.rows, np.arange(m + 1))
-    values = sp.csr_matrix((groups.values.astype(dtype), np.arange(groups.num_groups), row_ptr),
-                           shape=(m, groups.num_groups))
-    return PreparedLayer(layer, group_sums, values, dtype)
+    row_ptr = np.searchsorted(groups.rows, np.arange(groups.shape[0] + 1)).astype(np.int64)
+    bias = layer.bias.astype(np.int64)
+    if layer.shift is None:
+        offset, multiplier, shift = bias, 1, 0
+    else:
+        offset, multiplier, shift = bias * layer.multiplier + (1 << (layer.shift - 1)), layer.multiplier, layer.shift
+    return PreparedLayer(layer, groups.cols.astype(np.int32), groups.starts, groups.values.astype(np.int32),
+                         row_ptr, offset, multiplier, shift)
+
+
+@numba.njit(cache=True, nogil=True)
+def _grouped_layer(x, cols, starts, values, row_ptr, offset, multiplier, shift, low, high, out):  # pragma: no cover
+    """``out[r] = clip((sum_g values[g] * sum_{j in g} x[cols[j]]) * multiplier + offset[r]) >> shift)``."""
+    batch = x.shape[1]
+    group_sum = np.empty(batch, np.int32)
+    acc = np.empty(batch, np.int32)
+    for r in range(row_ptr.shape[0] - 1):
+        acc[:] = 0
+        for g in range(row_ptr[r], row_ptr[r + 1]):
+            group_sum[:] = 0
+            for j in range(starts[g], starts[g + 1]):
+                row = x[cols[j]]
+                for b in range(batch):
+                    group_sum[b] += row[b]
+            k = values[g]
+            for b in range(batch):
+                acc[b] += k * group_sum[b]
+        for b in range(batch):
+            v = (np.int64(acc[b]) * multiplier + offset[r]) >> shift
+            out[r, b] = min(max(v, low), high)
 
 
 def run(prepared: list[PreparedLayer], inputs: np.ndarray) -> np.ndarray:
-    """Integer outputs (``batch x outputs``, int64) of the network for integer ``inputs`` (``batch x n``)."""
-    x = np.ascontiguousarray(np.asarray(inputs).T)  # features x batch: each group sum is a contiguous row op
+    """Integer outputs (``batch x outputs``, int64) of the network for integer-valued ``inputs`` (``batch x n``)."""
+    x = np.ascontiguousarray(np.asarray(inputs).T, dtype=np.int32)  # features x batch: rows are contiguous
     for p in prepared:
-        acc = p.values @ (p.group_sums @ x.astype(p.dtype, copy=False))
-        x = requantize(acc.astype(np.int64), p.layer)
-    return x.T
+        out = np.empty((len(p.row_ptr) - 1, x.shape[1]), dtype=np.int32)
+        _grouped_layer(x, p.cols, p.starts, p.values, p.row_ptr, p.offset, p.multiplier, p.shift,
+                       p.layer.low, p.layer.high, out)
+        x = out
+    return x.T.astype(np.int64)
 
 
 def dense_reference(layers: list[IntLayer], inputs: np.ndarray) -> np.ndarray:
