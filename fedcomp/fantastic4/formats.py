@@ -185,7 +185,22 @@ class CompactFormat:
         return sum(len(entries) * bits for entries, bits in self.arrays.values())
 
     def op_counts(self, act_bits: int) -> OpCounts:
-        """Operations and reads of one inference through this matrix (no bias, no requantization)."""
+        """Operations and reads of one inference through this matrix (no bias, no requantization).
+
+        Each input read is added into a group sum; the rest is the shared datapath.
+        """
+        ops = self.groups.datapath_ops()
+        inputs = self.inputs_read()
+        ops.adds += inputs
+        ops.reads = {**self.structure_reads(), "activations": inputs * act_bits}
+        return ops
+
+    def inputs_read(self) -> int:
+        """Inputs read (and added into a group sum) per inference: one per non-zero in the sparse formats."""
+        return self.groups.nnz
+
+    def structure_reads(self) -> dict[str, int]:
+        """Bits read per inference to learn which input goes into which group, by kind."""
         raise NotImplementedError
 
     def to_dense(self) -> np.ndarray:
@@ -208,12 +223,11 @@ class Dense(CompactFormat):
     def encode(cls, groups: Groups) -> "Dense":
         return cls(groups, {"codes": (groups.to_dense().ravel(), WEIGHT_BITS)})
 
-    def op_counts(self, act_bits: int) -> OpCounts:
-        m, n = self.shape
-        ops = self.groups.datapath_ops()
-        ops.adds += m * n
-        ops.reads = {"weights": self._bits("codes"), "activations": m * n * act_bits}
-        return ops
+    def inputs_read(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def structure_reads(self) -> dict[str, int]:
+        return {"weights": self._bits("codes")}
 
     def to_dense(self) -> np.ndarray:
         return self.arrays["codes"][0].reshape(self.shape).astype(np.int64)
@@ -231,13 +245,8 @@ class CSR(CompactFormat):
         return cls(groups, {"values": (dense[rows, cols], WEIGHT_BITS), "col_index": (cols, index_bits(n)),
                             "row_ptr": (row_ptr, offset_bits(len(cols)))})
 
-    def op_counts(self, act_bits: int) -> OpCounts:
-        nnz = self.groups.nnz
-        ops = self.groups.datapath_ops()
-        ops.adds += nnz
-        ops.reads = {"weights": self._bits("values"), "indices": self._bits("col_index"),
-                     "pointers": self._bits("row_ptr"), "activations": nnz * act_bits}
-        return ops
+    def structure_reads(self) -> dict[str, int]:
+        return {"weights": self._bits("values"), "indices": self._bits("col_index"), "pointers": self._bits("row_ptr")}
 
     def to_dense(self) -> np.ndarray:
         values, cols, ptr = (self.arrays[k][0] for k in ("values", "col_index", "row_ptr"))
@@ -265,12 +274,9 @@ class CER(CompactFormat):
                             "omega_ptr": (omega_ptr, offset_bits(groups.nnz)),
                             "row_ptr": (first, offset_bits(first[-1]))})
 
-    def op_counts(self, act_bits: int) -> OpCounts:
-        ops = self.groups.datapath_ops()
-        ops.adds += self.groups.nnz
-        ops.reads = {"indices": self._bits("col_index"), "pointers": self._bits("omega_ptr") + self._bits("row_ptr"),
-                     "codebook": self.groups.num_groups * WEIGHT_BITS, "activations": self.groups.nnz * act_bits}
-        return ops
+    def structure_reads(self) -> dict[str, int]:
+        return {"indices": self._bits("col_index"), "pointers": self._bits("omega_ptr") + self._bits("row_ptr"),
+                "codebook": self.groups.num_groups * WEIGHT_BITS}
 
     def to_dense(self) -> np.ndarray:
         codebook, cols, omega_ptr, row_ptr = (self.arrays[k][0] for k in ("codebook", "col_index", "omega_ptr",
@@ -294,13 +300,10 @@ class CSER(CompactFormat):
                             "omega_ptr": (groups.starts, offset_bits(groups.nnz)),
                             "row_ptr": (row_ptr, offset_bits(groups.num_groups))})
 
-    def op_counts(self, act_bits: int) -> OpCounts:
-        ops = self.groups.datapath_ops()
-        ops.adds += self.groups.nnz
-        ops.reads = {"indices": self._bits("col_index") + self._bits("omega_index"),
-                     "pointers": self._bits("omega_ptr") + self._bits("row_ptr"),
-                     "codebook": self.groups.num_groups * WEIGHT_BITS, "activations": self.groups.nnz * act_bits}
-        return ops
+    def structure_reads(self) -> dict[str, int]:
+        return {"indices": self._bits("col_index") + self._bits("omega_index"),
+                "pointers": self._bits("omega_ptr") + self._bits("row_ptr"),
+                "codebook": self.groups.num_groups * WEIGHT_BITS}
 
     def to_dense(self) -> np.ndarray:
         codebook, cols, omega_index, omega_ptr, row_ptr = (
