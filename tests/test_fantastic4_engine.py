@@ -1,6 +1,8 @@
 """FantastIC4 engine: bit-exact against the integer dense reference, requantization by multiply and shift."""
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from fedcomp.fantastic4.compile import requant_parameters
@@ -66,3 +68,17 @@ def test_requantization_is_integer_multiply_and_rounding_shift():
     expected = np.clip((acc + layer.bias[:, None]) * multiplier + (1 << (shift - 1)) >> shift, 0, 255)
     assert np.array_equal(requantize(acc, layer), expected)
     assert requantize(acc, layer)[1, 0] == 255 and requantize(acc, layer)[2, 0] == 0  # clipped, ReLU
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), m=st.integers(1, 40), batch=st.integers(1, 9), density=st.floats(0, 1),
+       seed=st.integers(0, 2**32 - 1), act_bits=st.integers(2, 12))
+def test_engine_equals_the_reference_on_any_small_network(n, m, batch, density, seed, act_bits):
+    rng = np.random.default_rng(seed)
+    top = 2**act_bits - 1
+    hidden = random_layer(rng, n, m, density, input_bound=top + 1)
+    hidden = IntLayer("h", hidden.weights, hidden.bias, hidden.multiplier, hidden.shift, 0, top, top + 1)
+    out = random_layer(rng, m, 3, density, last=True, input_bound=top)
+    inputs = rng.integers(-top - 1, top + 1, size=(batch, n))
+    layers = [hidden, out]
+    assert np.array_equal(run([prepare(layer) for layer in layers], inputs), dense_reference(layers, inputs))
