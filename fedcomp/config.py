@@ -133,6 +133,25 @@ SETTINGS: dict[str, Setting] = {
     "fsfl.scale_qp": Setting(-40, "NNC qp of the dense scale updates (-40: step 2**-10)"),
     "partial.groups": Setting("", "parameter groups clients train and send: scales, bias, bn, head, last:N or "
                               "name globs, comma-separated (empty: the whole model)"),
+    # FantastIC4 edge emulation (issue 9; fedcomp/fantastic4)
+    "output.save_model": Setting(False, "write the final global model to model.npz in the run folder"),
+    "edge.fantastic4": Setting(False, "evaluate the global model on an emulated FantastIC4 edge device"),
+    "edge.every": Setting(1, "edge evaluation every N rounds (and after the last)", check=_positive,
+                          requirement="> 0"),
+    "edge.target": Setting("fpga", "the calibrated implementation to cost on", choices=("fpga", "asic")),
+    "edge.act_bits": Setting(8, "bit width of the integer activations", check=lambda x: 2 <= x <= 16,
+                             requirement="in 2..16"),
+    "edge.gamma": Setting(0.1, "ECQ entropy constraint of the 4-bit weights (0: nearest grid level)",
+                          check=_non_negative, requirement=">= 0"),
+    "edge.head": Setting(False, "run only the fully-connected layers after the model's last other layer on the "
+                                "device (the rest in float on the host)"),
+    "edge.format": Setting("cheapest", "compact format of every layer, or the cheapest per layer",
+                           choices=("cheapest", "dense", "csr", "cer", "cser")),
+    "edge.objective": Setting("energy", "what 'cheapest' minimises", choices=("energy", "cycles", "bytes")),
+    "edge.qat_epochs": Setting(0, "quantization-aware fine-tune epochs on the calibration examples",
+                               check=_non_negative, requirement=">= 0"),
+    "edge.calibration": Setting(256, "training examples the edge client holds (activation scales, fine-tune)",
+                                check=_positive, requirement="> 0"),
 }
 
 DIRECTIONS = ("up", "down")
