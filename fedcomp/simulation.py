@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from fedcomp.data.registry import absolute_paths
 from fedcomp.processes import TOKEN_VARIABLE, LaunchError, free_port, stop_all, tail, wait_for_port
 from fedcomp.results import read_rounds
 
@@ -121,7 +122,8 @@ def run_app(config: Mapping[str, Any], run_dir: Path, start_engine: Starter,
     """
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {**config, "output.dir": str(run_dir)}
+    # the engine's processes run in another folder: dataset paths must not be relative
+    config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"]))}
     log = run_dir / "flower.log"
     with launched(log, extra_env) as launch:
         app_dir = launch.tmp / "app"

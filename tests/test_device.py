@@ -89,7 +89,7 @@ def test_resident_eval_batches_are_the_test_set_in_order():
     config = resolve({"sim.device": "cpu"})
     test = run_dataset(config).test
     xs, ys = zip(*eval_loader(config))
-    assert torch.equal(torch.cat(xs), test.images) and torch.equal(torch.cat(ys), torch.as_tensor(test.targets))
+    assert torch.equal(torch.cat(xs), test.examples) and torch.equal(torch.cat(ys), torch.as_tensor(test.targets))
 
 
 def test_training_through_resident_loaders_matches_the_per_sample_path():
