@@ -305,3 +305,60 @@ class ECQxQuantizer(ECQQuantizer):
         if r.size != assignment.nonzero.size:
             raise ValueError(f"relevance has {r.size} entries, the tensor {assignment.nonzero.size}")
         return assignment.indices(zero, ecqx_zero_scale(assignment, zero, r, self.p))
+
+
+def _positive_float32(value: float, fallback: float) -> float:
+    value = float(np.float32(value))
+    return value if np.isfinite(value) and value > 0 else fallback
+
+
+class EC2TQuantizer:
+    """EC2T: per layer the three values ``{-w_n, 0, +w_p}`` with the entropy-constrained assignment.
+
+    :meth:`assign` with given ``pos``/``neg`` assigns onto them (quantization-aware training,
+    where they are trained); without, they are set one-shot (:meth:`quantize`): starting from
+    twice the mean magnitude per sign, ``iterations`` rounds of assignment and
+    ``w_p, w_n = mean`` of the values assigned to them (the MSE-optimal values for a fixed
+    assignment). Emits TERNARY tensors (symbols -1, 0, 1; ``relevance`` is ignored).
+    """
+
+    def __init__(self, gamma: float = 0.1, max_size: int | None = None, iterations: int = 3) -> None:
+        if not (np.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if max_size is not None and max_size <= 0:
+            raise ValueError(f"max_size must be positive, got {max_size}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.gamma, self.max_size, self.iterations = float(gamma), max_size, int(iterations)
+
+    def _symbols(self, x: np.ndarray, pos: float, neg: float) -> np.ndarray:
+        assignment = ecq_indices(x, np.array([-neg, 0.0, pos]), 1, self.gamma, layer_decay(x.size, self.max_size))
+        return (assignment.indices(1) - 1).astype(np.int32).reshape(x.shape)
+
+    def assign(self, values: np.ndarray, pos: float | None = None,
+               neg: float | None = None) -> tuple[np.ndarray, float, float]:
+        """Symbols in {-1, 0, 1} (values' shape) and the float32 ``(w_p, w_n)`` used."""
+        x = _finite(values)
+        if pos is not None and neg is not None:
+            pos, neg = _positive_float32(pos, 1.0), _positive_float32(neg, 1.0)
+            return (self._symbols(x, pos, neg), pos, neg) if x.size else (np.zeros(x.shape, np.int32), pos, neg)
+        if not np.any(x):
+            return np.zeros(x.shape, dtype=np.int32), 1.0, 1.0
+        mags = np.abs(x[x != 0])
+        scale = float(mags.mean())
+        pos = _positive_float32(2 * x[x > 0].mean() if np.any(x > 0) else scale, 2 * scale)
+        neg = _positive_float32(-2 * x[x < 0].mean() if np.any(x < 0) else scale, 2 * scale)
+        for _ in range(self.iterations):
+            symbols = self._symbols(x, pos, neg)
+            if np.any(symbols > 0):
+                pos = _positive_float32(x[symbols > 0].mean(dtype=np.float64), pos)
+            if np.any(symbols < 0):
+                neg = _positive_float32(-x[symbols < 0].mean(dtype=np.float64), neg)
+        return self._symbols(x, pos, neg), pos, neg
+
+    def quantize(
+        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+    ) -> QuantizedTensor:
+        """One-shot EC2T with MSE-optimal ``w_p, w_n``."""
+        symbols, pos, neg = self.assign(values)
+        return QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos, neg))
