@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedcomp.quant.base import Quantizer
-from fedcomp.quant.tensor import QuantizedTensor, float32_tensor
+from fedcomp.quant.tensor import QuantizedTensor, QuantKind, float32_tensor
 from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
 from fedcomp.relevance import weight_relevance
 from fedcomp.training import TrainSettings, make_optimizer
@@ -57,10 +57,13 @@ class QATSettings:
 
 
 class QATResult(NamedTuple):
-    """Training metrics and the full-precision shadow weights (the model holds the quantized ones)."""
+    """Training metrics, the full-precision shadow weights (the model holds the quantized ones),
+    and the model as tensors for a payload: the quantized weights and every other parameter
+    as float32, in parameter order."""
 
     metrics: dict[str, float]
     shadow: dict[str, torch.Tensor]
+    tensors: list[QuantizedTensor]
 
 
 def quantized_names(model: nn.Module) -> list[str]:
@@ -99,20 +102,21 @@ class _Quantize:
         return groups
 
     @torch.no_grad()
-    def apply(self, relevance: dict[str, np.ndarray] | None) -> None:
+    def apply(self, relevance: dict[str, np.ndarray] | None) -> dict[str, QuantizedTensor]:
         """Overwrite every quantized parameter with its quantization (the caller saved the shadows)."""
+        tensors = {}
         for name, p in self.params.items():
             w = p.detach().numpy()
             if self.method == "ec2t":
                 pos, neg = self.scales[name]
-                symbols, _, _ = self.quantizer.assign(w, float(pos), float(neg))
-                sym = torch.from_numpy(symbols)
-                p.copy_((sym > 0).float() * pos - (sym < 0).float() * neg)
+                symbols, pos_value, neg_value = self.quantizer.assign(w, float(pos), float(neg))
+                t = QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos_value, neg_value))
             else:
-                symbols, step = self.quantizer.assign(w, None if relevance is None else relevance.get(name))
-                sym = torch.from_numpy(symbols)
-                p.copy_(sym.float() * np.float32(step))
-            self.symbols[name] = sym
+                t = self.quantizer.quantize(w, name, None if relevance is None else relevance.get(name))
+            p.copy_(torch.from_numpy(t.dequantize()))
+            self.symbols[name] = torch.from_numpy(t.symbols)
+            tensors[name] = t
+        return tensors
 
     def backward_scales(self) -> None:
         """EC2T: the exact gradients of ``w_p`` and ``w_n`` from the gradient at the quantized weights."""
@@ -179,11 +183,12 @@ def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
     shadow = {n: p.detach().clone() for n, p in state.params.items()}
-    state.apply(_relevance(model, loader, qat))
+    quantized = state.apply(_relevance(model, loader, qat))
     zeros = sum(int((s == 0).sum()) for s in state.symbols.values())
     total = sum(s.numel() for s in state.symbols.values())
+    tensors = [quantized.get(n) or float32_tensor(n, p.detach().numpy()) for n, p in model.named_parameters()]
     return QATResult({"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                      "weight_sparsity": zeros / max(total, 1)}, shadow)
+                      "weight_sparsity": zeros / max(total, 1)}, shadow, tensors)
 
 
 @torch.no_grad()
@@ -204,3 +209,14 @@ def quantize_model(model: nn.Module, quantizer: Quantizer,
             t = float32_tensor(name, p.detach().numpy())
         tensors.append(t)
     return tensors
+
+
+def compressed_sizes(tensors: list[QuantizedTensor]) -> dict[str, int]:
+    """Payload bytes of ``tensors`` (one model) through every installed entropy codec."""
+    from fedcomp.codec import encode_payload, get_codec
+    from fedcomp.codec.deepcabac import available as deepcabac_available
+    from fedcomp.params import ParamManifest
+
+    manifest = ParamManifest.from_arrays({t.name: t.symbols for t in tensors})
+    codecs = ["ans", "raw"] + (["deepcabac"] if deepcabac_available() else [])
+    return {name: len(encode_payload(tensors, manifest, get_codec(name))) for name in codecs}

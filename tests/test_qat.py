@@ -106,3 +106,20 @@ def test_ecqx_keeps_relevant_weights_and_accuracy_at_equal_sparsity(digits, trai
             for ts in (x_tensors, e_tensors)]
     assert kept[0] > kept[1]
     trained_cnn.load_state_dict(base)
+
+
+def test_qat_command_trains_saves_and_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcomp.cli import app
+
+    out = tmp_path / "model.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["qat", "--set", "model=mlp", "--method", "ec2t", "--epochs", "1", "--pretrain", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ec2t" in result.output and "smaller than float32" in result.output
+    state = torch.load(out, weights_only=True)
+    assert len(torch.unique(state["1.weight"])) <= 3
+    bad = runner.invoke(app, ["qat", "--method", "nope"])
+    assert bad.exit_code != 0 and "ecq, ecqx, ec2t" in str(bad.exception)
