@@ -99,6 +99,15 @@ SETTINGS: dict[str, Setting] = {
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
     "output.dump_updates": Setting(False, "write every client update to updates.npz in the run folder"),
+    # quantization-aware local training (issue 8, fedcomp.qat): clients train with per-step quantization
+    "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
+                          choices=("none", "ecq", "ecqx", "ec2t")),
+    "qat.bits": Setting(4, "QAT grid bits (ecq, ecqx)", check=lambda x: 2 <= x <= 8, requirement="in 2..8"),
+    "qat.gamma": Setting(0.05, "QAT entropy-constraint strength", check=_non_negative, requirement=">= 0"),
+    "qat.p": Setting(0.1, "QAT ECQx sparsity tolerance below ECQ", check=lambda x: 0 <= x <= 1,
+                     requirement="in [0, 1]"),
+    "qat.relevance_batch": Setting(64, "QAT ECQx: local examples for the LRP relevances",
+                                   check=_positive, requirement="> 0"),
 }
 
 

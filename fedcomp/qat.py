@@ -23,7 +23,7 @@ STE choices, made on purpose:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from fedcomp.quant.base import Quantizer
 from fedcomp.quant.tensor import QuantizedTensor, QuantKind, float32_tensor
 from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
 from fedcomp.relevance import weight_relevance
-from fedcomp.training import TrainSettings, make_optimizer
+from fedcomp.training import TrainSettings, make_optimizer, train
 
 METHODS = ("ecq", "ecqx", "ec2t")
 
@@ -54,6 +54,14 @@ class QATSettings:
             raise ValueError(f"QAT method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.relevance_batch <= 0:
             raise ValueError(f"relevance_batch must be positive, got {self.relevance_batch}")
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "QATSettings | None":
+        """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)."""
+        if config["qat.method"] == "none":
+            return None
+        return cls(str(config["qat.method"]), int(config["qat.bits"]), float(config["qat.gamma"]),
+                   float(config["qat.p"]), int(config["qat.relevance_batch"]))
 
 
 class QATResult(NamedTuple):
@@ -189,6 +197,19 @@ def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat
     tensors = [quantized.get(n) or float32_tensor(n, p.detach().numpy()) for n, p in model.named_parameters()]
     return QATResult({"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                       "weight_sparsity": zeros / max(total, 1)}, shadow, tensors)
+
+
+def local_train(model: nn.Module, loader: DataLoader, settings: TrainSettings,
+                qat: QATSettings | None) -> dict[str, float]:
+    """A client's local training: :func:`~fedcomp.training.train`, or :func:`qat_train` when ``qat`` is set.
+
+    The ClientApp's hook: ``local_train(model, loader, TrainSettings.from_config(cfg),
+    QATSettings.from_config(cfg))``. With QAT the model ends on the quantized weights, so the
+    client's update is ``quantized local model - global model``.
+    """
+    if qat is None:
+        return train(model, loader, settings)
+    return qat_train(model, loader, settings, qat).metrics
 
 
 @torch.no_grad()

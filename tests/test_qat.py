@@ -123,3 +123,22 @@ def test_qat_command_trains_saves_and_rejects_bad_input(tmp_path):
     assert len(torch.unique(state["1.weight"])) <= 3
     bad = runner.invoke(app, ["qat", "--method", "nope"])
     assert bad.exit_code != 0 and "ecq, ecqx, ec2t" in str(bad.exception)
+
+
+def test_local_train_follows_the_run_settings(digits):
+    from fedcomp.config import resolve
+    from fedcomp.qat import local_train
+
+    bundle, train_loader, _ = digits
+    plain = resolve({})
+    assert QATSettings.from_config(plain) is None
+    config = resolve({"qat.method": "ecq", "qat.bits": 3, "qat.gamma": 0.1})
+    qat = QATSettings.from_config(config)
+    assert (qat.method, qat.bits, qat.gamma) == ("ecq", 3, 0.1)
+    torch.manual_seed(0)
+    model = build_model("mlp", bundle.num_classes, bundle.input_shape)
+    metrics = local_train(model, train_loader, TrainSettings(epochs=1), qat)
+    assert "weight_sparsity" in metrics
+    assert len(np.unique(model[1].weight.detach().numpy())) <= 8
+    metrics = local_train(model, train_loader, TrainSettings(epochs=1), None)
+    assert "weight_sparsity" not in metrics and len(np.unique(model[1].weight.detach().numpy())) > 8
