@@ -25,6 +25,8 @@ _P_FLOOR = 1e-12
 _TINY = 1e-12
 #: beta doubling steps before ECQx gives up matching ECQ's sparsity (2**40 ~ r**beta = 0).
 _BETA_STEPS = 40
+#: Smallest beta ECQx tries, relative to its starting value.
+_BETA_FLOOR = 1e-6
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -199,30 +201,40 @@ def normalised_relevance(relevance: np.ndarray) -> np.ndarray:
 def ecqx_zero_scale(assignment: Assignment, zero: int, r: np.ndarray, p: float) -> np.ndarray:
     """ECQx's per-value zero-cost factor ``2 * r**beta``, with beta tuned as in DESIGN 4.7.
 
-    beta starts where ``mean(r)**beta = 0.5`` and is doubled (then bisected) until the
-    sparsity is at least ECQ's minus ``p``; a larger beta shrinks ``r**beta`` and so lets
-    more low-relevance values fall to zero.
+    beta starts where ``mean(r)**beta = 0.5`` and is then moved until the sparsity lies
+    within ``p`` below plain ECQ's: ``[s_ECQ - p, s_ECQ]``. Sparsity grows with beta (a
+    larger beta shrinks ``r**beta``, so low-relevance values fall to zero more easily);
+    near beta = 0 every zero cost is about doubled, which is less sparse than ECQ except for
+    values of zero relevance. When no beta lands in the window (``p`` = 0, or many
+    zero-relevance values), the bisection's lower end is used.
     """
-    target = float(np.mean(assignment.indices(zero) == zero)) - p
+    target = float(np.mean(assignment.indices(zero) == zero))
 
     def sparsity(beta: float) -> float:
         return float(np.mean(assignment.indices(zero, 2.0 * r**beta) == zero))
 
     mean_r = float(np.clip(r.mean(), _TINY, 1.0 - 1e-9))
     beta = float(np.log(0.5) / np.log(mean_r))
-    if sparsity(beta) >= target:
+    found = sparsity(beta)
+    if target - p <= found <= target:
         return 2.0 * r**beta
-    low, high = beta, beta
-    for _ in range(_BETA_STEPS):
-        low, high = high, high * 2.0
-        if sparsity(high) >= target:
-            break
-    for _ in range(20):
+    # not 0: r**0 = 1 even where r = 0, and zero-relevance values (dead units) should stay free to go
+    low, high = (beta * _BETA_FLOOR, beta) if found > target else (beta, beta)
+    if found < target - p:  # grow until sparse enough
+        for _ in range(_BETA_STEPS):
+            low, high = high, high * 2.0
+            found = sparsity(high)
+            if found >= target - p:
+                break
+        if found <= target:
+            return 2.0 * r**high
+    for _ in range(30):  # now sparsity(low) <= target < sparsity(high): bisect into the window
         mid = 0.5 * (low + high)
-        low, high = (mid, high) if sparsity(mid) < target else (low, mid)
-    return 2.0 * r**high
-
-
+        found = sparsity(mid)
+        if target - p <= found <= target:
+            return 2.0 * r**mid
+        low, high = (mid, high) if found < target - p else (low, mid)
+    return 2.0 * r**low
 class ECQQuantizer:
     """ECQ on the uniform ``2**bits`` grid ``c_k = k * step`` containing zero (DESIGN 4.7).
 
