@@ -281,7 +281,7 @@ def plot(fl_rows: list[dict], path: Path) -> None:
 
 def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], seconds: float) -> str:
     lines = ["# ECQ / ECQx / EC2T trade-offs (digits)", "",
-             f"Measured at commit `{commit()}` with `benchmarks/quant_tradeoff.py` "
+             f"Measured at commit `{args.commit}` with `benchmarks/quant_tradeoff.py` "
              f"(epochs {args.epochs}, QAT epochs {args.qat_epochs}, tolerance {args.tolerance} points, "
              f"FL rounds {args.rounds}); {seconds / 60:.1f} min on a shared 2-core CPU, torch on 1 thread.", ""]
     lines += ["## 1. Compressed models at unchanged accuracy", "",
@@ -352,6 +352,7 @@ def main() -> None:
                     "epoch, both directions compressed with the same spec (ans, error feedback on both sides), "
                     "bytes are payload bytes (up + the downstream payload once per client); FedAvg sends float32 "
                     "both ways.")
+    args.commit = commit()  # at the start: the code that ran, whatever is committed meanwhile
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
     models = args.models.split(",")
