@@ -30,12 +30,14 @@ def build_config(preset_name: str, config_file: Optional[Path], assignments: lis
 
 
 def preflight(config: dict) -> None:
-    """Load the dataset and build the model once here, so a missing dataset fails before Ray starts."""
+    """Load the dataset, build the model and try the compression once here, so that a missing
+    dataset, a partial group the model lacks or a codec not installed fails before Ray starts."""
     from fedcomp.experiment import run_model
+    from fedcomp.updates import UpdateSettings
 
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
-    run_model(config)
+    UpdateSettings.from_config(config).check(run_model(config))
 
 
 @app.command()
@@ -146,8 +148,23 @@ def qat(
 
 
 @app.command()
-def presets() -> None:
-    """List the available presets."""
+def presets(
+    show: Annotated[Optional[str], typer.Option("--show", help="print this preset's settings as TOML")] = None,
+) -> None:
+    """List the available presets, or print one as a TOML table to copy and change."""
+    if show is not None:
+        import tomli_w
+
+        preset(show)  # unknown names get the usual one-line error
+        nested: dict = {}
+        for key, value in PRESETS[show][1].items():
+            *tables, leaf = key.split(".")
+            table = nested
+            for name in tables:
+                table = table.setdefault(name, {})
+            table[leaf] = value
+        typer.echo(tomli_w.dumps(nested), nl=False)
+        return
     width = max(len(name) for name in PRESETS)
     for name, (description, _) in PRESETS.items():
         typer.echo(f"{name:<{width}}  {description}")

@@ -9,7 +9,7 @@ from fedcomp.config import resolve
 from fedcomp.experiment import client_indices, run_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, state_arrays
-from loopback import LoopbackGrid
+from strategies.loopback import LoopbackGrid
 from fedcomp.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
@@ -94,8 +94,8 @@ def test_a_reply_that_does_not_fit_the_model_is_dropped(setup):
         name = manifest.names[0]
         tensors = record_tensors(arrays)
         tensors[name] = np.zeros((3, 3), np.float32)
-        return Message(RecordDict({"arrays": DenseChannel().encode(tensors), "metrics": reply.content["metrics"]}),
-                       reply_to=reply_to_of(reply))
+        record = DenseChannel().encode(tensors)[0].record
+        return Message(RecordDict({"arrays": record, "metrics": reply.content["metrics"]}), reply_to=reply_to_of(reply))
 
     sent = {}
 
@@ -120,7 +120,7 @@ def test_malformed_dense_records_raise_payload_error():
     with pytest.raises(PayloadError, match="missing"):
         channel.decode(ArrayRecord(), manifest)
     with pytest.raises(PayloadError, match="expected float32"):
-        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)}), manifest)
+        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)})[0].record, manifest)
     with pytest.raises(PayloadError, match="expected float32"):
         channel.decode(ArrayRecord({"w": Array(np.zeros((2, 3), np.float64))}), manifest)
 
