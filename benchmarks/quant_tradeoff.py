@@ -249,6 +249,26 @@ def fl_sweep(model_name: str, w: Workload, rounds: int, methods: set[str] | None
     return rows
 
 
+# --- 4. the presets through the real strategy ---------------------------------------------------
+
+PRESET_NAMES = ("fedavg", "ecqx", "ec2t", "fsfl-ecqx-bidir", "fsfl-bidir")
+
+
+def preset_runs(run_root: Path) -> list[dict]:
+    """Each preset as a whole fedcomp run (real strategy and ClientApp, loopback grid; see comm_savings.py)."""
+    from benchmarks.comm_savings import run_once
+    from fedcomp.presets import PRESETS
+
+    rows = []
+    for name in PRESET_NAMES:
+        t0 = time.perf_counter()
+        summary = run_once((name, PRESETS[name][1], str(run_root / name)))
+        rows.append({"preset": name, "bytes": summary["bytes_total"], "accuracy": summary["final_accuracy"],
+                     "seconds": time.perf_counter() - t0})
+        print(rows[-1], flush=True)
+    return rows
+
+
 # --- report ----------------------------------------------------------------------------------------
 
 def pareto_dominates(a: list[dict], b: list[dict]) -> bool:
@@ -279,7 +299,8 @@ def plot(fl_rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], seconds: float) -> str:
+def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], presets: list[dict],
+           seconds: float) -> str:
     lines = ["# ECQ / ECQx / EC2T trade-offs (digits)", "",
              f"Measured at commit `{args.commit}` with `benchmarks/quant_tradeoff.py` "
              f"(epochs {args.epochs}, QAT epochs {args.qat_epochs}, tolerance {args.tolerance} points, "
@@ -336,6 +357,17 @@ def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], sec
         lines += [f"- {model}: ECQx {verdict} uniform quantization on this sweep (every uniform point has an "
                   "ECQx point with fewer bytes and no lower accuracy).", ""]
     lines += ["![accuracy vs bytes](quant_tradeoff.png)", ""]
+    if presets:
+        fedavg = next(r for r in presets if r["preset"] == "fedavg")
+        lines += ["## 4. The presets through the real strategy (default workload: digits, cnn, 10 clients, 20 rounds)",
+                  "", "Whole fedcomp runs (`strategies.server_app.serve`, the real ClientApp, Flower messages "
+                  "serialised both ways) on the loopback grid of `benchmarks/comm_savings.py`, seed 0, iid. "
+                  "Bytes are the meter's payload totals, up and down. The ClientApp does not pass LRP relevances "
+                  "to the compressor yet, so `ecqx` and `fsfl-ecqx-bidir` ran as ECQ here (see the issue report).", "",
+                  "| preset | total MB | vs FedAvg | final accuracy |", "|---|---|---|---|"]
+        lines += [f"| {r['preset']} | {r['bytes'] / 2**20:.3f} | {fedavg['bytes'] / r['bytes']:.1f}x | "
+                  f"{r['accuracy']:.4f} |" for r in presets]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -347,7 +379,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", default="mlp,cnn")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: table,timing,fl")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: table,timing,fl,presets")
+    parser.add_argument("--run-root", type=Path, default=Path("runs/quant_tradeoff"), help="preset run folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fl-methods", default="", help="comma list of FL methods to run (default all)")
     parser.add_argument("--rows", type=Path, help="also save the measured rows as JSON (to --assemble later)")
@@ -362,7 +395,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.assemble:  # sections measured by separate processes (run side by side on a shared machine)
         saved = [json.loads(path.read_text()) for path in args.assemble]
-        rows = {key: [r for part in saved for r in part[key]] for key in ("table", "timing", "fl")}
+        rows = {key: [r for part in saved for r in part.get(key, [])] for key in ("table", "timing", "fl", "presets")}
         args.commit = ", ".join(dict.fromkeys(part["commit"] for part in saved))
         seconds = max(part["seconds"] for part in saved)
     else:
@@ -374,13 +407,14 @@ def main() -> None:
                                                     for r in post_training(m, w, args.epochs, args.qat_epochs,
                                                                            args.tolerance)],
                 "timing": [] if "timing" in skip else [r for m in models for r in added_time(m, w, args.repeats)],
-                "fl": [] if "fl" in skip else [r for m in models for r in fl_sweep(m, w, args.rounds, methods)]}
+                "fl": [] if "fl" in skip else [r for m in models for r in fl_sweep(m, w, args.rounds, methods)],
+                "presets": [] if "presets" in skip else preset_runs(args.run_root)}
         seconds = time.perf_counter() - t0
         if args.rows:
             args.rows.write_text(json.dumps({**rows, "commit": args.commit, "seconds": seconds}))
     if rows["fl"]:
         plot(rows["fl"], args.out.with_suffix(".png"))
-    text = report(args, rows["table"], rows["timing"], rows["fl"], seconds)
+    text = report(args, rows["table"], rows["timing"], rows["fl"], rows["presets"], seconds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
