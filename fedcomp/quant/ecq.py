@@ -23,8 +23,6 @@ from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 _P_FLOOR = 1e-12
 #: Stabiliser of a layer's relevance normalisation and of beta's search.
 _TINY = 1e-12
-#: beta doubling steps before ECQx gives up matching ECQ's sparsity (2**40 ~ r**beta = 0).
-_BETA_STEPS = 40
 #: Smallest beta ECQx tries, relative to its starting value.
 _BETA_FLOOR = 1e-6
 
@@ -201,40 +199,34 @@ def normalised_relevance(relevance: np.ndarray) -> np.ndarray:
 def ecqx_zero_scale(assignment: Assignment, zero: int, r: np.ndarray, p: float) -> np.ndarray:
     """ECQx's per-value zero-cost factor ``2 * r**beta``, with beta tuned as in DESIGN 4.7.
 
-    beta starts where ``mean(r)**beta = 0.5`` and is then moved until the sparsity lies
-    within ``p`` below plain ECQ's: ``[s_ECQ - p, s_ECQ]``. Sparsity grows with beta (a
-    larger beta shrinks ``r**beta``, so low-relevance values fall to zero more easily);
-    near beta = 0 every zero cost is about doubled, which is less sparse than ECQ except for
-    values of zero relevance. When no beta lands in the window (``p`` = 0, or many
-    zero-relevance values), the bisection's lower end is used.
+    beta starts where ``mean(r)**beta = 0.5`` and is moved, if needed, so that the sparsity
+    lies within ``p`` below plain ECQ's: ``[s_ECQ - p, s_ECQ]``. No search is needed: a value
+    with ``0 < r < 1`` goes to zero exactly when ``beta >= t = log(ratio) / log(r)``, with
+    ``ratio = nonzero_cost / (2 * zero_cost)``, so the sparsity is a step function of beta
+    and the beta giving ``k`` zeros is the ``k``-th smallest ``t`` (one partition). Values
+    with ``r = 0`` are always zeroed (beta > 0), those with ``r = 1`` never change with beta.
+    When the window cannot be reached, beta goes as near to it as it can.
     """
+    n = r.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = assignment.nonzero_cost.astype(np.float64) / (2.0 * assignment.zero_cost)
+        log_r = np.log(r)
+        inner = (r > 0) & (r < 1)
+        t = np.log(ratio[inner]) / log_r[inner]  # ratio = 0: +inf (never zero); ratio >= 1: t <= 0
+    fixed = int(np.count_nonzero(r == 0)) + int(np.count_nonzero((r >= 1) & (ratio >= 1)))
     target = float(np.mean(assignment.indices(zero) == zero))
-
-    def sparsity(beta: float) -> float:
-        return float(np.mean(assignment.indices(zero, 2.0 * r**beta) == zero))
-
     mean_r = float(np.clip(r.mean(), _TINY, 1.0 - 1e-9))
     beta = float(np.log(0.5) / np.log(mean_r))
-    found = sparsity(beta)
-    if target - p <= found <= target:
-        return 2.0 * r**beta
-    # not 0: r**0 = 1 even where r = 0, and zero-relevance values (dead units) should stay free to go
-    low, high = (beta * _BETA_FLOOR, beta) if found > target else (beta, beta)
-    if found < target - p:  # grow until sparse enough
-        for _ in range(_BETA_STEPS):
-            low, high = high, high * 2.0
-            found = sparsity(high)
-            if found >= target - p:
-                break
-        if found <= target:
-            return 2.0 * r**high
-    for _ in range(30):  # now sparsity(low) <= target < sparsity(high): bisect into the window
-        mid = 0.5 * (low + high)
-        found = sparsity(mid)
-        if target - p <= found <= target:
-            return 2.0 * r**mid
-        low, high = (mid, high) if found < target - p else (low, mid)
-    return 2.0 * r**low
+    floor = beta * _BETA_FLOOR  # beta stays positive: r**0 = 1 would shield zero-relevance values
+    zeros = fixed + int(np.count_nonzero(t <= beta))
+    low, high = int(np.ceil((target - p) * n - 1e-9)) - fixed, int(np.floor(target * n + 1e-9)) - fixed
+    finite = t[np.isfinite(t)]
+    if zeros - fixed > high:  # too sparse: the largest beta with at most `high` zeros from t
+        beta = floor if high <= 0 else max(floor, float(np.partition(finite, high - 1)[high - 1]))
+    elif zeros - fixed < low and finite.size:  # not sparse enough: the smallest beta with `low` zeros
+        k = min(low, finite.size)
+        beta = max(floor, float(np.partition(finite, k - 1)[k - 1]))
+    return 2.0 * r**beta
 class ECQQuantizer:
     """ECQ on the uniform ``2**bits`` grid ``c_k = k * step`` containing zero (DESIGN 4.7).
 
