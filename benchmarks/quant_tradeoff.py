@@ -302,11 +302,11 @@ def plot(fl_rows: list[dict], path: Path) -> None:
 def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], presets: list[dict],
            seconds: float) -> str:
     lines = ["# ECQ / ECQx / EC2T trade-offs (digits)", "",
-             f"Measured at commit `{args.commit}` with `benchmarks/quant_tradeoff.py` "
+             f"Measured at commit(s) `{args.commit}` with `benchmarks/quant_tradeoff.py` "
              f"(epochs {args.epochs}, QAT epochs {args.qat_epochs}, tolerance {args.tolerance} points, "
              f"FL rounds {args.rounds}); {seconds / 60:.1f} min (the sections ran as parallel processes) on a 2-core "
              "CPU shared with other jobs (load ~12), torch on 1 thread: times are inflated, shares are what to read.",
-             ""]
+             "", *([args.note, ""] if args.note else [])]
     lines += ["## 1. Compressed models at unchanged accuracy", "",
               f"For each row, the gamma in {list(GAMMAS)} giving the smallest model whose test accuracy is within "
               f"{args.tolerance} points of the float model's. Size: weights quantized, biases float32, one payload "
@@ -385,6 +385,7 @@ def main() -> None:
     parser.add_argument("--fl-methods", default="", help="comma list of FL methods to run (default all)")
     parser.add_argument("--rows", type=Path, help="also save the measured rows as JSON (to --assemble later)")
     parser.add_argument("--assemble", type=Path, nargs="+", help="write the report from saved rows only")
+    parser.add_argument("--note", default="", help="a line for the report's header (e.g. what changed between parts)")
     args = parser.parse_args()
     args.fl_note = ("Plain-loop FedAvg (fl_run in this script; not the Flower strategy): 10 iid clients, 1 local "
                     "epoch, both directions compressed with the same spec (ans, error feedback on both sides), "
@@ -396,7 +397,9 @@ def main() -> None:
     if args.assemble:  # sections measured by separate processes (run side by side on a shared machine)
         saved = [json.loads(path.read_text()) for path in args.assemble]
         rows = {key: [r for part in saved for r in part.get(key, [])] for key in ("table", "timing", "fl", "presets")}
-        args.commit = ", ".join(dict.fromkeys(part["commit"] for part in saved))
+        args.commit = "; ".join(f"{key}: " + ", ".join(dict.fromkeys(part["commit"] for part in saved
+                                                                   if part.get(key)))
+                                for key in rows if rows[key])
         seconds = max(part["seconds"] for part in saved)
     else:
         skip = set(filter(None, args.skip.split(",")))
