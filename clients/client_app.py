@@ -60,7 +60,8 @@ def _partition_id(context: Context, config: dict) -> int:
 def _setup(context: Context) -> tuple[dict, int, torch.nn.Module, UpdateSettings]:
     config = from_run_config(context.run_config)
     torch.set_num_threads(int(config["sim.threads"]))
-    return config, _partition_id(context, config), run_model(config), UpdateSettings.from_config(config)
+    model = run_model(config, context.node_config)
+    return config, _partition_id(context, config), model, UpdateSettings.from_config(config)
 
 
 @app.query()
@@ -68,7 +69,7 @@ def query(msg: Message, context: Context) -> Message:
     """Answer the server's setup query with this node's partition id and example count."""
     config = from_run_config(context.run_config)
     pid = _partition_id(context, config)
-    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid))})
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid, context.node_config))})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
@@ -84,7 +85,7 @@ def train_step(msg: Message, context: Context) -> Message:
     else:
         global_tensors, version = DenseChannel().decode(msg.content[ARRAYS], manifest), 0
     decode_seconds = time.perf_counter() - started
-    loader = client_loader(config, pid, server_round)
+    loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
     if not settings.differential:
         load_arrays(model, global_tensors)
@@ -196,7 +197,7 @@ def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
     config, pid, model, settings = _setup(context)
     load_arrays(model, effective(DenseChannel().decode(msg.content[ARRAYS], settings.manifest(model))))
-    stats = evaluate(model, client_loader(config, pid, 0))
+    stats = evaluate(model, client_loader(config, pid, 0, context.node_config))
     metrics = MetricRecord({"loss": stats["loss"], "accuracy": stats["accuracy"],
                             NUM_EXAMPLES: stats["num_examples"], PARTITION_ID: pid})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)

@@ -47,6 +47,10 @@ def _unit_interval(x: Any) -> bool:
     return 0 < x <= 1
 
 
+def _open_unit_interval(x: Any) -> bool:
+    return 0 < x < 1
+
+
 def _dataset_names() -> list[str]:
     from fedcomp.data import dataset_names
 
@@ -61,8 +65,9 @@ def _model_names() -> list[str]:
 
 SETTINGS: dict[str, Setting] = {
     # everyday keys
-    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH or python:module:function",
-                       choices=_dataset_names, prefixes=("folder:", "python:")),
+    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH, clients:PATH, csv:PATH, parquet:PATH, "
+                       "hf:PATH or python:module:function",
+                       choices=_dataset_names, prefixes=("folder:", "python:", "clients:", "csv:", "parquet:", "hf:")),
     "model": Setting("cnn", "model: a registered name or python:module:function",
                      choices=_model_names, prefixes=("python:",)),
     "num_clients": Setting(10, "number of simulated clients (SuperNodes)", check=_positive, requirement="> 0"),
@@ -70,7 +75,7 @@ SETTINGS: dict[str, Setting] = {
     "fraction": Setting(1.0, "fraction of clients sampled for training each round",
                         check=_unit_interval, requirement="in (0, 1]"),
     "partition": Setting("iid", "how the training set is split among clients",
-                         choices=("iid", "dirichlet", "pathological")),
+                         choices=("iid", "dirichlet", "pathological", "natural")),
     "local_epochs": Setting(1, "local epochs per round", check=_positive, requirement="> 0"),
     "batch_size": Setting(32, "local training batch size", check=_positive, requirement="> 0"),
     "lr": Setting(0.05, "local learning rate", check=_positive, requirement="> 0"),
@@ -83,6 +88,16 @@ SETTINGS: dict[str, Setting] = {
                                check=_positive, requirement="> 0"),
     "data.classes_per_client": Setting(2, "classes per client for 'pathological'",
                                             check=_positive, requirement="> 0"),
+    # your own data: tables and one folder per client (README "Bring your own data")
+    "data.label": Setting("label", "label column of a csv:/parquet:/hf: table or of each client's table"),
+    "data.features": Setting("", "feature columns, comma-separated; empty means every column but the label "
+                                 "and data.partition_by"),
+    "data.partition_by": Setting("", "column whose values are the clients of partition=natural "
+                                     "(a writer, a hospital, a device id)"),
+    "data.test_fraction": Setting(0.2, "share of a table, or of each client folder without test/, held out "
+                                       "for central evaluation", check=_open_unit_interval, requirement="in (0, 1)"),
+    "data.classes": Setting("", "class names in label order, comma-separated; empty means the sorted classes "
+                                "found in the data (needed when a node reads its own data-path)"),
     # local training
     "train.optimizer": Setting("sgd", "local optimizer", choices=("sgd", "adam")),
     "train.momentum": Setting(0.9, "SGD momentum", check=_non_negative, requirement=">= 0"),
@@ -127,6 +142,25 @@ SETTINGS: dict[str, Setting] = {
                      requirement="in [0, 1]"),
     "qat.relevance_batch": Setting(64, "QAT ECQx: local examples for the LRP relevances",
                                    check=_positive, requirement="> 0"),
+    # FantastIC4 edge emulation (issue 9; fedcomp/fantastic4)
+    "output.save_model": Setting(False, "write the final global model to model.npz in the run folder"),
+    "edge.fantastic4": Setting(False, "evaluate the global model on an emulated FantastIC4 edge device"),
+    "edge.every": Setting(1, "edge evaluation every N rounds (and after the last)", check=_positive,
+                          requirement="> 0"),
+    "edge.target": Setting("fpga", "the calibrated implementation to cost on", choices=("fpga", "asic")),
+    "edge.act_bits": Setting(8, "bit width of the integer activations", check=lambda x: 2 <= x <= 16,
+                             requirement="in 2..16"),
+    "edge.gamma": Setting(0.1, "ECQ entropy constraint of the 4-bit weights (0: nearest grid level)",
+                          check=_non_negative, requirement=">= 0"),
+    "edge.head": Setting(False, "run only the fully-connected layers after the model's last other layer on the "
+                                "device (the rest in float on the host)"),
+    "edge.format": Setting("cheapest", "compact format of every layer, or the cheapest per layer",
+                           choices=("cheapest", "dense", "csr", "cer", "cser")),
+    "edge.objective": Setting("energy", "what 'cheapest' minimises", choices=("energy", "cycles", "bytes")),
+    "edge.qat_epochs": Setting(0, "quantization-aware fine-tune epochs on the calibration examples",
+                               check=_non_negative, requirement=">= 0"),
+    "edge.calibration": Setting(256, "training examples the edge client holds (activation scales, fine-tune)",
+                                check=_positive, requirement="> 0"),
 }
 
 DIRECTIONS = ("up", "down")

@@ -33,7 +33,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
              "down.sparsify": "threshold-structured", "down.gain": 0.9}),
     "fsfl": ("filter-scaled sparse differential updates upstream: top-1% + scales trained after sparsifying",
              {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "fsfl.mode": "compensate"}),
-    "fsfl-bidir": ("FSFL both ways: top-1% up and down, scales (lr 0.2, qp -36), error feedback both sides, server lr 1.5",
+    "fsfl-bidir": ("FSFL both ways: top-1% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5",
                    {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "down.scheme": "topk-uniform-ans",
                     "down.fraction": 0.01, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36,
                     "server.lr": 1.5}),

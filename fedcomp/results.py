@@ -45,6 +45,14 @@ def accuracy_curve(rounds: list[dict[str, Any]], initial_accuracy: float | None)
     return mb, acc
 
 
+def final_extra_metrics(rows: list[dict[str, Any]], prefix: str = "f4_") -> dict[str, Any]:
+    """The last value of every ``prefix`` metric over the rows (rows without it are skipped)."""
+    final: dict[str, Any] = {}
+    for row in rows:
+        final.update({k: v for k, v in row.items() if k.startswith(prefix)})
+    return final
+
+
 class RunRecorder:
     """Writes a run's files as the run goes: a row per round, the summary at the end.
 
@@ -72,12 +80,15 @@ class RunRecorder:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
 
     def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
-                   round_seconds: float, client_timings: Mapping[str, float] | None = None) -> dict[str, Any]:
+                   round_seconds: float, client_timings: Mapping[str, float] | None = None,
+                   extra: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Append the row of ``round`` to rounds.jsonl and return it.
 
         ``client_timings``: the clients' training, compression and decoding seconds (mean, max).
+        ``extra``: further metrics that join the row (the f4_* edge metrics, issue 9).
         """
         row: dict[str, Any] = {"round": round, "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+        row.update(extra or {})
         if self.meter is not None:
             cum = self.meter.totals(upto=round)
             row.update(self.meter.totals(round=round))
@@ -119,6 +130,7 @@ class RunRecorder:
                 "fedavg_bytes_total": fedavg_total,
                 "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
             })
+        summary.update(final_extra_metrics(self.rows))
         summary["wall_seconds"] = time.perf_counter() - self.started
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.meter is not None:

@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fedcomp.data.registry import absolute_paths
 from fedcomp.errors import FedcompError
 from fedcomp.results import read_rounds
 
@@ -131,7 +132,7 @@ def run_simulation(config: Mapping[str, Any], run_dir: Path,
     """
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {**config, "output.dir": str(run_dir)}
+    config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"]))}
     log = run_dir / "flower.log"
     bin_dir = Path(sys.executable).parent
     token = uuid.uuid4().hex

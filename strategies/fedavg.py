@@ -290,6 +290,9 @@ class FedAvg(Strategy):
                     metrics = reply.content[METRICS]
                     examples = _example_count(metrics[NUM_EXAMPLES])
                     tensors = self.decode_reply(record) if decode else {}
+                    bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
+                    if bad:
+                        raise ValueError(f"non-finite values (NaN or inf) in {bad[:3]}")
                     usable = ClientResult(self.partition_of.get(node, node), examples, tensors, metrics)
                 except (KeyError, TypeError, ValueError, PayloadError) as err:
                     reason = f"dropped its reply: {err}"

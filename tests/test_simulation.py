@@ -106,6 +106,8 @@ def test_cli_run_repeats_the_same_run_and_compare_reads_both(finished_run, tmp_p
     (["run", "--preset", "nope"], "unknown preset 'nope'"),
     (["run", "--set", "dataset=cifar10", "--set", "data.dir=/nonexistent"], "cifar-10-batches-py"),
     (["run", "--config", "/nonexistent.toml"], "config file not found"),
+    (["run", "--set", "dataset=clients:/nonexistent"], "clients:/nonexistent: no such folder"),
+    (["run", "--set", "dataset=csv:/nonexistent.csv"], "table file not found: /nonexistent.csv"),
     (["compare", "/nonexistent"], "not a finished run"),
 ])
 def test_cli_bad_input_is_one_readable_error(args, fragment):
