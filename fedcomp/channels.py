@@ -145,11 +145,14 @@ class PayloadChannel:
             compressor.load_state_dict(state)
         return compressor
 
-    def prepare(self, tensors: Mapping[str, np.ndarray], state: State | None = None
-                ) -> tuple[list[QuantizedTensor], State]:
-        """Quantized tensors (error feedback applied) and the sender's new state; see :meth:`pack`."""
+    def prepare(self, tensors: Mapping[str, np.ndarray], state: State | None = None,
+                relevance: Mapping[str, np.ndarray] | None = None) -> tuple[list[QuantizedTensor], State]:
+        """Quantized tensors (error feedback applied) and the sender's new state; see :meth:`pack`.
+
+        ``relevance``: per-weight relevances for ECQx (:func:`fedcomp.relevance.weight_relevance`).
+        """
         compressor = self._compressor(state)
-        quantized = compressor.prepare(tensors)
+        quantized = compressor.prepare(tensors, relevance)
         return quantized, compressor.state_dict()
 
     def pack(self, quantized: Sequence[QuantizedTensor], flags: int = 0) -> Encoded:

@@ -10,12 +10,15 @@ what the receiver will reconstruct; :func:`decompress` is the receiver's side::
     payload, reconstruction = comp.compress(update)    # update: name -> float32 array
     assert all((decompress(payload, manifest)[k] == v).all() for k, v in reconstruction.items())
 
-Spec keys (defaults in :class:`CompressionSpec`): ``quantizer`` (none | uniform | stc),
-``qp``, ``qp_density``, ``step``, ``bits``, ``dead_zone``; ``sparsify`` (none | topk |
-randk | threshold | structured | threshold-structured), ``fraction``, ``scope`` (tensor | global),
+Spec keys (defaults in :class:`CompressionSpec`): ``quantizer`` (none | uniform | stc |
+ecq | ecqx | ec2t), ``qp``, ``qp_density``, ``step``, ``bits``, ``dead_zone``, ``gamma``,
+``p``, ``relevance_batch``; ``sparsify`` (none | topk | randk | threshold | structured |
+threshold-structured), ``fraction``, ``scope`` (tensor | global),
 ``target_sparsity``, ``gain``, ``include_1d``; ``codec`` (ans | deepcabac | raw |
 float32); ``error_feedback``; ``seed``; and ``scheme``, a name from :data:`SCHEMES`
-whose keys the others override.
+whose keys the others override. Quantizers and sparsifiers are looked up by name in
+:data:`QUANTIZER_BUILDERS` and :data:`SPARSIFIER_BUILDERS` (add one with
+:func:`register_quantizer` / :func:`register_sparsifier`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -32,14 +35,13 @@ from fedcomp.codec.wire import decode_payload, encode_payload
 from fedcomp.errors import ConfigError
 from fedcomp.params import ParamManifest
 from fedcomp.quant.base import Quantizer
+from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
 from fedcomp.quant.feedback import ErrorFeedback
 from fedcomp.quant.sparsify import Chained, RandomK, Sparsifier, StatisticsThreshold, StructuredFilters, TopK
 from fedcomp.quant.stc import STCQuantizer
 from fedcomp.quant.tensor import QuantizedTensor, float32_tensor
 from fedcomp.quant.uniform import UniformQuantizer
 
-QUANTIZERS = ("none", "uniform", "stc")
-SPARSIFIERS = ("none", "topk", "randk", "threshold", "structured", "threshold-structured")
 SCOPES = ("tensor", "global")
 DEFAULT_QP = -32
 
@@ -64,6 +66,10 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "stc": {"sparsify": "topk", "fraction": 1 / 400, "quantizer": "stc", "codec": "ans", "error_feedback": True},
     "randk-uniform-ans": {"sparsify": "randk", "fraction": 0.01, "quantizer": "uniform", "qp": DEFAULT_QP,
                           "codec": "ans", "error_feedback": True},
+    # entropy-constrained quantization of the whole update (DESIGN 4.7), error feedback, ans
+    "ecq-ans": {"quantizer": "ecq", "bits": 4, "gamma": 0.1, "codec": "ans", "error_feedback": True},
+    "ecqx-ans": {"quantizer": "ecqx", "bits": 4, "gamma": 0.1, "p": 0.1, "codec": "ans", "error_feedback": True},
+    "ec2t-ans": {"quantizer": "ec2t", "gamma": 0.1, "codec": "ans", "error_feedback": True},
 }
 
 
@@ -83,6 +89,11 @@ class CompressionSpec:
     target_sparsity: float = 0.9
     gain: float = 1.0
     include_1d: bool = False
+    # ecq / ecqx / ec2t (bits: ecq and ecqx, default 4): entropy-constraint strength, ECQx's
+    # sparsity tolerance, and how many local examples a client feeds LRP for ECQx relevances
+    gamma: float = 0.1
+    p: float = 0.1
+    relevance_batch: int = 64
     # ans: smallest on every set measured (benchmarks/results/codec.md); DeepCABAC is faster
     # on small (38k-parameter) and on dense payloads, ans on large sparse ones
     codec: str = "ans"
@@ -157,8 +168,8 @@ class CompressionSpec:
 
     def validate(self) -> None:
         """Raise ConfigError naming the bad key and its valid choices."""
-        for key, value, choices in (("quantizer", self.quantizer, QUANTIZERS),
-                                    ("sparsify", self.sparsify, SPARSIFIERS),
+        for key, value, choices in (("quantizer", self.quantizer, tuple(QUANTIZER_BUILDERS)),
+                                    ("sparsify", self.sparsify, tuple(SPARSIFIER_BUILDERS)),
                                     ("scope", self.scope, SCOPES),
                                     ("codec", self.codec, codec_names())):
             if value not in choices:
@@ -170,38 +181,120 @@ class CompressionSpec:
             raise ConfigError(f"invalid compression spec: {exc}") from exc
         if not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.relevance_batch, int) or self.relevance_batch <= 0:
+            raise ConfigError(f"relevance_batch must be a positive integer, got {self.relevance_batch!r}")
 
-    def build_quantizer(self) -> Quantizer | None:
-        """The quantizer this spec names (None: lossless float32)."""
-        if self.quantizer == "uniform":
-            given = sum(v is not None for v in (self.qp, self.step, self.bits))
-            qp = DEFAULT_QP if given == 0 else self.qp
-            return UniformQuantizer(qp=qp, qp_density=self.qp_density, step=self.step, bits=self.bits,
-                                    dead_zone=self.dead_zone)
-        if self.quantizer == "stc":
-            return STCQuantizer()
-        return None
+    def build_quantizer(self, max_size: int | None = None) -> Quantizer | None:
+        """The quantizer this spec names (None: lossless float32).
+
+        ``max_size``: the model's largest tensor, for quantizers that scale per layer (ECQ's decay).
+        """
+        return QUANTIZER_BUILDERS[self.quantizer](self, max_size)
 
     def build_sparsifier(self) -> Sparsifier | None:
         """The sparsifier this spec names (None: keep everything)."""
-        if self.sparsify == "topk":
-            return TopK(self.fraction, self.scope, self.include_1d)
-        if self.sparsify == "randk":
-            return RandomK(self.fraction, self.include_1d)
-        if self.sparsify in ("threshold", "threshold-structured"):
-            quantizer = self.build_quantizer()
-            fixed_step = isinstance(quantizer, UniformQuantizer) and quantizer.bits is None
-            min_step = quantizer.step_for(np.zeros(0)) if fixed_step else 0.0
-            threshold = StatisticsThreshold(self.target_sparsity, min_step, self.include_1d)
-            if self.sparsify == "threshold":
-                return threshold
-            return Chained(StructuredFilters(self.gain, self.include_1d), threshold)
-        if self.sparsify == "structured":
-            return StructuredFilters(self.gain, self.include_1d)
-        return None
+        return SPARSIFIER_BUILDERS[self.sparsify](self)
 
     def build_codec(self) -> Codec:
         return get_codec(self.codec)
+
+
+QuantizerBuilder = Callable[[CompressionSpec, "int | None"], "Quantizer | None"]
+SparsifierBuilder = Callable[[CompressionSpec], "Sparsifier | None"]
+#: Quantizers by spec name: ``builder(spec, max_size) -> Quantizer | None`` (None: lossless float32).
+QUANTIZER_BUILDERS: dict[str, QuantizerBuilder] = {}
+#: Sparsifiers by spec name: ``builder(spec) -> Sparsifier | None`` (None: keep everything).
+SPARSIFIER_BUILDERS: dict[str, SparsifierBuilder] = {}
+
+
+def register_quantizer(name: str) -> Callable[[QuantizerBuilder], QuantizerBuilder]:
+    """Decorator: make ``quantizer = name`` build a quantizer with the decorated function."""
+    def register(builder: QuantizerBuilder) -> QuantizerBuilder:
+        QUANTIZER_BUILDERS[name] = builder
+        return builder
+    return register
+
+
+def register_sparsifier(name: str) -> Callable[[SparsifierBuilder], SparsifierBuilder]:
+    """Decorator: make ``sparsify = name`` build a sparsifier with the decorated function."""
+    def register(builder: SparsifierBuilder) -> SparsifierBuilder:
+        SPARSIFIER_BUILDERS[name] = builder
+        return builder
+    return register
+
+
+@register_quantizer("none")
+def _no_quantizer(spec: CompressionSpec, max_size: int | None) -> None:
+    return None
+
+
+@register_quantizer("uniform")
+def _uniform(spec: CompressionSpec, max_size: int | None) -> UniformQuantizer:
+    given = sum(v is not None for v in (spec.qp, spec.step, spec.bits))
+    qp = DEFAULT_QP if given == 0 else spec.qp
+    return UniformQuantizer(qp=qp, qp_density=spec.qp_density, step=spec.step, bits=spec.bits,
+                            dead_zone=spec.dead_zone)
+
+
+@register_quantizer("stc")
+def _stc(spec: CompressionSpec, max_size: int | None) -> STCQuantizer:
+    return STCQuantizer()
+
+
+# ECQ symbols are grid indices with value = symbol * step, so updates travel as UNIFORM_STEP
+# (4 bytes per tensor) rather than as a codebook of up to 2**bits floats
+@register_quantizer("ecq")
+def _ecq(spec: CompressionSpec, max_size: int | None) -> ECQQuantizer:
+    return ECQQuantizer(bits=spec.bits or 4, gamma=spec.gamma, max_size=max_size, codebook=False)
+
+
+@register_quantizer("ecqx")
+def _ecqx(spec: CompressionSpec, max_size: int | None) -> ECQxQuantizer:
+    return ECQxQuantizer(bits=spec.bits or 4, gamma=spec.gamma, p=spec.p, max_size=max_size, codebook=False)
+
+
+@register_quantizer("ec2t")
+def _ec2t(spec: CompressionSpec, max_size: int | None) -> EC2TQuantizer:
+    return EC2TQuantizer(gamma=spec.gamma, max_size=max_size)
+
+
+@register_sparsifier("none")
+def _no_sparsifier(spec: CompressionSpec) -> None:
+    return None
+
+
+@register_sparsifier("topk")
+def _topk(spec: CompressionSpec) -> TopK:
+    return TopK(spec.fraction, spec.scope, spec.include_1d)
+
+
+@register_sparsifier("randk")
+def _randk(spec: CompressionSpec) -> RandomK:
+    return RandomK(spec.fraction, spec.include_1d)
+
+
+@register_sparsifier("threshold")
+def _threshold(spec: CompressionSpec) -> StatisticsThreshold:
+    quantizer = spec.build_quantizer()
+    fixed_step = isinstance(quantizer, UniformQuantizer) and quantizer.bits is None
+    min_step = quantizer.step_for(np.zeros(0)) if fixed_step else 0.0
+    return StatisticsThreshold(spec.target_sparsity, min_step, spec.include_1d)
+
+
+@register_sparsifier("threshold-structured")
+def _threshold_structured(spec: CompressionSpec) -> Chained:
+    """NNCodec's recipe: structured filters, then the statistics threshold."""
+    return Chained(StructuredFilters(spec.gain, spec.include_1d), _threshold(spec))
+
+
+@register_sparsifier("structured")
+def _structured(spec: CompressionSpec) -> StructuredFilters:
+    return StructuredFilters(spec.gain, spec.include_1d)
+
+
+#: The built-in names (the registries above also hold any registered later).
+QUANTIZERS = tuple(QUANTIZER_BUILDERS)
+SPARSIFIERS = tuple(SPARSIFIER_BUILDERS)
 
 
 class Compressed(NamedTuple):
@@ -214,9 +307,9 @@ class Compressed(NamedTuple):
 class _Pipeline:
     """Error feedback, sparsifier and quantizer of one spec (a Compressor routes tensors to pipelines)."""
 
-    def __init__(self, spec: CompressionSpec) -> None:
+    def __init__(self, spec: CompressionSpec, max_size: int | None = None) -> None:
         self.spec = spec
-        self.quantizer = spec.build_quantizer()
+        self.quantizer = spec.build_quantizer(max_size)
         self.sparsifier = spec.build_sparsifier()
         self.feedback = ErrorFeedback() if spec.error_feedback else None
 
@@ -237,11 +330,12 @@ class Compressor:
                  overrides: Mapping[str, CompressionSpec] | None = None) -> None:
         self.spec, self.manifest = spec, manifest
         self.codec = spec.build_codec()
-        self.main = _Pipeline(spec)
+        max_size = max((t.size for t in manifest.tensors), default=0) or None
+        self.main = _Pipeline(spec, max_size)
         by_spec: dict[CompressionSpec, _Pipeline] = {spec: self.main}
         self.routes: dict[str, _Pipeline] = {}
         for name, override in (overrides or {}).items():
-            self.routes[name] = by_spec.setdefault(override, _Pipeline(override))
+            self.routes[name] = by_spec.setdefault(override, _Pipeline(override, max_size))
         self.pipelines = list(by_spec.values())
         self.rounds = 0
 

@@ -145,6 +145,15 @@ SETTINGS: dict[str, Setting] = {
     "fsfl.scale_qp": Setting(-40, "NNC qp of the dense scale updates (-40: step 2**-10)"),
     "partial.groups": Setting("", "parameter groups clients train and send: scales, bias, bn, head, last:N or "
                               "name globs, comma-separated (empty: the whole model)"),
+    # quantization-aware local training (issue 8, fedcomp.qat): clients train with per-step quantization
+    "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
+                          choices=("none", "ecq", "ecqx", "ec2t")),
+    "qat.bits": Setting(4, "QAT grid bits (ecq, ecqx)", check=lambda x: 2 <= x <= 8, requirement="in 2..8"),
+    "qat.gamma": Setting(0.05, "QAT entropy-constraint strength", check=_non_negative, requirement=">= 0"),
+    "qat.p": Setting(0.1, "QAT ECQx sparsity tolerance below ECQ", check=lambda x: 0 <= x <= 1,
+                     requirement="in [0, 1]"),
+    "qat.relevance_batch": Setting(64, "QAT ECQx: local examples for the LRP relevances",
+                                   check=_positive, requirement="> 0"),
     # FantastIC4 edge emulation (issue 9; fedcomp/fantastic4)
     "output.save_model": Setting(False, "write the final global model to model.npz in the run folder"),
     "edge.fantastic4": Setting(False, "evaluate the global model on an emulated FantastIC4 edge device"),
@@ -321,6 +330,9 @@ def _check_whole(config: Mapping[str, Any]) -> None:
         raise ConfigError("partial.groups needs compressed upstream updates (set up.scheme)")
     if "scales" in groups and config["fsfl.mode"] == "off":
         raise ConfigError("partial group 'scales' needs fsfl.mode = joint or compensate")
+    if config["qat.method"] != "none" and (groups or config["fsfl.mode"] == "joint" or not config["fsfl.fold"]):
+        raise ConfigError("qat.method trains the whole model without filter scales: it does not combine with "
+                          "partial.groups, fsfl.mode = joint or fsfl.fold = false")
 
 
 def resolve(*layers: Mapping[str, Any]) -> dict[str, Value]:

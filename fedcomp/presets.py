@@ -33,14 +33,24 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
              "down.sparsify": "threshold-structured", "down.gain": 0.9}),
     "fsfl": ("filter-scaled sparse differential updates upstream: top-1% + scales trained after sparsifying",
              {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "fsfl.mode": "compensate"}),
-    "fsfl-bidir": ("FSFL both ways: top-1% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5",
-                   {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "down.scheme": "topk-uniform-ans",
-                    "down.fraction": 0.01, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36,
+    "fsfl-bidir": ("FSFL both ways: top-0.7% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5",
+                   {"up.scheme": "topk-uniform-ans", "up.fraction": 0.007, "down.scheme": "topk-uniform-ans",
+                    "down.fraction": 0.007, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36,
                     "server.lr": 1.5}),
     "fsfl-partial": ("FSFL partial updates: only scales, BatchNorm and biases train and travel (qp -40, both ways)",
                      {"up.scheme": "uniform-ans", "up.qp": -40, "up.error_feedback": True,
                       "down.scheme": "uniform-ans", "down.qp": -40, "down.error_feedback": True,
                       "fsfl.mode": "joint", "partial.groups": "scales,bn,bias"}),
+    # entropy-constrained quantization of the updates (issue 8; DESIGN 4.7)
+    "ecqx": ("ECQx updates upstream: 2-bit grid, gamma 0.6, LRP relevances, ans, error feedback",
+             {"up.scheme": "ecqx-ans", "up.bits": 2, "up.gamma": 0.6}),
+    "ec2t": ("EC2T updates upstream: ternary {-w_n, 0, +w_p}, gamma 0.6, ans, error feedback",
+             {"up.scheme": "ec2t-ans", "up.gamma": 0.6}),
+    "fsfl-ecqx-bidir": ("FSFL with ECQx updates both ways (2-bit, gamma 0.6; the server has no data, so ECQ "
+                        "downstream), scales trained after quantizing, error feedback both sides",
+                        {"up.scheme": "ecqx-ans", "up.bits": 2, "up.gamma": 0.6, "down.scheme": "ecqx-ans",
+                         "down.bits": 2, "down.gamma": 0.6, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2,
+                         "fsfl.scale_qp": -36}),
 }
 
 

@@ -66,7 +66,8 @@ def updates(draw):
 @given(update=updates(),
        quant=st.sampled_from([{"quantizer": "none"}, {"quantizer": "uniform", "qp": -40},
                               {"quantizer": "uniform", "bits": 4}, {"quantizer": "uniform", "step": 0.3},
-                              {"quantizer": "stc"}]),
+                              {"quantizer": "stc"}, {"quantizer": "ecq", "bits": 3, "gamma": 0.2},
+                              {"quantizer": "ecqx", "gamma": 0.1}, {"quantizer": "ec2t", "gamma": 0.05}]),
        sparse=st.sampled_from([{}, {"sparsify": "topk", "fraction": 0.2}, {"sparsify": "topk", "scope": "global"},
                                {"sparsify": "threshold", "target_sparsity": 0.5}, {"sparsify": "randk"},
                                {"sparsify": "structured", "include_1d": True}]))
@@ -81,7 +82,7 @@ def test_pipeline_round_trip_property(codec, update, quant, sparse):
             assert np.array_equal(values.view(np.int32), reconstruction[name].view(np.int32))
 
 
-@pytest.mark.parametrize("scheme", ["stc", "topk-uniform-ans", "randk-uniform-ans"])
+@pytest.mark.parametrize("scheme", ["stc", "topk-uniform-ans", "randk-uniform-ans", "ecqx-ans", "ec2t-ans"])
 def test_error_feedback_invariant(scheme):
     """Over many rounds: sum(delivered) + residual == sum(true updates)."""
     comp = Compressor(CompressionSpec.from_dict({"scheme": scheme}), MANIFEST)

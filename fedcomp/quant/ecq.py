@@ -23,8 +23,8 @@ from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 _P_FLOOR = 1e-12
 #: Stabiliser of a layer's relevance normalisation and of beta's search.
 _TINY = 1e-12
-#: beta doubling steps before ECQx gives up matching ECQ's sparsity (2**40 ~ r**beta = 0).
-_BETA_STEPS = 40
+#: Smallest beta ECQx tries, relative to its starting value.
+_BETA_FLOOR = 1e-6
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
@@ -199,30 +199,34 @@ def normalised_relevance(relevance: np.ndarray) -> np.ndarray:
 def ecqx_zero_scale(assignment: Assignment, zero: int, r: np.ndarray, p: float) -> np.ndarray:
     """ECQx's per-value zero-cost factor ``2 * r**beta``, with beta tuned as in DESIGN 4.7.
 
-    beta starts where ``mean(r)**beta = 0.5`` and is doubled (then bisected) until the
-    sparsity is at least ECQ's minus ``p``; a larger beta shrinks ``r**beta`` and so lets
-    more low-relevance values fall to zero.
+    beta starts where ``mean(r)**beta = 0.5`` and is moved, if needed, so that the sparsity
+    lies within ``p`` below plain ECQ's: ``[s_ECQ - p, s_ECQ]``. No search is needed: a value
+    with ``0 < r < 1`` goes to zero exactly when ``beta >= t = log(ratio) / log(r)``, with
+    ``ratio = nonzero_cost / (2 * zero_cost)``, so the sparsity is a step function of beta
+    and the beta giving ``k`` zeros is the ``k``-th smallest ``t`` (one partition). Values
+    with ``r = 0`` are always zeroed (beta > 0), those with ``r = 1`` never change with beta.
+    When the window cannot be reached, beta goes as near to it as it can.
     """
-    target = float(np.mean(assignment.indices(zero) == zero)) - p
-
-    def sparsity(beta: float) -> float:
-        return float(np.mean(assignment.indices(zero, 2.0 * r**beta) == zero))
-
+    n = r.size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = assignment.nonzero_cost.astype(np.float64) / (2.0 * assignment.zero_cost)
+        log_r = np.log(r)
+        inner = (r > 0) & (r < 1)
+        t = np.log(ratio[inner]) / log_r[inner]  # ratio = 0: +inf (never zero); ratio >= 1: t <= 0
+    fixed = int(np.count_nonzero(r == 0)) + int(np.count_nonzero((r >= 1) & (ratio >= 1)))
+    target = float(np.mean(assignment.indices(zero) == zero))
     mean_r = float(np.clip(r.mean(), _TINY, 1.0 - 1e-9))
     beta = float(np.log(0.5) / np.log(mean_r))
-    if sparsity(beta) >= target:
-        return 2.0 * r**beta
-    low, high = beta, beta
-    for _ in range(_BETA_STEPS):
-        low, high = high, high * 2.0
-        if sparsity(high) >= target:
-            break
-    for _ in range(20):
-        mid = 0.5 * (low + high)
-        low, high = (mid, high) if sparsity(mid) < target else (low, mid)
-    return 2.0 * r**high
-
-
+    floor = beta * _BETA_FLOOR  # beta stays positive: r**0 = 1 would shield zero-relevance values
+    zeros = fixed + int(np.count_nonzero(t <= beta))
+    low, high = int(np.ceil((target - p) * n - 1e-9)) - fixed, int(np.floor(target * n + 1e-9)) - fixed
+    finite = t[np.isfinite(t)]
+    if zeros - fixed > high:  # too sparse: the largest beta with at most `high` zeros from t
+        beta = floor if high <= 0 else max(floor, float(np.partition(finite, high - 1)[high - 1]))
+    elif zeros - fixed < low and finite.size:  # not sparse enough: the smallest beta with `low` zeros
+        k = min(low, finite.size)
+        beta = max(floor, float(np.partition(finite, k - 1)[k - 1]))
+    return 2.0 * r**beta
 class ECQQuantizer:
     """ECQ on the uniform ``2**bits`` grid ``c_k = k * step`` containing zero (DESIGN 4.7).
 
@@ -305,3 +309,60 @@ class ECQxQuantizer(ECQQuantizer):
         if r.size != assignment.nonzero.size:
             raise ValueError(f"relevance has {r.size} entries, the tensor {assignment.nonzero.size}")
         return assignment.indices(zero, ecqx_zero_scale(assignment, zero, r, self.p))
+
+
+def _positive_float32(value: float, fallback: float) -> float:
+    value = float(np.float32(value))
+    return value if np.isfinite(value) and value > 0 else fallback
+
+
+class EC2TQuantizer:
+    """EC2T: per layer the three values ``{-w_n, 0, +w_p}`` with the entropy-constrained assignment.
+
+    :meth:`assign` with given ``pos``/``neg`` assigns onto them (quantization-aware training,
+    where they are trained); without, they are set one-shot (:meth:`quantize`): starting from
+    twice the mean magnitude per sign, ``iterations`` rounds of assignment and
+    ``w_p, w_n = mean`` of the values assigned to them (the MSE-optimal values for a fixed
+    assignment). Emits TERNARY tensors (symbols -1, 0, 1; ``relevance`` is ignored).
+    """
+
+    def __init__(self, gamma: float = 0.1, max_size: int | None = None, iterations: int = 3) -> None:
+        if not (np.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if max_size is not None and max_size <= 0:
+            raise ValueError(f"max_size must be positive, got {max_size}")
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        self.gamma, self.max_size, self.iterations = float(gamma), max_size, int(iterations)
+
+    def _symbols(self, x: np.ndarray, pos: float, neg: float) -> np.ndarray:
+        assignment = ecq_indices(x, np.array([-neg, 0.0, pos]), 1, self.gamma, layer_decay(x.size, self.max_size))
+        return (assignment.indices(1) - 1).astype(np.int32).reshape(x.shape)
+
+    def assign(self, values: np.ndarray, pos: float | None = None,
+               neg: float | None = None) -> tuple[np.ndarray, float, float]:
+        """Symbols in {-1, 0, 1} (values' shape) and the float32 ``(w_p, w_n)`` used."""
+        x = _finite(values)
+        if pos is not None and neg is not None:
+            pos, neg = _positive_float32(pos, 1.0), _positive_float32(neg, 1.0)
+            return (self._symbols(x, pos, neg), pos, neg) if x.size else (np.zeros(x.shape, np.int32), pos, neg)
+        if not np.any(x):
+            return np.zeros(x.shape, dtype=np.int32), 1.0, 1.0
+        mags = np.abs(x[x != 0])
+        scale = float(mags.mean())
+        pos = _positive_float32(2 * x[x > 0].mean() if np.any(x > 0) else scale, 2 * scale)
+        neg = _positive_float32(-2 * x[x < 0].mean() if np.any(x < 0) else scale, 2 * scale)
+        for _ in range(self.iterations):
+            symbols = self._symbols(x, pos, neg)
+            if np.any(symbols > 0):
+                pos = _positive_float32(x[symbols > 0].mean(dtype=np.float64), pos)
+            if np.any(symbols < 0):
+                neg = _positive_float32(-x[symbols < 0].mean(dtype=np.float64), neg)
+        return self._symbols(x, pos, neg), pos, neg
+
+    def quantize(
+        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+    ) -> QuantizedTensor:
+        """One-shot EC2T with MSE-optimal ``w_p, w_n``."""
+        symbols, pos, neg = self.assign(values)
+        return QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos, neg))

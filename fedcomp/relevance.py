@@ -1,0 +1,103 @@
+"""Per-weight LRP relevances for ECQx (DESIGN 4.7), with zennit.
+
+zennit propagates relevance through the network with a composite of rules (for conv nets
+and MLPs: epsilon for dense layers, z-plus for convolutions, flat for the first layer,
+BatchNorm passed through: :class:`zennit.composites.EpsilonPlusFlat`). Its hooks hand
+every layer's *input* relevance to the layer below, so the relevance arriving at a
+layer's output ``R_out`` is the gradient at that output during zennit's backward pass.
+The weight rule is ours: a weight's relevance is its share of its output's relevance,
+
+    R_w = sum over batch and positions of  w * a * R_out / (z + eps * sign(z)),
+
+i.e. ``w * dz/dw`` contracted with ``R_out / z`` -- computed with autograd on the layer's
+recorded input ``a`` (``z`` is the layer's output, bias included). Biases get the same
+rule with ``dz/db = 1``. The output relevance is the one-hot of each example's label.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from zennit.composites import EpsilonPlusFlat
+from zennit.core import Composite
+
+#: Layers that get weight relevances (zennit's "linear" layers).
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``z + eps * sign(z)`` with sign(0) = 1, as zennit's epsilon rule stabilises."""
+    return z + ((z == 0).to(z.dtype) + z.sign()) * eps
+
+
+def default_composite() -> Composite:
+    """Epsilon for dense layers, z-plus for convolutions, flat for the first layer, BN passed."""
+    return EpsilonPlusFlat()
+
+
+def _layer_output(module: nn.Module, a: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return F.linear(a, weight, bias)
+    return module._conv_forward(a, weight, bias)
+
+
+def weight_relevance(
+    model: nn.Module,
+    batch_x: torch.Tensor,
+    batch_y: torch.Tensor,
+    composite: Composite | None = None,
+    eps: float = 1e-6,
+) -> dict[str, np.ndarray]:
+    """LRP relevance of every weight and bias of the model's Linear/Conv layers on one batch.
+
+    Keyed like the model's state dict (``"0.weight"``, ``"0.bias"``, ...), float32 arrays
+    of the parameters' shapes, summed over the batch (unnormalised; ECQx normalises per
+    layer). The model is left as it was (mode, parameters, no hooks).
+    """
+    composite = composite or default_composite()
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
+    inputs: dict[str, torch.Tensor] = {}
+    out_relevance: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            inputs[name] = args[0].detach()
+            output.register_hook(lambda grad: out_relevance.__setitem__(name, grad.detach()))
+        return hook
+
+    was_training = model.training
+    model.eval()
+    x = batch_x.detach().clone().requires_grad_(True)
+    try:
+        with composite.context(model):
+            handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
+            try:
+                logits = model(x)
+                one_hot = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype)
+                torch.autograd.grad(logits, x, grad_outputs=one_hot)
+            finally:
+                for handle in handles:
+                    handle.remove()
+    finally:
+        model.train(was_training)
+
+    relevances: dict[str, np.ndarray] = {}
+    for name, module in layers.items():
+        if name not in out_relevance:  # a layer the output does not depend on
+            continue
+        weight = module.weight.detach().clone().requires_grad_(True)
+        bias = None if module.bias is None else module.bias.detach().clone().requires_grad_(True)
+        z = _layer_output(module, inputs[name], weight, bias)
+        share = out_relevance[name] / stabilise(z.detach(), eps)
+        params = [weight] + ([bias] if bias is not None else [])
+        grads = torch.autograd.grad(z, params, grad_outputs=share)
+        prefix = f"{name}." if name else ""
+        relevances[prefix + "weight"] = (weight.detach() * grads[0]).numpy().astype(np.float32)
+        if bias is not None:
+            relevances[prefix + "bias"] = (bias.detach() * grads[1]).numpy().astype(np.float32)
+    return relevances

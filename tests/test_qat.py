@@ -1,0 +1,144 @@
+"""Quantization-aware training and post-training ECQ/ECQx on a model trained on digits."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fedcomp.data import load_dataset
+from fedcomp.models import build_model
+from fedcomp.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names, relevance_batch
+from fedcomp.quant.ecq import ECQQuantizer, ECQxQuantizer
+from fedcomp.relevance import weight_relevance
+from fedcomp.training import TrainSettings, evaluate, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models train many times faster on one thread than on an oversubscribed pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    bundle = load_dataset("digits", seed=0)
+    train_loader = DataLoader(bundle.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return bundle, train_loader, DataLoader(bundle.test, batch_size=512)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn(digits):
+    bundle, train_loader, _ = digits
+    torch.manual_seed(0)
+    model = build_model("cnn", bundle.num_classes, bundle.input_shape)
+    train(model, train_loader, TrainSettings(epochs=8, lr=0.05))
+    return model
+
+
+@pytest.mark.parametrize("method, levels", [("ecq", 16), ("ecqx", 16), ("ec2t", 3)])
+def test_qat_leaves_quantized_weights_and_trains(digits, method, levels):
+    bundle, train_loader, test_loader = digits
+    torch.manual_seed(1)
+    model = build_model("mlp", bundle.num_classes, bundle.input_shape)
+    result = qat_train(model, train_loader, TrainSettings(epochs=4, lr=0.05), QATSettings(method, 4, 0.05))
+    params = dict(model.named_parameters())
+    for name in quantized_names(model):
+        values = np.unique(params[name].detach().numpy())
+        assert len(values) <= levels and 0.0 in values
+        assert not torch.equal(result.shadow[name], params[name].detach())  # shadows are full precision
+    assert 0.1 < result.metrics["weight_sparsity"] < 1.0
+    assert evaluate(model, test_loader)["accuracy"] > 0.85
+
+
+def test_ec2t_scale_gradients_are_the_exact_derivatives():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    state = _Quantize(model, QATSettings("ec2t", gamma=0.0))
+    state.apply(None)
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    state.backward_scales()
+    # the same loss written with w_p, w_n as differentiable leaves
+    leaves = {n: (pos.detach().clone().requires_grad_(), neg.detach().clone().requires_grad_())
+              for n, (pos, neg) in state.scales.items()}
+    weights = {n: (state.symbols[n] > 0).float() * leaves[n][0] - (state.symbols[n] < 0).float() * leaves[n][1]
+               for n in leaves}
+    out = torch.nn.functional.linear(x, weights["0.weight"], model[0].bias)
+    out = torch.nn.functional.linear(out.relu(), weights["2.weight"], model[2].bias)
+    torch.nn.functional.cross_entropy(out, y).backward()
+    for name, (pos, neg) in state.scales.items():
+        assert torch.allclose(pos.grad, leaves[name][0].grad, atol=1e-6)
+        assert torch.allclose(neg.grad, leaves[name][1].grad, atol=1e-6)
+        assert neg.grad.item() != 0
+
+
+def _sparsity(tensors, names):
+    picked = [t.symbols for t in tensors if t.name in names]
+    return sum(int((s == 0).sum()) for s in picked) / sum(s.size for s in picked)
+
+
+def test_ecqx_keeps_relevant_weights_and_accuracy_at_equal_sparsity(digits, trained_cnn):
+    _, train_loader, test_loader = digits
+    base = {k: v.clone() for k, v in trained_cnn.state_dict().items()}
+    names = set(quantized_names(trained_cnn))
+    relevance = weight_relevance(trained_cnn, *relevance_batch(train_loader, 256))
+
+    def run(quantizer):
+        trained_cnn.load_state_dict(base)
+        tensors = quantize_model(trained_cnn, quantizer, relevance)
+        return tensors, _sparsity(tensors, names), evaluate(trained_cnn, test_loader)["accuracy"]
+
+    x_tensors, x_sparsity, x_accuracy = run(ECQxQuantizer(bits=4, gamma=0.1, p=0.0))
+    # ECQ at the same sparsity (just at or below ECQx's): bisect gamma
+    low, high = 0.0, 1.0
+    for _ in range(14):
+        mid = (low + high) / 2
+        low, high = (mid, high) if run(ECQQuantizer(bits=4, gamma=mid))[1] < x_sparsity else (low, mid)
+    e_tensors, e_sparsity, e_accuracy = run(ECQQuantizer(bits=4, gamma=low))
+    assert abs(e_sparsity - x_sparsity) < 0.01 and e_sparsity <= x_sparsity
+    assert x_sparsity > 0.5
+    assert x_accuracy >= e_accuracy  # ECQx zeroes as many weights, and at least as harmlessly
+    top = {n: np.abs(relevance[n]) >= np.quantile(np.abs(relevance[n]), 0.9) for n in names}
+    kept = [sum(int((t.symbols[top[t.name]] != 0).sum()) for t in ts if t.name in names)
+            for ts in (x_tensors, e_tensors)]
+    assert kept[0] > kept[1]
+    trained_cnn.load_state_dict(base)
+
+
+def test_qat_command_trains_saves_and_rejects_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedcomp.cli import app
+
+    out = tmp_path / "model.pt"
+    runner = CliRunner()
+    result = runner.invoke(app, ["qat", "--set", "model=mlp", "--method", "ec2t", "--epochs", "1", "--pretrain", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ec2t" in result.output and "smaller than float32" in result.output
+    state = torch.load(out, weights_only=True)
+    assert len(torch.unique(state["1.weight"])) <= 3
+    bad = runner.invoke(app, ["qat", "--method", "nope"])
+    assert bad.exit_code != 0 and "ecq, ecqx, ec2t" in str(bad.exception)
+
+
+def test_local_train_follows_the_run_settings(digits):
+    from fedcomp.config import resolve
+    from fedcomp.qat import local_train
+
+    bundle, train_loader, _ = digits
+    plain = resolve({})
+    assert QATSettings.from_config(plain) is None
+    config = resolve({"qat.method": "ecq", "qat.bits": 3, "qat.gamma": 0.1})
+    qat = QATSettings.from_config(config)
+    assert (qat.method, qat.bits, qat.gamma) == ("ecq", 3, 0.1)
+    torch.manual_seed(0)
+    model = build_model("mlp", bundle.num_classes, bundle.input_shape)
+    metrics = local_train(model, train_loader, TrainSettings(epochs=1), qat)
+    assert "weight_sparsity" in metrics
+    assert len(np.unique(model[1].weight.detach().numpy())) <= 8
+    metrics = local_train(model, train_loader, TrainSettings(epochs=1), None)
+    assert "weight_sparsity" not in metrics and len(np.unique(model[1].weight.detach().numpy())) > 8
