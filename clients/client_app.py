@@ -29,6 +29,8 @@ from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
 from fedcomp.params import load_arrays, state_arrays
+from fedcomp.qat import QATSettings, local_train, relevance_batch
+from fedcomp.relevance import weight_relevance
 from fedcomp.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
                               NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
 from fedcomp.scaling import effective, is_scale
@@ -90,7 +92,7 @@ def train_step(msg: Message, context: Context) -> Message:
     if not settings.differential:
         load_arrays(model, global_tensors)
         clock = time.perf_counter()
-        stats = train(model, loader, TrainSettings.from_config(config))
+        stats = local_train(model, loader, TrainSettings.from_config(config), QATSettings.from_config(config))
         reply_record = DenseChannel().encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
@@ -157,8 +159,12 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     state = _loaded(context.state[RESIDUAL_KEY]) if RESIDUAL_KEY in context.state else {}
 
     clock = time.perf_counter()
-    stats = train(model, loader, train_settings, trainable=sent_weights,
-                  scales=scales if joint or not settings.fold else None, scale_lr=settings.scale_lr)
+    qat = QATSettings.from_config(config)
+    if qat is not None:  # quantization-aware local training of the whole model (config checks the combination)
+        stats = local_train(model, loader, train_settings, qat)
+    else:
+        stats = train(model, loader, train_settings, trainable=sent_weights,
+                      scales=scales if joint or not settings.fold else None, scale_lr=settings.scale_lr)
     train_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -166,7 +172,10 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     weight_update = {k: local[k] - global_tensors[k] for k in sent_weights}
     if joint:
         weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
-    quantized, state = channel.prepare(weight_update, state)
+    relevance = None
+    if settings.up.quantizer == "ecqx":  # ECQx: LRP relevances of the local model on a batch of local data
+        relevance = weight_relevance(model, *relevance_batch(loader, settings.up.relevance_batch))
+    quantized, state = channel.prepare(weight_update, state, relevance)
     compress_seconds = time.perf_counter() - clock
 
     if settings.fsfl == "compensate" and sent_scales:

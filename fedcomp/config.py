@@ -318,6 +318,9 @@ def _check_whole(config: Mapping[str, Any]) -> None:
         raise ConfigError("partial.groups needs compressed upstream updates (set up.scheme)")
     if "scales" in groups and config["fsfl.mode"] == "off":
         raise ConfigError("partial group 'scales' needs fsfl.mode = joint or compensate")
+    if config["qat.method"] != "none" and (groups or config["fsfl.mode"] == "joint" or not config["fsfl.fold"]):
+        raise ConfigError("qat.method trains the whole model without filter scales: it does not combine with "
+                          "partial.groups, fsfl.mode = joint or fsfl.fold = false")
 
 
 def resolve(*layers: Mapping[str, Any]) -> dict[str, Value]:

@@ -191,3 +191,21 @@ def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
     assert not any(r.has_error() for r in replies)
     full = strategy.meter.select(round=4, direction="down", client=victim)[0]
     assert full.payload_bytes > ParamManifest.from_model(model).dense_bytes
+
+
+def test_ecqx_clients_quantize_with_their_own_relevances_and_qat_trains_locally(task_identity):
+    """ECQx gets LRP relevances from a batch of the client's data (its payload differs from ECQ's);
+    qat.* makes the local training quantization-aware."""
+    payloads = {}
+    for quantizer in ("ecq", "ecqx"):
+        config, model, strategy, grid, arrays = make_run({"up.scheme": "ecqx-ans", "up.quantizer": quantizer,
+                                                          "up.bits": 2, "up.gamma": 0.6}, clients=2)
+        _, replies, _, metrics = one_round(strategy, grid, arrays, 1)
+        assert not any(r.has_error() for r in replies)
+        payloads[quantizer] = [bytes(r.content["arrays"]["p0"].data) for r in replies]
+    assert payloads["ecq"] != payloads["ecqx"]
+    config, model, strategy, grid, arrays = make_run({"up.scheme": "topk-uniform-ans", "qat.method": "ec2t"},
+                                                     clients=2)
+    _, replies, _, metrics = one_round(strategy, grid, arrays, 1)
+    assert not any(r.has_error() for r in replies)
+    assert all(0 < r.content["metrics"]["weight_sparsity"] < 1 for r in replies)
