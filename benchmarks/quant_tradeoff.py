@@ -362,8 +362,8 @@ def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], pre
         lines += ["## 4. The presets through the real strategy (default workload: digits, cnn, 10 clients, 20 rounds)",
                   "", "Whole fedcomp runs (`strategies.server_app.serve`, the real ClientApp, Flower messages "
                   "serialised both ways) on the loopback grid of `benchmarks/comm_savings.py`, seed 0, iid. "
-                  "Bytes are the meter's payload totals, up and down. The ClientApp does not pass LRP relevances "
-                  "to the compressor yet, so `ecqx` and `fsfl-ecqx-bidir` ran as ECQ here (see the issue report).", "",
+                  "Bytes are the meter's payload totals, up and down. Clients compute ECQx relevances on "
+                  "`relevance_batch` local examples; the server has no data, so downstream ECQx is ECQ.", "",
                   "| preset | total MB | vs FedAvg | final accuracy |", "|---|---|---|---|"]
         lines += [f"| {r['preset']} | {r['bytes'] / 2**20:.3f} | {fedavg['bytes'] / r['bytes']:.1f}x | "
                   f"{r['accuracy']:.4f} |" for r in presets]
