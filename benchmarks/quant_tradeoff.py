@@ -254,13 +254,13 @@ def fl_sweep(model_name: str, w: Workload, rounds: int, methods: set[str] | None
 PRESET_NAMES = ("fedavg", "ecqx", "ec2t", "fsfl-ecqx-bidir", "fsfl-bidir")
 
 
-def preset_runs(run_root: Path) -> list[dict]:
+def preset_runs(run_root: Path, names: tuple[str, ...] = PRESET_NAMES) -> list[dict]:
     """Each preset as a whole fedcomp run (real strategy and ClientApp, loopback grid; see comm_savings.py)."""
     from benchmarks.comm_savings import run_once
     from fedcomp.presets import PRESETS
 
     rows = []
-    for name in PRESET_NAMES:
+    for name in names:
         t0 = time.perf_counter()
         summary = run_once((name, PRESETS[name][1], str(run_root / name)))
         rows.append({"preset": name, "bytes": summary["bytes_total"], "accuracy": summary["final_accuracy"],
@@ -362,8 +362,8 @@ def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], pre
         lines += ["## 4. The presets through the real strategy (default workload: digits, cnn, 10 clients, 20 rounds)",
                   "", "Whole fedcomp runs (`strategies.server_app.serve`, the real ClientApp, Flower messages "
                   "serialised both ways) on the loopback grid of `benchmarks/comm_savings.py`, seed 0, iid. "
-                  "Bytes are the meter's payload totals, up and down. The ClientApp does not pass LRP relevances "
-                  "to the compressor yet, so `ecqx` and `fsfl-ecqx-bidir` ran as ECQ here (see the issue report).", "",
+                  "Bytes are the meter's payload totals, up and down. Clients compute ECQx relevances on "
+                  "`relevance_batch` local examples; the server has no data, so downstream ECQx is ECQ.", "",
                   "| preset | total MB | vs FedAvg | final accuracy |", "|---|---|---|---|"]
         lines += [f"| {r['preset']} | {r['bytes'] / 2**20:.3f} | {fedavg['bytes'] / r['bytes']:.1f}x | "
                   f"{r['accuracy']:.4f} |" for r in presets]
@@ -380,6 +380,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: table,timing,fl,presets")
+    parser.add_argument("--presets", default=",".join(PRESET_NAMES), help="presets section: which presets")
     parser.add_argument("--run-root", type=Path, default=Path("runs/quant_tradeoff"), help="preset run folders")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fl-methods", default="", help="comma list of FL methods to run (default all)")
@@ -411,7 +412,7 @@ def main() -> None:
                                                                            args.tolerance)],
                 "timing": [] if "timing" in skip else [r for m in models for r in added_time(m, w, args.repeats)],
                 "fl": [] if "fl" in skip else [r for m in models for r in fl_sweep(m, w, args.rounds, methods)],
-                "presets": [] if "presets" in skip else preset_runs(args.run_root)}
+                "presets": [] if "presets" in skip else preset_runs(args.run_root, tuple(args.presets.split(",")))}
         seconds = time.perf_counter() - t0
         if args.rows:
             args.rows.write_text(json.dumps({**rows, "commit": args.commit, "seconds": seconds}))
