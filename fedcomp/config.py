@@ -99,6 +99,11 @@ SETTINGS: dict[str, Setting] = {
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
     "output.dump_updates": Setting(False, "write every client update to updates.npz in the run folder"),
+    # experiment trackers (fedcomp.trackers; need the `track` extra)
+    "track.tensorboard": Setting(False, "write TensorBoard event files to <run folder>/tensorboard"),
+    "track.mlflow": Setting(False, "log config, per-round metrics and summary to MLflow (track.mlflow_uri)"),
+    "track.mlflow_uri": Setting("", "MLflow tracking URI; empty means a local file store <run folder>/mlruns"),
+    "track.experiment": Setting("fedcomp", "MLflow experiment name"),
 }
 
 
