@@ -65,23 +65,39 @@ def timed_sweep(the_plan: SweepPlan, folder: Path, jobs: int, cpus: int, separat
     return time.perf_counter() - start, index
 
 
+def subset(the_plan: SweepPlan, knobs: int, seeds: int) -> SweepPlan:
+    """Every scheme with the first ``knobs`` knob values and the first ``seeds`` seeds."""
+    knob = next(k for k in the_plan.grid if k not in ("preset", "seed"))
+    grid = {**the_plan.grid, knob: the_plan.grid[knob][:knobs], "seed": the_plan.grid["seed"][:seeds]}
+    return SweepPlan(the_plan.preset, the_plan.base, grid, the_plan.points)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time in the parallel leg")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--timing-knobs", type=int, default=4, help="knob values in the timed legs (all: 4)")
+    parser.add_argument("--timing-seeds", type=int, default=3, help="seeds in the timed legs (all: 3)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-bench")
     args = parser.parse_args()
     the_plan, what = plan(args.rounds, args.clients)
-    n = len(expand(the_plan))
+    timed_plan = subset(the_plan, args.timing_knobs, args.timing_seeds)
+    n, n_timed = len(expand(the_plan)), len(expand(timed_plan))
     load_before = os.getloadavg()
-    print(f"{n} runs: {what}", flush=True)
+    print(f"{n} runs: {what}; timed legs: {n_timed} of them", flush=True)
     print(f"parallel leg ({args.jobs} at a time, one SuperLink)", flush=True)
-    t_par, par = timed_sweep(the_plan, args.work / "parallel", args.jobs, args.cpus, separate=False)
+    t_par, par = timed_sweep(timed_plan, args.work / "parallel", args.jobs, args.cpus, separate=False)
     print(f"sequential leg (one after another, a SuperLink and Ray per run): parallel took {t_par:.0f} s", flush=True)
-    t_seq, seq = timed_sweep(the_plan, args.work / "sequential", 1, args.cpus, separate=True)
+    t_seq, seq = timed_sweep(timed_plan, args.work / "sequential", 1, args.cpus, separate=True)
     load_after = os.getloadavg()
+    frontier_dir = args.work / "parallel"
+    if n_timed < n:  # the whole sweep, resumable: runs already in the folder are not redone
+        frontier_dir = args.work / "frontier"
+        print(f"frontier sweep ({n} runs, {args.jobs} at a time, resuming {frontier_dir})", flush=True)
+        run_sweep(the_plan, frontier_dir, jobs=args.jobs, cpus=args.cpus,
+                  on_done=lambda e: print(f"  {e['status']:<6} {e['name']}", flush=True))
 
     ok_par = {r["name"]: r for r in par["runs"] if r["status"] == "done"}
     ok_seq = {r["name"]: r for r in seq["runs"] if r["status"] == "done"}
@@ -90,8 +106,8 @@ def main() -> None:
     same_bytes = sum(ok_par[k]["bytes_total"] == ok_seq[k]["bytes_total"] for k in both)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = build_report(args.work / "parallel", RESULTS / "sweep_report.html")
-    runs = load_runs(args.work / "parallel")
+    report = build_report(frontier_dir, RESULTS / "sweep_report.html")
+    runs = load_runs(frontier_dir)
     rp = run_points([(r.name, r.config, r.summary) for r in runs])
     points = aggregate(rp)
     fronts = pareto(points)
@@ -101,27 +117,33 @@ def main() -> None:
     png = frontier_plot(points, fronts, xy, target, "final_accuracy")
     (RESULTS / "sweep_frontier.png").write_bytes(base64.b64decode(png.split(",", 1)[1]))
 
+    timed_text = ("all of them" if n_timed == n else
+                  f"{n_timed} of them (3 schemes x the first {args.timing_knobs} knob value(s) x the first "
+                  f"{args.timing_seeds} seed(s)): on this shared machine a run costs 1-1.5 min, mostly Ray and "
+                  f"actor start-up, so the full {n}-run sequential leg did not fit the time available")
     lines = [
         "# Sweep: parallel vs one after another", "",
         f"Commit `{git_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-        f"`python benchmarks/sweep_bench.py --rounds {args.rounds} --clients {args.clients} --jobs {args.jobs}`.",
-        f"Machine: {os.cpu_count()} CPUs shared with other work (load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after), so absolute times are noisy; both legs ran back to back in one process.", "",
+        f"`python benchmarks/sweep_bench.py --rounds {args.rounds} --clients {args.clients} --jobs {args.jobs} "
+        f"--timing-knobs {args.timing_knobs} --timing-seeds {args.timing_seeds}`.",
+        f"Machine: {os.cpu_count()} CPUs shared with other work (load average {load_before[0]:.1f} before the timed "
+        f"legs, {load_after[0]:.1f} after), so absolute times are noisy; the two legs ran back to back in one "
+        "process.", "",
         f"Sweep: {n} runs = 3 schemes x 4 knob values x 3 seeds: {what}.",
-        f"Workload: digits, {args.clients} clients, {args.rounds} rounds (the default workload is 10 clients and "
-        "20 rounds; shortened so that both legs fit in minutes on this machine).", "",
+        f"Workload: digits, cnn/mlp, {args.clients} clients, {args.rounds} rounds (the default workload is 10 "
+        f"clients and 20 rounds; shortened to fit this machine). Timed legs: {timed_text}.", "",
         "| leg | how | runs finished | wall s | median run wall s (inside the ServerApp) |",
         "|---|---|---|---|---|",
         f"| parallel | one SuperLink, {args.jobs} runs at a time, Ray capped at {max(1, args.cpus // args.jobs)} "
-        f"CPU(s) per run | {len(ok_par)} of {n} | {t_par:.1f} | "
+        f"CPU(s) per run | {len(ok_par)} of {n_timed} | {t_par:.1f} | "
         f"{statistics.median(r['wall_seconds'] for r in ok_par.values()):.1f} |",
         f"| sequential | one run after another, each with its own SuperLink and Ray (a shell loop over "
-        f"`fedcomp run`) | {len(ok_seq)} of {n} | {t_seq:.1f} | "
+        f"`fedcomp run`) | {len(ok_seq)} of {n_timed} | {t_seq:.1f} | "
         f"{statistics.median(r['wall_seconds'] for r in ok_seq.values()):.1f} |", "",
         f"**Wall-time ratio sequential / parallel: {t_seq / t_par:.2f}x** (measured in this one run).", "",
         f"Same results in both legs: final accuracy identical in {same_acc} of {len(both)} runs, total bytes "
         f"identical in {same_bytes} of {len(both)}.", "",
-        "## Frontier (parallel sweep, final accuracy, mean over seeds)", "",
+        f"## Frontier ({len(runs)} finished runs of the {n}-run sweep, final accuracy, mean over seeds)", "",
         "| scheme | knob | seeds | acc mean | acc std | acc min | acc max | MB mean | on frontier |",
         "|---|---|---|---|---|---|---|---|---|",
         *(f"| {p.scheme} | {p.knob_label} | {p.seeds} | {p.acc_mean:.4f} | {p.acc_std:.4f} | {p.acc_min:.4f} | "
@@ -132,7 +154,7 @@ def main() -> None:
           f"{'-' if t.mean is None else f'{t.mean / MB:.3f}'} | {'-' if t.std is None else f'{t.std / MB:.3f}'} | "
           f"{'-' if t.of_means is None else f'{t.of_means / MB:.3f}'} |" for t in bytes_to_target(rp, points, target)),
         "", "![frontier](sweep_frontier.png)", "",
-        f"The full report of the parallel sweep: [{report.name}]({report.name}) (one self-contained HTML page).", "",
+        f"The full report of the sweep: [{report.name}]({report.name}) (one self-contained HTML page).", "",
     ]
     (RESULTS / "sweep.md").write_text("\n".join(lines))
     print("\n".join(lines))

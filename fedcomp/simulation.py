@@ -96,9 +96,12 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _processes_with_token(token: str) -> list[int]:
-    """PIDs whose environment carries ``token`` (the run's SuperLink and all it spawned, Ray included)."""
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs (not this one) whose environment has ``name=value``.
+
+    With `TOKEN_VARIABLE` and a SuperLink's token: the SuperLink and all it spawned, Ray included.
+    """
+    needle = f"{name}={value}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -120,7 +123,7 @@ def _stop_all(processes: list[subprocess.Popen], token: str | None) -> None:
             except ProcessLookupError:
                 pass
     def stragglers() -> list[int]:
-        return _processes_with_token(token) if token is not None else []
+        return processes_with_env(TOKEN_VARIABLE, token) if token is not None else []
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or stragglers()):
@@ -154,7 +157,7 @@ class SuperLink:
         self._env: dict[str, str] = {}
 
     def __enter__(self) -> "SuperLink":
-        self._tmp = tempfile.TemporaryDirectory(prefix="fedcomp-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="fedcomp-", ignore_cleanup_errors=True)
         tmp = Path(self._tmp.name)
         home, port, bin_dir = tmp / "flwr-home", _free_port(), Path(sys.executable).parent
         home.mkdir()

@@ -218,12 +218,16 @@ def run_sweep(plan: SweepPlan, sweep_dir: str | Path, jobs: int = 1, cpus: int |
     def execute(fn: RunFn) -> None:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(fn, r, sweep_dir / "runs" / r.name, ray_cpus): r for r in todo}
-            for future in as_completed(futures):
-                run = futures[future]
-                try:
-                    record(run, _entry(run, "done", future.result()))
-                except Exception as err:  # one failed run must not stop the sweep; the index says why
-                    record(run, _entry(run, "failed", error=str(err).splitlines()[0] if str(err) else repr(err)))
+            try:
+                for future in as_completed(futures):
+                    run = futures[future]
+                    try:
+                        record(run, _entry(run, "done", future.result()))
+                    except Exception as err:  # one failed run must not stop the sweep; the index says why
+                        record(run, _entry(run, "failed", error=str(err).splitlines()[0] if str(err) else repr(err)))
+            except BaseException:  # Ctrl-C: start nothing more; the runs under way end with the SuperLink
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
     if todo:
         if run_fn is not None:
