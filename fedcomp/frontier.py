@@ -88,10 +88,18 @@ def varied_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def split_keys(configs: Sequence[Mapping[str, Any]],
                scheme_keys: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
-    """(scheme keys, knob keys) of a set of runs; by default the scheme is the varied preset/scheme settings."""
+    """(scheme keys, knob keys) of a set of runs; by default the scheme is the varied preset/scheme settings.
+
+    A knob is a setting that varies among the runs of one scheme (not one that only follows
+    the scheme, such as the model a preset picks), the seed excepted.
+    """
     varied = varied_keys(configs)
     schemes = list(scheme_keys) if scheme_keys is not None else [k for k in SCHEME_CANDIDATES if k in varied]
-    return schemes, [k for k in varied if k not in schemes and k != SEED_KEY]
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for config in configs:
+        groups.setdefault(tuple(repr(config.get(k)) for k in schemes), []).append(config)
+    within = {k for members in groups.values() for k in varied_keys(members)}
+    return schemes, [k for k in varied if k in within and k not in schemes and k != SEED_KEY]
 
 
 def run_points(runs: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]], metric: str = "final_accuracy",

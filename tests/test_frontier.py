@@ -27,6 +27,8 @@ def test_scheme_and_knob_keys_come_from_what_varies():
     schemes, knobs = split_keys([c for _, c, _ in RUNS])
     assert schemes == ["output.preset"] and knobs == ["fraction"]  # lr, seed and output.dir are not knobs
     assert split_keys([c for _, c, _ in RUNS], ["fraction"]) == (["fraction"], ["output.preset"])
+    follows = [{**c, "model": "mlp" if c["output.preset"] == "b" else "cnn"} for _, c, _ in RUNS]
+    assert split_keys(follows) == (["output.preset"], ["fraction"])  # the model only follows the scheme
 
 
 def test_points_pool_seeds_with_their_spread():
