@@ -33,6 +33,7 @@ test-fast: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/codec_bench.py
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/fantastic4_bench.py
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check fedcomp strategies clients benchmarks tests

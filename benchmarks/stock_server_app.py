@@ -14,13 +14,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fedcomp.params import ParamManifest
+import torch
+
 from strategies.server_app import serve
 
 app = ServerApp()
 
 
-def stock_fedavg(config: dict[str, Any], manifest: ParamManifest) -> FedAvg:
+def stock_fedavg(config: dict[str, Any], model: torch.nn.Module) -> FedAvg:
     return FedAvg(fraction_train=float(config["fraction"]), fraction_evaluate=0.0,
                   min_train_nodes=int(config["server.min_clients"]))
 

@@ -2,25 +2,48 @@
 
 Messages follow Flower's conventions, so the app also serves Flower's stock strategies:
 the server sends ``arrays`` (the global model) and ``config``; a training reply carries
-``arrays`` (the local model) and ``metrics`` with ``num-examples``. The partition a node
-holds comes from its node config (``partition-id``, ``num-partitions``), which Flower's
-Simulation Engine sets and a SuperNode takes via ``--node-config``.
+``arrays`` and ``metrics`` with ``num-examples``. The partition a node holds comes from its
+node config (``partition-id``, ``num-partitions``), which Flower's Simulation Engine sets
+and a SuperNode takes via ``--node-config``.
+
+In a compressed run (``up.*`` settings) the reply's ``arrays`` carry one coded payload of
+the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional run the
+server's ``arrays`` carry the coded payloads that bring this client's model to ``W_t``, and
+the client checks the result against the server's digest before it trains. What a client
+keeps between rounds (its copy of the global model and its version, its residual) lives
+in ``context.state`` as plain arrays.
 """
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads
+from fedcomp.codec.wire import FLAG_FULL_MODEL, decode_payload
+from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
-from fedcomp.params import ParamManifest, load_arrays, state_arrays
+from fedcomp.params import load_arrays, state_arrays
+from fedcomp.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
+                              NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
+from fedcomp.scaling import effective, is_scale
 from fedcomp.training import TrainSettings, evaluate, train
-from fedcomp.channels import DenseChannel
-from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.updates import Tensors, UpdateSettings, apply_update, model_digest
 
 app = ClientApp()
+
+GLOBAL_KEY = "fedcomp.global"  # context.state: this client's copy of W_t (bidirectional runs)
+RESIDUAL_KEY = "fedcomp.residual"  # context.state: the upstream sender's state (error feedback)
+SYNC_KEY = "fedcomp.sync"  # context.state: the version of the held copy
+
+
+class OutOfSync(RuntimeError):
+    """The client cannot reach the server's model from what it holds (the server resends it whole)."""
 
 
 def _partition_id(context: Context, config: dict) -> int:
@@ -34,13 +57,11 @@ def _partition_id(context: Context, config: dict) -> int:
     return pid
 
 
-def _setup(msg: Message, context: Context) -> tuple[dict, int, torch.nn.Module]:
+def _setup(context: Context) -> tuple[dict, int, torch.nn.Module, UpdateSettings]:
     config = from_run_config(context.run_config)
     torch.set_num_threads(int(config["sim.threads"]))
-    pid = _partition_id(context, config)
-    model = run_model(config)
-    load_arrays(model, DenseChannel().decode(msg.content[ARRAYS], ParamManifest.from_model(model)))
-    return config, pid, model
+    model = run_model(config, context.node_config)
+    return config, _partition_id(context, config), model, UpdateSettings.from_config(config)
 
 
 @app.query()
@@ -48,28 +69,135 @@ def query(msg: Message, context: Context) -> Message:
     """Answer the server's setup query with this node's partition id and example count."""
     config = from_run_config(context.run_config)
     pid = _partition_id(context, config)
-    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid))})
+    metrics = MetricRecord({PARTITION_ID: pid, NUM_EXAMPLES: len(client_indices(config, pid, context.node_config))})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)
 
 
 @app.train()
 def train_step(msg: Message, context: Context) -> Message:
-    """Train the received global model on the local partition; reply with the local model."""
-    config, pid, model = _setup(msg, context)
-    server_round = int(msg.content[CONFIG].get("server-round", 0))
-    loader = client_loader(config, pid, server_round)
+    """Train the global model on the local partition; reply with the local model or its coded update."""
+    config, pid, model, settings = _setup(context)
+    server_round = int(msg.content[CONFIG].get(SERVER_ROUND, 0))
+    manifest = settings.manifest(model)
+    started = time.perf_counter()
+    if settings.bidirectional:
+        global_tensors, version = _catch_up(msg, context, settings, model)
+    else:
+        global_tensors, version = DenseChannel().decode(msg.content[ARRAYS], manifest), 0
+    decode_seconds = time.perf_counter() - started
+    loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
-    stats = train(model, loader, TrainSettings.from_config(config))
-    metrics = MetricRecord({**stats, NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
-    reply = RecordDict({ARRAYS: DenseChannel().encode(state_arrays(model)), METRICS: metrics})
-    return Message(reply, reply_to=msg)
+    if not settings.differential:
+        load_arrays(model, global_tensors)
+        clock = time.perf_counter()
+        stats = train(model, loader, TrainSettings.from_config(config))
+        reply_record = DenseChannel().encode(state_arrays(model))[0].record
+        timings = {TRAIN_SECONDS: time.perf_counter() - clock}
+    else:
+        reply_record, stats, timings = _train_differential(context, config, pid, model, settings,
+                                                           global_tensors, loader)
+    metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
+                            NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
+    return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)
+
+
+def _stored(tensors: dict[str, np.ndarray]) -> ArrayRecord:
+    """Plain arrays as a record for ``context.state``."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in tensors.items()})
+
+
+def _loaded(record: ArrayRecord) -> Tensors:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def _catch_up(msg: Message, context: Context, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
+    """Bring the held copy of the global model to the server's version; check it against the digest."""
+    config = msg.content[CONFIG]
+    manifest = settings.manifest(model)
+    target, base, digest = int(config[VERSION]), int(config[BASE_VERSION]), int(config[DIGEST])
+    if GLOBAL_KEY in context.state:
+        held = _loaded(context.state[GLOBAL_KEY])
+        version = int(context.state[SYNC_KEY]["version"])
+    else:
+        held, version = settings.initial_global(model), 0
+    record = msg.content[ARRAYS]
+    if len(record.keys()) and base < 0:
+        payload = record_payloads(record, max_payload_bytes(manifest))
+        if len(payload) != 1 or not decode_payload(payload[0], manifest).flags & FLAG_FULL_MODEL:
+            raise OutOfSync("a full-model message must carry exactly one payload flagged as a full model")
+        held = {**held, **decompress(payload[0], manifest)}
+    elif version != base:
+        raise OutOfSync(f"this client holds model version {version}, the server replays from version {base}")
+    else:
+        replays = settings.channel("down", manifest, 0).decode_all(record, manifest) if len(record.keys()) else []
+        for update in replays:
+            held = apply_update(held, update, settings.fold)
+    if model_digest(held, manifest) != digest:
+        raise OutOfSync(f"after decoding, this client's model does not match the server's version {target}")
+    context.state[GLOBAL_KEY] = _stored(held)
+    context.state[SYNC_KEY] = ConfigRecord({"version": target})
+    return held, target
+
+
+def _train_differential(context: Context, config: dict, pid: int, model: torch.nn.Module,
+                        settings: UpdateSettings, global_tensors: Tensors, loader) -> tuple:
+    """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback)."""
+    manifest = settings.manifest(model)
+    sent = settings.sent_names(model, manifest)
+    joint = settings.fsfl == "joint"
+    weights = {k: v for k, v in global_tensors.items() if not is_scale(k)}
+    # the scales act in every forward pass (kept scales differ from 1); joint mode trains the sent ones
+    scales = {k: torch.tensor(v, requires_grad=joint and k in sent) for k, v in global_tensors.items()
+              if is_scale(k)}
+    load_arrays(model, weights)
+    train_settings = TrainSettings.from_config(config)
+    sent_scales = {k: v for k, v in scales.items() if k in sent}
+    sent_weights = [k for k in sent if not is_scale(k)]
+    channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
+    state = _loaded(context.state[RESIDUAL_KEY]) if RESIDUAL_KEY in context.state else {}
+
+    clock = time.perf_counter()
+    stats = train(model, loader, train_settings, trainable=sent_weights,
+                  scales=scales if joint or not settings.fold else None, scale_lr=settings.scale_lr)
+    train_seconds = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    local = state_arrays(model)
+    weight_update = {k: local[k] - global_tensors[k] for k in sent_weights}
+    if joint:
+        weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
+    quantized, state = channel.prepare(weight_update, state)
+    compress_seconds = time.perf_counter() - clock
+
+    if settings.fsfl == "compensate" and sent_scales:
+        # the scales absorb part of what the sparsifier dropped: train them alone on the
+        # weights the server will reconstruct
+        clock = time.perf_counter()
+        reconstructed = {q.name: global_tensors[q.name] + q.dequantize() for q in quantized}
+        load_arrays(model, reconstructed)
+        scale_settings = TrainSettings(**{**train_settings.__dict__, "epochs": settings.scale_epochs})
+        for name, scale in scales.items():
+            scale.requires_grad_(name in sent_scales)
+        train(model, loader, scale_settings, trainable=[], scales=scales, scale_lr=settings.scale_lr)
+        train_seconds += time.perf_counter() - clock
+        clock = time.perf_counter()
+        more, state = channel.prepare({k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()},
+                                      state)
+        quantized += more
+        compress_seconds += time.perf_counter() - clock
+    clock = time.perf_counter()
+    encoded = channel.pack(quantized)
+    compress_seconds += time.perf_counter() - clock
+    context.state[RESIDUAL_KEY] = _stored(state)
+    return encoded.record, stats, {TRAIN_SECONDS: train_seconds, COMPRESS_SECONDS: compress_seconds}
 
 
 @app.evaluate()
 def evaluate_step(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local partition."""
-    config, pid, model = _setup(msg, context)
-    stats = evaluate(model, client_loader(config, pid, 0))
+    config, pid, model, settings = _setup(context)
+    load_arrays(model, effective(DenseChannel().decode(msg.content[ARRAYS], settings.manifest(model))))
+    stats = evaluate(model, client_loader(config, pid, 0, context.node_config))
     metrics = MetricRecord({"loss": stats["loss"], "accuracy": stats["accuracy"],
                             NUM_EXAMPLES: stats["num_examples"], PARTITION_ID: pid})
     return Message(RecordDict({METRICS: metrics}), reply_to=msg)

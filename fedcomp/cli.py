@@ -30,14 +30,20 @@ def build_config(preset_name: str, config_file: Optional[Path], assignments: lis
 
 
 def preflight(config: dict) -> None:
-    """Load the dataset and build the model once here, so a missing dataset fails before Ray starts."""
-    from fedcomp.experiment import run_model
+    """Load the dataset, build the model, split the data among the clients and try the compression and
+    the edge device once here, so that bad data, a partial group the model lacks, a codec not installed
+    or a model the edge device cannot run fails before Ray starts."""
+    from fedcomp.experiment import check_run
+    from fedcomp.fantastic4.edge import preflight as edge_preflight
     from fedcomp.trackers import enabled
+    from fedcomp.updates import UpdateSettings
 
     enabled(config)  # a tracker whose package is missing fails here, not inside the simulation
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
-    run_model(config)
+    model = check_run(config)
+    UpdateSettings.from_config(config).check(model)
+    edge_preflight(config, model)
 
 
 @app.command()
@@ -67,7 +73,8 @@ def run(
             progress.console.print(
                 f"round {row['round']:>3}  acc {row['accuracy']:.4f}  loss {row['loss']:.4f}  "
                 f"up {row['bytes_up'] / MB:.3f} MB  down {row['bytes_down'] / MB:.3f} MB  "
-                f"total so far {row['cum_bytes_total'] / MB:.3f} MB")
+                f"total so far {row['cum_bytes_total'] / MB:.3f} MB"
+                + (f"  f4 acc {row['f4_accuracy']:.4f}" if "f4_accuracy" in row else ""))  # issue 9
             progress.update(task, completed=row["round"])
 
         summary = run_simulation(config, Path(run_dir), on_round=on_round)
@@ -166,9 +173,56 @@ def report_command(
     typer.echo(build_report(path, out, metric, scheme or None, baseline, within))
 
 
+# --- FantastIC4 edge emulation (issue 9) ---
 @app.command()
-def presets() -> None:
-    """List the available presets."""
+def f4(
+    model_path: Annotated[Path, typer.Option("--model", "-m", help="model.npz saved by a run (or its run folder)")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="dataset to calibrate and evaluate on")],
+    target: Annotated[str, typer.Option(help="calibrated implementation: fpga or asic")] = "fpga",
+    sets: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="edge.*/data.*/seed override")] = None,
+) -> None:
+    """Evaluate a saved model on the emulated FantastIC4: accuracy, and a per-layer cost table."""
+    from fedcomp.errors import ModelError
+    from fedcomp.experiment import run_dataset
+    from fedcomp.fantastic4.edge import EdgeEvaluator, compile_and_cost, edge_metrics, layer_table, summary_line
+    from fedcomp.saved_model import load_model
+
+    config = resolve({"dataset": dataset, "edge.fantastic4": True, "edge.target": target},
+                     dict(parse_assignment(a) for a in sets or []))
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    model, meta = load_model(model_path)
+    bundle = run_dataset(config)
+    if (bundle.num_classes, list(bundle.input_shape)) != (meta["num_classes"], meta["input_shape"]):
+        raise ModelError(f"the saved model takes {meta['input_shape']} inputs and {meta['num_classes']} classes; "
+                         f"{dataset} has {list(bundle.input_shape)} and {bundle.num_classes}")
+    edge = EdgeEvaluator.from_config(config)
+    compiled, cost = compile_and_cost(model, edge.settings, edge.calibration)
+    metrics = edge_metrics(compiled, cost, edge.test)
+    typer.echo(f"{meta['model']} on {dataset}: FantastIC4 accuracy {metrics['f4_accuracy']:.4f} "
+               f"({len(edge.test.dataset)} test examples, {config['edge.act_bits']}-bit activations)")
+    typer.echo(layer_table(cost))
+    typer.echo(summary_line(cost))
+
+
+@app.command()
+def presets(
+    show: Annotated[Optional[str], typer.Option("--show", help="print this preset's settings as TOML")] = None,
+) -> None:
+    """List the available presets, or print one as a TOML table to copy and change."""
+    if show is not None:
+        import tomli_w
+
+        preset(show)  # unknown names get the usual one-line error
+        nested: dict = {}
+        for key, value in PRESETS[show][1].items():
+            *tables, leaf = key.split(".")
+            table = nested
+            for name in tables:
+                table = table.setdefault(name, {})
+            table[leaf] = value
+        typer.echo(tomli_w.dumps(nested), nl=False)
+        return
     width = max(len(name) for name in PRESETS)
     for name, (description, _) in PRESETS.items():
         typer.echo(f"{name:<{width}}  {description}")

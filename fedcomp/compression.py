@@ -12,7 +12,7 @@ what the receiver will reconstruct; :func:`decompress` is the receiver's side::
 
 Spec keys (defaults in :class:`CompressionSpec`): ``quantizer`` (none | uniform | stc),
 ``qp``, ``qp_density``, ``step``, ``bits``, ``dead_zone``; ``sparsify`` (none | topk |
-randk | threshold | structured), ``fraction``, ``scope`` (tensor | global),
+randk | threshold | structured | threshold-structured), ``fraction``, ``scope`` (tensor | global),
 ``target_sparsity``, ``gain``, ``include_1d``; ``codec`` (ans | deepcabac | raw |
 float32); ``error_feedback``; ``seed``; and ``scheme``, a name from :data:`SCHEMES`
 whose keys the others override.
@@ -33,13 +33,13 @@ from fedcomp.errors import ConfigError
 from fedcomp.params import ParamManifest
 from fedcomp.quant.base import Quantizer
 from fedcomp.quant.feedback import ErrorFeedback
-from fedcomp.quant.sparsify import RandomK, Sparsifier, StatisticsThreshold, StructuredFilters, TopK
+from fedcomp.quant.sparsify import Chained, RandomK, Sparsifier, StatisticsThreshold, StructuredFilters, TopK
 from fedcomp.quant.stc import STCQuantizer
 from fedcomp.quant.tensor import QuantizedTensor, float32_tensor
 from fedcomp.quant.uniform import UniformQuantizer
 
 QUANTIZERS = ("none", "uniform", "stc")
-SPARSIFIERS = ("none", "topk", "randk", "threshold", "structured")
+SPARSIFIERS = ("none", "topk", "randk", "threshold", "structured", "threshold-structured")
 SCOPES = ("tensor", "global")
 DEFAULT_QP = -32
 
@@ -118,6 +118,37 @@ class CompressionSpec:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"compression spec is not valid TOML: {exc}") from exc
 
+    @classmethod
+    def setting_defaults(cls) -> dict[str, Any]:
+        """Each key with a concrete default for run settings: a key whose spec default is None
+        takes its "unset" value (0, 0.0 or ""), except ``qp``, which takes DEFAULT_QP."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.default is not None:
+                out[f.name] = f.default
+            elif f.name == "qp":
+                out[f.name] = DEFAULT_QP
+            else:
+                out[f.name] = {"int": 0, "float": 0.0, "str": ""}[str(f.type).split("|")[0].strip()]
+        return out
+
+    @classmethod
+    def from_settings(cls, flat: Mapping[str, Any]) -> "CompressionSpec":
+        """A spec from run settings (the keys of :meth:`setting_defaults`): unset values mean None,
+        and ``qp`` gives way when ``step`` or ``bits`` is set."""
+        table = {k: v for k, v in flat.items() if k != "scheme"}
+        for f in dataclasses.fields(cls):
+            if f.default is None and f.name in table and not table[f.name] and f.name != "qp":
+                table[f.name] = None
+        if table.get("step") or table.get("bits"):
+            table["qp"] = None
+        return cls.from_dict(table)
+
+    @property
+    def lossless_dense(self) -> bool:
+        """True when the spec neither quantizes nor sparsifies (plain float32 values)."""
+        return self.quantizer == "none" and self.sparsify == "none"
+
     def to_dict(self) -> dict[str, Any]:
         """The keys that differ from the defaults (a one-line description of the scheme)."""
         default = CompressionSpec()
@@ -157,11 +188,14 @@ class CompressionSpec:
             return TopK(self.fraction, self.scope, self.include_1d)
         if self.sparsify == "randk":
             return RandomK(self.fraction, self.include_1d)
-        if self.sparsify == "threshold":
+        if self.sparsify in ("threshold", "threshold-structured"):
             quantizer = self.build_quantizer()
             fixed_step = isinstance(quantizer, UniformQuantizer) and quantizer.bits is None
             min_step = quantizer.step_for(np.zeros(0)) if fixed_step else 0.0
-            return StatisticsThreshold(self.target_sparsity, min_step, self.include_1d)
+            threshold = StatisticsThreshold(self.target_sparsity, min_step, self.include_1d)
+            if self.sparsify == "threshold":
+                return threshold
+            return Chained(StructuredFilters(self.gain, self.include_1d), threshold)
         if self.sparsify == "structured":
             return StructuredFilters(self.gain, self.include_1d)
         return None
@@ -260,17 +294,14 @@ class Compressor:
             return [float32_tensor(name, v) for name, v in update.items()]
         return [pipeline.quantizer.quantize(v, name, relevance.get(name)) for name, v in update.items()]
 
-    def compress(
-        self,
-        update: Mapping[str, np.ndarray],
-        flags: int = 0,
-        relevance: Mapping[str, np.ndarray] | None = None,
-    ) -> Compressed:
-        """Code ``update`` (a subset of the manifest) into one payload; updates the residuals.
+    def prepare(
+        self, update: Mapping[str, np.ndarray], relevance: Mapping[str, np.ndarray] | None = None
+    ) -> list[QuantizedTensor]:
+        """Error feedback, sparsify and quantize ``update`` (a subset of the manifest); updates the residuals.
 
-        ``flags``: wire flags (e.g. :data:`~fedcomp.codec.wire.FLAG_FULL_MODEL`);
+        Returns the quantized tensors in manifest order; :meth:`encode` codes them, alone or
+        together with tensors prepared by another call (one payload for a two-stage sender).
         ``relevance``: optional per-weight relevances for relevance-aware quantizers.
-        Returns the payload and the reconstruction the receiver will decode from it.
         """
         update = self._check(update)
         quantized: dict[str, QuantizedTensor] = {}
@@ -280,10 +311,28 @@ class Compressor:
             if pipeline.feedback:
                 pipeline.feedback.record(corrected, {t.name: t.dequantize() for t in tensors})
             quantized.update({t.name: t for t in tensors})
-        ordered = [quantized[name] for name in update]
         self.rounds += 1
-        payload = encode_payload(ordered, self.manifest, self.codec, flags)
-        return Compressed(payload, {t.name: t.dequantize() for t in ordered})
+        return [quantized[name] for name in update]
+
+    def encode(self, tensors: list[QuantizedTensor], flags: int = 0) -> Compressed:
+        """One payload of ``tensors`` with this sender's codec, and what the receiver will decode."""
+        payload = encode_payload(tensors, self.manifest, self.codec, flags)
+        return Compressed(payload, {t.name: t.dequantize() for t in sorted(tensors, key=self._position)})
+
+    def _position(self, tensor: QuantizedTensor) -> int:
+        return self.manifest.index(tensor.name)
+
+    def compress(
+        self,
+        update: Mapping[str, np.ndarray],
+        flags: int = 0,
+        relevance: Mapping[str, np.ndarray] | None = None,
+    ) -> Compressed:
+        """:meth:`prepare` then :meth:`encode`: the payload of ``update`` and its reconstruction.
+
+        ``flags``: wire flags (e.g. :data:`~fedcomp.codec.wire.FLAG_FULL_MODEL`).
+        """
+        return self.encode(self.prepare(update, relevance), flags)
 
     @property
     def residual(self) -> dict[str, np.ndarray]:
@@ -298,7 +347,7 @@ class Compressor:
 
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`state_dict` saved."""
-        self.rounds = int(np.asarray(state.get("rounds", 0)))
+        self.rounds = int(np.asarray(state.get("rounds", 0)).reshape(-1)[0])
         residual = self._check({k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")})
         for pipeline in self.pipelines:
             if pipeline.feedback is not None:

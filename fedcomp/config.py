@@ -47,6 +47,10 @@ def _unit_interval(x: Any) -> bool:
     return 0 < x <= 1
 
 
+def _open_unit_interval(x: Any) -> bool:
+    return 0 < x < 1
+
+
 def _dataset_names() -> list[str]:
     from fedcomp.data import dataset_names
 
@@ -61,8 +65,9 @@ def _model_names() -> list[str]:
 
 SETTINGS: dict[str, Setting] = {
     # everyday keys
-    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH or python:module:function",
-                       choices=_dataset_names, prefixes=("folder:", "python:")),
+    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH, clients:PATH, csv:PATH, parquet:PATH, "
+                       "hf:PATH or python:module:function",
+                       choices=_dataset_names, prefixes=("folder:", "python:", "clients:", "csv:", "parquet:", "hf:")),
     "model": Setting("cnn", "model: a registered name or python:module:function",
                      choices=_model_names, prefixes=("python:",)),
     "num_clients": Setting(10, "number of simulated clients (SuperNodes)", check=_positive, requirement="> 0"),
@@ -70,7 +75,7 @@ SETTINGS: dict[str, Setting] = {
     "fraction": Setting(1.0, "fraction of clients sampled for training each round",
                         check=_unit_interval, requirement="in (0, 1]"),
     "partition": Setting("iid", "how the training set is split among clients",
-                         choices=("iid", "dirichlet", "pathological")),
+                         choices=("iid", "dirichlet", "pathological", "natural")),
     "local_epochs": Setting(1, "local epochs per round", check=_positive, requirement="> 0"),
     "batch_size": Setting(32, "local training batch size", check=_positive, requirement="> 0"),
     "lr": Setting(0.05, "local learning rate", check=_positive, requirement="> 0"),
@@ -83,6 +88,16 @@ SETTINGS: dict[str, Setting] = {
                                check=_positive, requirement="> 0"),
     "data.classes_per_client": Setting(2, "classes per client for 'pathological'",
                                             check=_positive, requirement="> 0"),
+    # your own data: tables and one folder per client (README "Bring your own data")
+    "data.label": Setting("label", "label column of a csv:/parquet:/hf: table or of each client's table"),
+    "data.features": Setting("", "feature columns, comma-separated; empty means every column but the label "
+                                 "and data.partition_by"),
+    "data.partition_by": Setting("", "column whose values are the clients of partition=natural "
+                                     "(a writer, a hospital, a device id)"),
+    "data.test_fraction": Setting(0.2, "share of a table, or of each client folder without test/, held out "
+                                       "for central evaluation", check=_open_unit_interval, requirement="in (0, 1)"),
+    "data.classes": Setting("", "class names in label order, comma-separated; empty means the sorted classes "
+                                "found in the data (needed when a node reads its own data-path)"),
     # local training
     "train.optimizer": Setting("sgd", "local optimizer", choices=("sgd", "adam")),
     "train.momentum": Setting(0.9, "SGD momentum", check=_non_negative, requirement=">= 0"),
@@ -99,12 +114,76 @@ SETTINGS: dict[str, Setting] = {
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
     "output.dump_updates": Setting(False, "write every client update to updates.npz in the run folder"),
+    # flwr run: a preset applied beneath the run config's other (non-default) keys
+    "preset": Setting("", "preset applied by the apps under `flwr run` (fedcomp run expands it itself)",
+                      choices=lambda: ["", *_preset_names()]),
+    # compressed FL (DESIGN 3, 4.3-4.6)
+    "server.lr": Setting(1.0, "server learning rate: the global step is server.lr x the aggregated update",
+                         check=_positive, requirement="> 0"),
+    "sync.history": Setting(20, "downstream payloads the server keeps to replay to clients that missed rounds",
+                            check=_non_negative, requirement=">= 0"),
+    "fsfl.mode": Setting("off", "filter-wise scaling: off, joint (scales train with the weights) or compensate "
+                         "(scales train after sparsification, on the weights the server will reconstruct)",
+                         choices=("off", "joint", "compensate")),
+    "fsfl.scale_lr": Setting(0.05, "learning rate of the filter scales (SGD, no momentum)",
+                             check=_positive, requirement="> 0"),
+    "fsfl.scale_epochs": Setting(1, "local epochs of the scales-only pass (compensate mode)",
+                                 check=_positive, requirement="> 0"),
+    "fsfl.fold": Setting(True, "fold the scales into the weights after every round (false: keep them)"),
+    "fsfl.scale_qp": Setting(-40, "NNC qp of the dense scale updates (-40: step 2**-10)"),
+    "partial.groups": Setting("", "parameter groups clients train and send: scales, bias, bn, head, last:N or "
+                              "name globs, comma-separated (empty: the whole model)"),
+    # FantastIC4 edge emulation (issue 9; fedcomp/fantastic4)
+    "output.save_model": Setting(False, "write the final global model to model.npz in the run folder"),
+    "edge.fantastic4": Setting(False, "evaluate the global model on an emulated FantastIC4 edge device"),
+    "edge.every": Setting(1, "edge evaluation every N rounds (and after the last)", check=_positive,
+                          requirement="> 0"),
+    "edge.target": Setting("fpga", "the calibrated implementation to cost on", choices=("fpga", "asic")),
+    "edge.act_bits": Setting(8, "bit width of the integer activations", check=lambda x: 2 <= x <= 16,
+                             requirement="in 2..16"),
+    "edge.gamma": Setting(0.1, "ECQ entropy constraint of the 4-bit weights (0: nearest grid level)",
+                          check=_non_negative, requirement=">= 0"),
+    "edge.head": Setting(False, "run only the fully-connected layers after the model's last other layer on the "
+                                "device (the rest in float on the host)"),
+    "edge.format": Setting("cheapest", "compact format of every layer, or the cheapest per layer",
+                           choices=("cheapest", "dense", "csr", "cer", "cser")),
+    "edge.objective": Setting("energy", "what 'cheapest' minimises", choices=("energy", "cycles", "bytes")),
+    "edge.qat_epochs": Setting(0, "quantization-aware fine-tune epochs on the calibration examples",
+                               check=_non_negative, requirement=">= 0"),
+    "edge.calibration": Setting(256, "training examples the edge client holds (activation scales, fine-tune)",
+                                check=_positive, requirement="> 0"),
     # experiment trackers (fedcomp.trackers; need the `track` extra)
     "track.tensorboard": Setting(False, "write TensorBoard event files to <run folder>/tensorboard"),
     "track.mlflow": Setting(False, "log config, per-round metrics and summary to MLflow (track.mlflow_uri)"),
     "track.mlflow_uri": Setting("", "MLflow tracking URI; empty means a local file store <run folder>/mlruns"),
     "track.experiment": Setting("fedcomp", "MLflow experiment name"),
 }
+
+DIRECTIONS = ("up", "down")
+
+
+def _preset_names() -> list[str]:
+    from fedcomp.presets import PRESETS
+
+    return list(PRESETS)
+
+
+def _compression_settings() -> dict[str, Setting]:
+    """``up.<key>`` and ``down.<key>`` for every CompressionSpec key, and ``<direction>.scheme``."""
+    from fedcomp.compression import SCHEMES, CompressionSpec
+
+    out: dict[str, Setting] = {}
+    for direction in DIRECTIONS:
+        out[f"{direction}.scheme"] = Setting(
+            "", f"{direction}stream compression scheme; sets every {direction}.* key of its layer",
+            choices=lambda: ["", *SCHEMES])
+        for key, default in CompressionSpec.setting_defaults().items():
+            if key != "seed":  # senders seed from the run's seed and their own id
+                out[f"{direction}.{key}"] = Setting(default, f"{direction}stream compression: {key}")
+    return out
+
+
+SETTINGS.update(_compression_settings())
 
 
 def _coerce(key: str, value: Any) -> Value:
@@ -190,15 +269,75 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
 
 
+def scheme_settings(direction: str, scheme: str) -> dict[str, Value]:
+    """Every ``<direction>.*`` key as scheme ``scheme`` sets it (the others at their defaults)."""
+    from fedcomp.compression import SCHEMES, CompressionSpec
+
+    if scheme and scheme not in SCHEMES:
+        raise ConfigError(f"setting '{direction}.scheme' must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    table = {**CompressionSpec.setting_defaults(), **(SCHEMES[scheme] if scheme else {})}
+    table.pop("seed", None)
+    return {f"{direction}.{k}": v for k, v in table.items()} | {f"{direction}.scheme": scheme}
+
+
+def _expand_schemes(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer naming ``<direction>.scheme`` first sets that scheme's keys, then its own explicit keys."""
+    out: dict[str, Any] = {}
+    for direction in DIRECTIONS:
+        if f"{direction}.scheme" in layer:
+            out.update(scheme_settings(direction, str(layer[f"{direction}.scheme"]).strip()))
+    out.update(layer)
+    return out
+
+
+def direction_spec(config: Mapping[str, Any], direction: str):
+    """The `CompressionSpec` of one direction (``up`` or ``down``) of a resolved config."""
+    from fedcomp.compression import CompressionSpec
+
+    prefix = f"{direction}."
+    flat = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    try:
+        return CompressionSpec.from_settings(flat)
+    except ConfigError as err:
+        raise ConfigError(f"{direction}stream compression: {err}") from None
+
+
+def _check_whole(config: Mapping[str, Any]) -> None:
+    """Checks across settings: each direction's spec, and what FSFL and partial updates need."""
+    up, down = direction_spec(config, "up"), direction_spec(config, "down")
+    if config["fsfl.mode"] != "off" and up.lossless_dense:
+        raise ConfigError("fsfl.mode needs compressed upstream updates (set up.scheme, e.g. topk-uniform-ans)")
+    if not down.lossless_dense and up.lossless_dense:
+        raise ConfigError("compressed downstream (down.*) needs compressed upstream updates too (set up.scheme)")
+    groups = [g.strip() for g in str(config["partial.groups"]).split(",") if g.strip()]
+    if groups and up.lossless_dense:
+        raise ConfigError("partial.groups needs compressed upstream updates (set up.scheme)")
+    if "scales" in groups and config["fsfl.mode"] == "off":
+        raise ConfigError("partial group 'scales' needs fsfl.mode = joint or compensate")
+
+
 def resolve(*layers: Mapping[str, Any]) -> dict[str, Value]:
     """Defaults overlaid with each layer in turn, every value validated."""
     config = defaults()
     for layer in layers:
-        for key, value in layer.items():
+        for key, value in _expand_schemes(layer).items():
             config[key] = validate_value(key, value)
+    _check_whole(config)
     return config
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> dict[str, Value]:
-    """The settings a ServerApp/ClientApp sees, from Flower's ``context.run_config``."""
-    return resolve({k: v for k, v in run_config.items()})
+    """The settings a ServerApp/ClientApp sees, from Flower's ``context.run_config``.
+
+    ``fedcomp run`` passes the fully resolved settings. Under ``flwr run`` a ``preset`` key
+    applies that preset first; the run config's keys that differ from their defaults go on
+    top of it (so, there, a key set back to its default does not override the preset).
+    """
+    name = str(run_config.get("preset", ""))
+    if not name:
+        return resolve(dict(run_config))
+    from fedcomp.presets import preset
+
+    changed = {k: v for k, v in run_config.items()
+               if k != "preset" and (k not in SETTINGS or validate_value(k, v) != SETTINGS[k].default)}
+    return resolve(preset(name), changed)

@@ -1,53 +1,95 @@
 """What a run is made of, built from its settings: data, partitions, loaders and the model.
 
 Server and clients call the same functions with the same settings, so they agree on the
-split, the partitions and the model architecture without exchanging them.
+split, the partitions and the model architecture without exchanging them. A client node
+may also pass its Flower node config: a SuperNode started with ``data-path=FOLDER`` under
+``dataset=clients:PATH`` reads that folder as its own data instead of its folder under PATH.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fedcomp.data import DatasetBundle, labels_of, load_dataset, partition
+from fedcomp.data import DataOptions, DatasetBundle, labels_of, load_dataset, partition
+from fedcomp.data.clients import load_client_folder
+from fedcomp.errors import ConfigError
 from fedcomp.models import build_model
 
+DATA_PATH = "data-path"  # node-config key of a SuperNode's own client folder
+CLIENTS_PREFIX = "clients:"
+
 
 @lru_cache(maxsize=4)
-def dataset(name: str, data_dir: str, download: bool, seed: int) -> DatasetBundle:
+def dataset(name: str, options: DataOptions) -> DatasetBundle:
     """The dataset of a run, loaded once per process."""
-    return load_dataset(name, data_dir=data_dir, download=download, seed=seed)
-
-
-def run_dataset(config: Mapping) -> DatasetBundle:
-    return dataset(str(config["dataset"]), str(config["data.dir"]), bool(config["data.download"]), int(config["seed"]))
+    return load_dataset(name, options)
 
 
 @lru_cache(maxsize=4)
-def _partitions(name: str, data_dir: str, download: bool, seed: int, num_clients: int, scheme: str,
-                alpha: float, classes_per_client: int) -> tuple[np.ndarray, ...]:
-    labels = labels_of(dataset(name, data_dir, download, seed).train)
-    return tuple(partition(labels, num_clients, scheme=scheme, seed=seed, alpha=alpha,
-                           classes_per_client=classes_per_client))
+def own_dataset(data_path: str, options: DataOptions) -> DatasetBundle:
+    """A node's own client folder (its ``data-path``), loaded once per process."""
+    return load_client_folder(Path(data_path).expanduser(), options)
 
 
-def client_indices(config: Mapping, partition_id: int) -> np.ndarray:
-    """Indices into the training set held by client ``partition_id``."""
-    parts = _partitions(str(config["dataset"]), str(config["data.dir"]), bool(config["data.download"]),
-                        int(config["seed"]), int(config["num_clients"]), str(config["partition"]),
-                        float(config["data.alpha"]), int(config["data.classes_per_client"]))
+def _data_path(config: Mapping, node_config: Mapping | None) -> str | None:
+    path = (node_config or {}).get(DATA_PATH)
+    if path is None:
+        return None
+    if not str(config["dataset"]).startswith(CLIENTS_PREFIX):
+        raise ConfigError(f"this node has {DATA_PATH}={path} in its node config, which needs "
+                          f"dataset=clients:PATH; the run has dataset={config['dataset']}")
+    return str(path)
+
+
+def run_dataset(config: Mapping, node_config: Mapping | None = None) -> DatasetBundle:
+    """The run's dataset, or on a node with a ``data-path`` that node's own folder."""
+    options = DataOptions.from_config(config)
+    data_path = _data_path(config, node_config)
+    if data_path is not None:
+        return own_dataset(data_path, options)
+    return dataset(str(config["dataset"]), options)
+
+
+@lru_cache(maxsize=4)
+def _partitions(name: str, options: DataOptions, num_clients: int, scheme: str, alpha: float,
+                classes_per_client: int) -> tuple[np.ndarray, ...]:
+    bundle = dataset(name, options)
+    if name.startswith(CLIENTS_PREFIX):
+        if scheme not in ("iid", "natural"):
+            raise ConfigError(f"dataset {name} gives each client its own folder, so partition={scheme} does not "
+                              "apply; leave partition at its default or set it to natural")
+        scheme = "natural"
+    return tuple(partition(labels_of(bundle.train), num_clients, scheme=scheme, seed=options.seed, alpha=alpha,
+                           classes_per_client=classes_per_client, groups=bundle.groups,
+                           groups_from=bundle.groups_from))
+
+
+def client_indices(config: Mapping, partition_id: int, node_config: Mapping | None = None) -> np.ndarray:
+    """Indices into the training set (``run_dataset(config, node_config).train``) held by client ``partition_id``.
+
+    Under ``clients:PATH`` client ``i`` holds exactly the training examples of the ``i``-th
+    client folder; a node with a ``data-path`` holds all of its own folder.
+    """
+    if _data_path(config, node_config) is not None:
+        return np.arange(len(run_dataset(config, node_config).train))
+    parts = _partitions(str(config["dataset"]), DataOptions.from_config(config), int(config["num_clients"]),
+                        str(config["partition"]), float(config["data.alpha"]), int(config["data.classes_per_client"]))
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition id {partition_id} is outside 0..{len(parts) - 1} (num_clients={len(parts)})")
     return parts[partition_id]
 
 
-def client_loader(config: Mapping, partition_id: int, server_round: int) -> DataLoader:
+def client_loader(config: Mapping, partition_id: int, server_round: int,
+                  node_config: Mapping | None = None) -> DataLoader:
     """Shuffled loader over one client's partition; the shuffle is seeded by (seed, round, client)."""
-    subset = Subset(run_dataset(config).train, client_indices(config, partition_id).tolist())
+    indices = client_indices(config, partition_id, node_config)
+    subset = Subset(run_dataset(config, node_config).train, indices.tolist())
     generator = torch.Generator().manual_seed(local_seed(config, server_round, partition_id))
     return DataLoader(subset, batch_size=int(config["batch_size"]), shuffle=True, generator=generator)
 
@@ -61,8 +103,16 @@ def local_seed(config: Mapping, server_round: int, partition_id: int) -> int:
     return (int(config["seed"]) * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
 
 
-def run_model(config: Mapping) -> torch.nn.Module:
+def run_model(config: Mapping, node_config: Mapping | None = None) -> torch.nn.Module:
     """The run's model, initialised from the run's seed (identical on every party)."""
-    bundle = run_dataset(config)
+    bundle = run_dataset(config, node_config)
     torch.manual_seed(int(config["seed"]))
     return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape)
+
+
+def check_run(config: Mapping) -> torch.nn.Module:
+    """Load the data, build the model and split the data among the clients once, so that any
+    problem with them stops the run before anything starts; returns the model."""
+    model = run_model(config)
+    client_indices(config, 0)
+    return model

@@ -20,6 +20,27 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cifar10-resnet20": ("uncompressed FedAvg, CIFAR-10 (local copy), resnet20, 10 clients, 50 rounds",
                          {"dataset": "cifar10", "model": "resnet20", "rounds": 50, "batch_size": 64,
                           "lr": 0.05, "train.weight_decay": 5e-4}),
+    # compressed FL (issue 6); each is a small table to copy and change
+    "fedavg": ("uncompressed FedAvg (the baseline the compressed presets are measured against)", {}),
+    "topk-ef": ("sparse differential updates upstream: top-2% + uniform qp -32 + ans, error feedback",
+                {"up.scheme": "topk-uniform-ans", "up.fraction": 0.02}),
+    "stc": ("Sparse Ternary Compression (Sattler et al. 2019): top-1/400, +-mean, error feedback, both ways",
+            {"up.scheme": "stc", "down.scheme": "stc"}),
+    "nnc": ("NNCodec recipe: qp -26, statistics sparsity 0.6 with structured factor 0.9, DeepCABAC, "
+            "error accumulation, both ways",
+            {"up.scheme": "nnc", "up.qp": -26, "up.target_sparsity": 0.6, "up.sparsify": "threshold-structured",
+             "up.gain": 0.9, "down.scheme": "nnc", "down.qp": -26, "down.target_sparsity": 0.6,
+             "down.sparsify": "threshold-structured", "down.gain": 0.9}),
+    "fsfl": ("filter-scaled sparse differential updates upstream: top-1% + scales trained after sparsifying",
+             {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "fsfl.mode": "compensate"}),
+    "fsfl-bidir": ("FSFL both ways: top-1% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5",
+                   {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "down.scheme": "topk-uniform-ans",
+                    "down.fraction": 0.01, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36,
+                    "server.lr": 1.5}),
+    "fsfl-partial": ("FSFL partial updates: only scales, BatchNorm and biases train and travel (qp -40, both ways)",
+                     {"up.scheme": "uniform-ans", "up.qp": -40, "up.error_feedback": True,
+                      "down.scheme": "uniform-ans", "down.qp": -40, "down.error_feedback": True,
+                      "fsfl.mode": "joint", "partial.groups": "scales,bn,bias"}),
 }
 
 

@@ -46,16 +46,29 @@ def accuracy_curve(rounds: list[dict[str, Any]], initial_accuracy: float | None)
     return mb, acc
 
 
+def final_extra_metrics(rows: list[dict[str, Any]], prefix: str = "f4_") -> dict[str, Any]:
+    """The last value of every ``prefix`` metric over the rows (rows without it are skipped)."""
+    final: dict[str, Any] = {}
+    for row in rows:
+        final.update({k: v for k, v in row.items() if k.startswith(prefix)})
+    return final
+
+
 class RunRecorder:
     """Writes a run's files as the run goes: a row per round, the summary at the end.
 
     Without a meter (a strategy that meters nothing, such as Flower's stock FedAvg in the
-    overhead benchmark) the rows and summary carry accuracy and times only.
+    overhead benchmark) the rows and summary carry accuracy and times only. ``model_bytes``
+    (the model's float32 size) gives the summary's FedAvg baseline: what plain FedAvg sends
+    in place of the same messages (the model in every training and evaluation message down,
+    and in every training reply that carried tensors up).
     """
 
-    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None) -> None:
+    def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None,
+                 model_bytes: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.meter = meter
+        self.model_bytes = model_bytes
         self.config = dict(config)
         self.started = time.perf_counter()
         self.initial: dict[str, float] | None = None
@@ -69,15 +82,22 @@ class RunRecorder:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
 
     def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
-                   round_seconds: float) -> dict[str, Any]:
-        """Append the row of ``round`` to rounds.jsonl and return it."""
+                   round_seconds: float, client_timings: Mapping[str, float] | None = None,
+                   extra: Mapping[str, float] | None = None) -> dict[str, Any]:
+        """Append the row of ``round`` to rounds.jsonl and return it.
+
+        ``client_timings``: the clients' training, compression and decoding seconds (mean, max).
+        ``extra``: further metrics that join the row (the f4_* edge metrics, issue 9).
+        """
         row: dict[str, Any] = {"round": round, "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+        row.update(extra or {})
         if self.meter is not None:
             cum = self.meter.totals(upto=round)
             row.update(self.meter.totals(round=round))
             row.update({f"cum_{k}": v for k, v in cum.items()})
             row["cum_bytes_total"] = cum["bytes_up"] + cum["bytes_down"]
             row["cum_message_bytes_total"] = cum["message_bytes_up"] + cum["message_bytes_down"]
+        row.update(client_timings or {})
         row["round_seconds"] = round_seconds
         row["wall_seconds"] = time.perf_counter() - self.started
         if self.meter is not None:
@@ -104,7 +124,9 @@ class RunRecorder:
         if self.meter is not None:
             totals = self.meter.totals()
             bytes_total = totals["bytes_up"] + totals["bytes_down"]
-            fedavg_total = totals["dense_bytes_up"] + totals["dense_bytes_down"]
+            fedavg_total = self.model_bytes * sum(
+                1 for r in self.meter.records if (r.direction == "down" and r.kind in ("train", "evaluate"))
+                or (r.kind == "train" and r.payload_bytes))
             summary.update(totals)
             summary.update({
                 "bytes_total": bytes_total,
@@ -112,6 +134,7 @@ class RunRecorder:
                 "fedavg_bytes_total": fedavg_total,
                 "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
             })
+        summary.update(final_extra_metrics(self.rows))
         summary["wall_seconds"] = time.perf_counter() - self.started
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for tracker in self.trackers:

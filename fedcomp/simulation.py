@@ -41,6 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fedcomp.data.registry import absolute_paths
 from fedcomp.errors import FedcompError
 from fedcomp.results import read_rounds
 
@@ -201,7 +202,7 @@ class SuperLink:
             raise SimulationError("the SuperLink is not running (use it as a context manager)")
         run_dir = run_dir.resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = {**config, "output.dir": str(run_dir)}
+        config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"]))}
         log = run_dir / "flower.log"
         app_dir = Path(tempfile.mkdtemp(prefix="app-", dir=self._tmp.name))
         write_app(app_dir, config, components)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from fedcomp.config import flatten, parse_assignment, resolve
+from fedcomp.data.registry import absolute_paths
 from fedcomp.errors import ConfigError, FedcompError
 from fedcomp.presets import preset as preset_settings
 
@@ -142,7 +143,8 @@ def finished(run_dir: Path, config: Mapping[str, Any]) -> bool:
         done = json.loads((run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    differ = sorted(k for k in set(done) & set(config) if k != "output.dir" and done[k] != config[k])
+    planned = {**config, "dataset": absolute_paths(str(config["dataset"]))}  # as the run recorded it
+    differ = sorted(k for k in set(done) & set(planned) if k != "output.dir" and done[k] != planned[k])
     if differ:
         raise FedcompError(f"{run_dir} holds a finished run with other settings ({', '.join(differ)}); "
                            "sweep into a new folder")

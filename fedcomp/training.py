@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+
+from fedcomp.scaling import freeze_batchnorm, scaled_call
 
 
 @dataclass(frozen=True)
@@ -30,23 +33,53 @@ def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
-def train(model: nn.Module, loader: DataLoader, settings: TrainSettings) -> dict[str, float]:
-    """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch."""
+def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
+          trainable: Collection[str] | None = None, scales: Mapping[str, torch.Tensor] | None = None,
+          scale_lr: float = 0.05) -> dict[str, float]:
+    """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch.
+
+    ``trainable``: the parameter names to train (default all; the others stay frozen, and
+    BatchNorm layers none of whose tensors are trainable keep their running statistics).
+    ``scales``: FSFL filter scales (``fedcomp.scaling``): the forward pass uses ``s * W``;
+    those that require grad are trained in place with plain SGD at ``scale_lr``, and
+    BatchNorm statistics are then frozen.
+    """
     model.train()
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], settings)
+    names = set(trainable) if trainable is not None else None
+    params = [p for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)]
+    groups = [{"params": params}] if params else []
+    trained_scales = [s for s in (scales or {}).values() if s.requires_grad]
+    if trained_scales:
+        freeze_batchnorm(model)
+        groups.append({"params": trained_scales, "lr": scale_lr, "momentum": 0.0, "weight_decay": 0.0})
+    elif names is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    n.startswith(f"{name}.") for n in names):
+                module.eval()
+    if not groups:
+        return {"train_loss": float("nan"), "train_accuracy": float("nan")}
+    frozen = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in params)]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = make_optimizer(groups, settings)
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    for _ in range(settings.epochs):
-        total_loss, correct, seen = 0.0, 0, 0
-        for x, y in loader:
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+    try:
+        for _ in range(settings.epochs):
+            total_loss, correct, seen = 0.0, 0, 0
+            for x, y in loader:
+                optimizer.zero_grad(set_to_none=True)
+                logits = scaled_call(model, scales, x) if scales else model(x)
+                loss = loss_fn(logits, y)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item() * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
 
 

@@ -2,12 +2,17 @@
 
 The round loop is Flower's own ``Strategy.start``; this class fills its hooks:
 
-* ``configure_train`` samples clients (seeded, by partition id, so runs repeat exactly),
-  encodes the global model with the *downstream* channel and meters each message;
-* ``aggregate_train`` meters each reply, decodes it with the *upstream* channel (a reply
-  that does not fit the model is dropped with a logged reason, never crashing the round)
-  and averages the results weighted by example counts, in partition order;
+* ``configure_train`` samples clients (seeded, by partition id, so runs repeat exactly)
+  and builds their messages with :meth:`FedAvg.train_messages` (the global model through
+  the *downstream* channel), metering each;
+* ``aggregate_train`` meters each reply, decodes it with :meth:`FedAvg.decode_reply` (a
+  reply that does not fit the model is dropped with a logged reason, never crashing the
+  round) and combines the results with :meth:`FedAvg.aggregate` (the example-weighted
+  mean, in partition order);
 * ``configure_evaluate``/``aggregate_evaluate`` run optional federated evaluation.
+
+Subclasses change what travels by overriding those three small hooks
+(`strategies.differential.DifferentialFedAvg` sends compressed differences).
 
 Before the first round the strategy asks every node once for its partition id (a
 ``query`` message, metered as round 0, kind ``setup``).
@@ -29,8 +34,8 @@ from flwr.supercore import log
 from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
-from fedcomp.channels import Channel, DenseChannel, dense_record, record_tensors
-from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_tensors
+from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TIMINGS
 from strategies.metering import content_size, serialized_size
 
 
@@ -47,7 +52,25 @@ class ClientResult(NamedTuple):
 
 
 class FedAvg(Strategy):
-    """Federated averaging of full local models, weighted by local example counts."""
+    """Federated averaging of full local models, weighted by local example counts.
+
+    Parameters
+    ----------
+    manifest : ParamManifest
+        The tensors exchanged (names and shapes), the same on every party.
+    fraction_train, min_train_nodes : float, int
+        Share of the nodes sampled for training each round, and the least number sampled.
+    fraction_evaluate : float
+        Share of the nodes asked for federated evaluation (0 disables it).
+    seed : int
+        Seeds the sampling (made over partition ids, so it repeats across runs).
+    downstream, upstream : Channel, optional
+        How tensors travel in each direction (default: dense float32 records).
+    meter : TransferMeter, optional
+        Where every message's sizes are recorded.
+    on_client_update : callable, optional
+        Called with ``(round, partition, local - global)`` for every usable training reply.
+    """
 
     def __init__(
         self,
@@ -72,21 +95,51 @@ class FedAvg(Strategy):
         self.meter = meter or TransferMeter()
         self.on_client_update = on_client_update
         self.partition_of: dict[int, int] = {}
+        self.client_timings: dict[int, dict[str, float]] = {}
         self._global: dict[str, np.ndarray] = {}
+
+    # ---- what serve() reads (strategies.server_app.Observed) ------------------------
+
+    def partitions(self) -> dict[int, int]:
+        """Node id -> partition id of every node that answered the setup query."""
+        return dict(self.partition_of)
+
+    def initial_arrays(self, model_tensors: dict[str, np.ndarray]) -> ArrayRecord:
+        """The record the first round starts from, given the seed-built model's tensors.
+
+        Parameters
+        ----------
+        model_tensors : dict
+            The initial model's exchanged tensors.
+
+        Returns
+        -------
+        ArrayRecord
+            What Flower passes to the first ``configure_train``.
+        """
+        return dense_record(model_tensors)
+
+    def model_tensors(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """The plain model tensors a global record stands for (what central evaluation loads)."""
+        return record_tensors(arrays)
+
+    def round_timings(self, server_round: int) -> dict[str, float]:
+        """Mean and max of the clients' reported timings in ``server_round`` (empty if none)."""
+        return dict(self.client_timings.get(server_round, {}))
 
     # ---- Flower hooks --------------------------------------------------------------
 
     def summary(self) -> None:
-        log(INFO, "\t├──> fedcomp FedAvg: fraction_train=%.2f, min_train_nodes=%d, fraction_evaluate=%.2f",
-            self.fraction_train, self.min_train_nodes, self.fraction_evaluate)
+        log(INFO, "\t├──> fedcomp %s: fraction_train=%.2f, min_train_nodes=%d, fraction_evaluate=%.2f",
+            type(self).__name__, self.fraction_train, self.min_train_nodes, self.fraction_evaluate)
         log(INFO, "\t└──> channels: down=%s, up=%s", type(self.downstream).__name__, type(self.upstream).__name__)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         self._global = record_tensors(arrays)
-        config["server-round"] = server_round
-        return self._broadcast(server_round, self._global, config, nodes, MessageType.TRAIN, "train")
+        config[SERVER_ROUND] = server_round
+        return self.train_messages(server_round, nodes, config)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -94,24 +147,79 @@ class FedAvg(Strategy):
         if not decoded:
             log(WARNING, "round %d: no usable training replies; the global model is unchanged", server_round)
             return None, None
-        weights = np.array([r.examples for r in decoded], dtype=np.float64)
+        self.client_timings[server_round] = _timing_summary(decoded)
+        new_global = self.aggregate(server_round, decoded)
+        return dense_record(new_global), _weighted_metrics(decoded)
+
+    # ---- hooks a subclass may override ---------------------------------------------
+
+    def train_messages(self, server_round: int, nodes: list[int], config: ConfigRecord) -> list[Message]:
+        """The training messages of ``nodes``: here, the global model broadcast downstream.
+
+        Parameters
+        ----------
+        server_round : int
+            The current round.
+        nodes : list of int
+            The sampled node ids.
+        config : ConfigRecord
+            The round's configuration, sent alongside.
+
+        Returns
+        -------
+        list of Message
+            One metered message per node.
+        """
+        encoded, _ = self.downstream.encode(self._global)
+        return self._broadcast(server_round, encoded, config, nodes, MessageType.TRAIN, "train")
+
+    def decode_reply(self, record: ArrayRecord | None) -> dict[str, np.ndarray]:
+        """The tensors of one training reply's ``arrays`` record (PayloadError if it does not fit).
+
+        Returns
+        -------
+        dict
+            Here the client's full local model.
+        """
+        if record is None:
+            raise PayloadError("the reply carries no arrays")
+        return self.upstream.decode(record, self.manifest)
+
+    def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
+        """The next global model from the usable replies: the example-weighted mean.
+
+        Parameters
+        ----------
+        server_round : int
+            The current round.
+        results : list of ClientResult
+            The usable replies, in partition order.
+
+        Returns
+        -------
+        dict
+            The new global tensors.
+        """
+        weights = np.array([r.examples for r in results], dtype=np.float64)
         weights /= weights.sum()
         averaged = {
-            name: sum(w * r.tensors[name].astype(np.float64) for w, r in zip(weights, decoded)).astype(np.float32)
+            name: sum(w * r.tensors[name].astype(np.float64) for w, r in zip(weights, results)).astype(np.float32)
             for name in self.manifest.names
         }
         if self.on_client_update is not None:
-            for r in decoded:
-                self.on_client_update(server_round, r.partition, {k: r.tensors[k] - self._global[k] for k in r.tensors})
-        return dense_record(averaged), _weighted_metrics(decoded)
+            for r in results:
+                self.on_client_update(server_round, r.partition,
+                                      {k: r.tensors[k] - self._global[k] for k in r.tensors})
+        return averaged
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if self.fraction_evaluate <= 0:
             return []
         nodes = self.sample(grid, server_round, self.fraction_evaluate, 1)
-        config["server-round"] = server_round
-        return self._broadcast(server_round, record_tensors(arrays), config, nodes, MessageType.EVALUATE, "evaluate")
+        config[SERVER_ROUND] = server_round
+        encoded, _ = DenseChannel().encode(record_tensors(arrays))
+        return self._broadcast(server_round, encoded, config, nodes, MessageType.EVALUATE, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         received = self._receive(server_round, replies, "evaluate", decode=False)
@@ -153,46 +261,75 @@ class FedAvg(Strategy):
 
     # ---- helpers -------------------------------------------------------------------
 
-    def _broadcast(self, server_round: int, tensors: dict[str, np.ndarray], config: ConfigRecord,
+    def _broadcast(self, server_round: int, encoded: Encoded, config: ConfigRecord,
                    nodes: list[int], message_type: str, kind: str) -> list[Message]:
-        record = self.downstream.encode(tensors)
-        payload = self.downstream.payload_bytes(record)
-        content = RecordDict({ARRAYS: record, CONFIG: config})
+        """One message per node, all with the same content (measured once), each metered."""
+        content = RecordDict({ARRAYS: encoded.record, CONFIG: config})
         shared = content_size(content)
         messages = [Message(content, node, message_type) for node in nodes]
         for msg in messages:
-            self.meter.record(server_round, "down", msg.metadata.dst_node_id, kind, payload,
-                              serialized_size(msg, shared), self.manifest.dense_bytes)
+            self.meter.record(server_round, "down", msg.metadata.dst_node_id, kind, encoded.payload_bytes,
+                              serialized_size(msg, shared), encoded.dense_bytes)
         return messages
 
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
                  decode: bool) -> list[ClientResult]:
-        """Meter each reply; return the usable ones in partition order."""
+        """Meter each reply; return the usable ones in partition order.
+
+        Whatever a client sends, a reply that cannot be used is logged with its node and
+        reason and dropped; it never ends the round.
+        """
         received = []
         for reply in replies:
             node = reply.metadata.src_node_id
             record = reply.content.array_records.get(ARRAYS) if reply.has_content() else None
-            payload = self.upstream.payload_bytes(record) if record is not None else 0
-            self.meter.record(server_round, "up", node, kind, payload, serialized_size(reply),
-                              self.manifest.dense_bytes if record is not None else 0)
-            if reply.has_error():
-                log(WARNING, "round %d: node %d failed: %s", server_round, node, reply.error.reason)
+            usable: ClientResult | None = None
+            reason = reply.error.reason if reply.has_error() else ""
+            if not reply.has_error():
+                try:
+                    metrics = reply.content[METRICS]
+                    examples = _example_count(metrics[NUM_EXAMPLES])
+                    tensors = self.decode_reply(record) if decode else {}
+                    bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
+                    if bad:
+                        raise ValueError(f"non-finite values (NaN or inf) in {bad[:3]}")
+                    usable = ClientResult(self.partition_of.get(node, node), examples, tensors, metrics)
+                except (KeyError, TypeError, ValueError, PayloadError) as err:
+                    reason = f"dropped its reply: {err}"
+            self.meter.record(server_round, "up", node, kind, _payload_bytes(record), serialized_size(reply),
+                              float32_bytes(usable.tensors) if usable else 0)
+            if usable is None:
+                log(WARNING, "round %d: node %d failed: %s", server_round, node, reason)
                 continue
-            content = reply.content
-            try:
-                metrics = content[METRICS]
-                examples = int(metrics[NUM_EXAMPLES])
-                tensors = self.upstream.decode(record, self.manifest) if decode else {}
-            except (KeyError, TypeError, PayloadError) as err:
-                log(WARNING, "round %d: dropped the reply of node %d: %s", server_round, node, err)
-                continue
-            if examples <= 0:
-                log(WARNING, "round %d: dropped the reply of node %d: it reports %d examples",
-                    server_round, node, examples)
-                continue
-            received.append(ClientResult(self.partition_of.get(node, node), examples, tensors, metrics))
+            received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
+
+
+def _payload_bytes(record: object) -> int:
+    """Bytes of model content in a reply's record, whatever a client put there."""
+    if not isinstance(record, ArrayRecord):
+        return 0
+    return sum(len(a.data) for a in record.values() if isinstance(getattr(a, "data", None), bytes))
+
+
+def _example_count(value: object) -> int:
+    """A reply's example count, which must be a positive whole number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+            or value != int(value) or value <= 0:
+        raise ValueError(f"it reports {value!r} examples")
+    return int(value)
+
+
+def _timing_summary(received: list[ClientResult]) -> dict[str, float]:
+    """``<timing>_mean`` and ``<timing>_max`` over the replies that report each client timing."""
+    out: dict[str, float] = {}
+    for key in TIMINGS:
+        values = [float(r.metrics[key]) for r in received if isinstance(r.metrics.get(key), (int, float))]
+        if values:
+            name = key.replace("-", "_")
+            out[f"{name}_mean"], out[f"{name}_max"] = float(np.mean(values)), float(np.max(values))
+    return out
 
 
 def _weighted_metrics(received: list[ClientResult]) -> MetricRecord:

@@ -10,25 +10,46 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fedcomp.channels import dense_record, record_tensors
 from fedcomp.config import from_run_config
 from fedcomp.experiment import eval_loader, run_model
+from fedcomp.fantastic4.edge import EdgeEvaluator
+from fedcomp.saved_model import save_final_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.results import RunRecorder, default_run_dir
 from fedcomp.training import evaluate
-from fedcomp.channels import dense_record, record_tensors
+from fedcomp.updates import UpdateSettings
+from strategies.differential import DifferentialFedAvg
 from strategies.fedavg import FedAvg
 
 app = ServerApp()
 
-StrategyBuilder = Callable[[dict[str, Any], ParamManifest], Strategy]
+StrategyBuilder = Callable[[dict[str, Any], torch.nn.Module], Strategy]
+
+
+@runtime_checkable
+class Observed(Protocol):
+    """What `serve` reads from a fedcomp strategy; a stock Flower strategy offers none of it and
+    then runs with dense initial weights, no byte figures and no client timings."""
+
+    meter: TransferMeter
+
+    def partitions(self) -> Mapping[int, int]: ...
+
+    def initial_arrays(self, model_tensors: dict[str, np.ndarray]) -> ArrayRecord: ...
+
+    def model_tensors(self, arrays: ArrayRecord) -> dict[str, np.ndarray]: ...
+
+    def round_timings(self, server_round: int) -> dict[str, float]: ...
 
 
 class UpdateDump:
@@ -48,44 +69,65 @@ class UpdateDump:
 def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
     """Run ``build_strategy``'s strategy for the configured rounds; write the run's files into the returned folder.
 
-    A strategy with a ``meter`` (a `TransferMeter`) gets its bytes recorded; ``round_seconds``
+    An `Observed` strategy gets its bytes and client timings recorded; ``round_seconds``
     is the wall time from the end of one round's central evaluation to the end of the next.
     """
     config = from_run_config(context.run_config)
     run_dir = Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
     model = run_model(config)
-    strategy = build_strategy(config, ParamManifest.from_model(model))
-    recorder = RunRecorder(run_dir, config, getattr(strategy, "meter", None))
+    initial = state_arrays(model)
+    strategy = build_strategy(config, model)
+    observed = strategy if isinstance(strategy, Observed) else None
+    recorder = RunRecorder(run_dir, config, observed.meter if observed else None,
+                           ParamManifest.from_model(model).dense_bytes)
     test = eval_loader(config)
+    # FantastIC4 edge client: checked at start-up, f4_* metrics in round_end
+    edge = EdgeEvaluator.from_config(config)
+    if edge is not None:
+        edge.check(model)
     clock = {"t": time.perf_counter()}
 
     def round_end(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        load_arrays(model, record_tensors(arrays))
+        load_arrays(model, observed.model_tensors(arrays) if observed else record_tensors(arrays))
         metrics = evaluate(model, test)
         now = time.perf_counter()
         if server_round == 0:
             recorder.initial_evaluation(metrics)
         else:
-            recorder.round_done(server_round, metrics, getattr(strategy, "partition_of", {}), now - clock["t"])
-        clock["t"] = now
+            f4 = edge.evaluate(model) if edge is not None and edge.due(server_round, int(config["rounds"])) else {}
+            recorder.round_done(server_round, metrics, observed.partitions() if observed else {},
+                                now - clock["t"], observed.round_timings(server_round) if observed else None, f4)
+        clock["t"] = time.perf_counter() if edge is not None else now  # edge evaluation is not round time
         return MetricRecord({"accuracy": metrics["accuracy"], "loss": metrics["loss"]})
 
-    strategy.start(grid=grid, initial_arrays=dense_record(state_arrays(model)), num_rounds=int(config["rounds"]),
+    start = observed.initial_arrays(initial) if observed else dense_record(initial)
+    strategy.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]),
                    train_config=ConfigRecord(), evaluate_fn=round_end)
     recorder.finish()
+    save_final_model(run_dir, model, config)  # issue 9: output.save_model
     return run_dir
+
+
+def build_strategy(config: dict[str, Any], model: torch.nn.Module,
+                   on_client_update: Callable | None = None) -> FedAvg:
+    """FedAvg, or compressed FedAvg when the run compresses client updates (``up.*`` settings)."""
+    settings = UpdateSettings.from_config(config)
+    common = dict(fraction_train=float(config["fraction"]), min_train_nodes=int(config["server.min_clients"]),
+                  fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
+                  meter=TransferMeter(), on_client_update=on_client_update)
+    manifest = settings.manifest(model)
+    if not settings.differential:
+        return FedAvg(manifest, **common)
+    return DifferentialFedAvg(manifest, settings, settings.sent_names(model, manifest), **common)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     dump = UpdateDump()
 
-    def fedavg(config: dict[str, Any], manifest: ParamManifest) -> FedAvg:
-        return FedAvg(manifest, fraction_train=float(config["fraction"]),
-                      min_train_nodes=int(config["server.min_clients"]),
-                      fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
-                      meter=TransferMeter(), on_client_update=dump if config["output.dump_updates"] else None)
+    def strategy(config: dict[str, Any], model: torch.nn.Module) -> FedAvg:
+        return build_strategy(config, model, dump if config["output.dump_updates"] else None)
 
-    run_dir = serve(grid, context, fedavg)
+    run_dir = serve(grid, context, strategy)
     if dump.arrays:
         dump.save(run_dir / "updates.npz")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/loopback.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest helpers
 
 
 @pytest.fixture

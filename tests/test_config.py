@@ -78,3 +78,33 @@ def test_every_preset_resolves():
         resolve(preset(name))
     with pytest.raises(ConfigError, match="available presets: default"):
         preset("nope")
+
+
+def test_flwr_run_config_naming_a_preset_applies_it_beneath_the_changed_keys():
+    from fedcomp.config import from_run_config
+
+    run_config = {**defaults(), "preset": "fsfl-bidir", "rounds": 3}
+    config = from_run_config(run_config)
+    assert config["fsfl.mode"] == "compensate" and config["down.scheme"] == "topk-uniform-ans"
+    assert config["server.lr"] == 1.5 and config["rounds"] == 3
+    assert from_run_config(defaults()) == defaults()  # fedcomp run passes resolved settings, no preset
+
+
+def test_a_scheme_sets_its_direction_and_explicit_keys_win():
+    config = resolve({"up.scheme": "stc", "up.fraction": 0.05}, {"down.scheme": "uniform-ans", "up.scheme": "stc"})
+    assert config["up.quantizer"] == "stc" and config["up.fraction"] == 1 / 400  # a later scheme resets its keys
+    assert config["down.quantizer"] == "uniform" and config["down.sparsify"] == "none"
+    assert resolve({"up.scheme": "stc", "up.fraction": 0.05})["up.fraction"] == 0.05
+
+
+def test_every_preset_round_trips_through_its_toml(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fedcomp = str(Path(sys.executable).parent / "fedcomp")
+    for name in ("fsfl-bidir", "nnc", "fsfl-partial"):
+        shown = subprocess.run([fedcomp, "presets", "--show", name], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        (tmp_path / f"{name}.toml").write_text(shown.stdout)
+        assert resolve(load_toml(tmp_path / f"{name}.toml")) == {**resolve(preset(name)), "output.preset": "default"}

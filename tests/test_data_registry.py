@@ -37,7 +37,7 @@ def test_digits_shapes_split_and_normalisation() -> None:
 def test_digits_split_is_stratified_and_fixed_by_seed() -> None:
     first, again, other = load_dataset("digits", seed=3), load_dataset("digits", seed=3), load_dataset("digits", seed=4)
     assert np.array_equal(labels_of(first.test), labels_of(again.test))
-    assert torch.equal(first.test.images, again.test.images)
+    assert torch.equal(first.test.examples, again.test.examples)
     assert not np.array_equal(labels_of(first.test), labels_of(other.test))
     counts = np.bincount(labels_of(first.test), minlength=10)
     assert counts.min() >= 43 and counts.max() <= 47  # 25% of ~180 per class
@@ -171,8 +171,12 @@ PLUGIN_SOURCE = textwrap.dedent(
     def labels_out_of_range():
         return pair(9), pair(6), 2
 
-    def flat_images():
-        return TensorDataset(torch.zeros(4, 25), torch.zeros(4, dtype=torch.long)), pair(3), 3
+    def rows():
+        return TensorDataset(torch.zeros(4, 30), torch.zeros(4, dtype=torch.long)), TensorDataset(
+            torch.ones(2, 30), torch.ones(2, dtype=torch.long)), 2
+
+    def scalar_examples():
+        return TensorDataset(torch.zeros(4), torch.zeros(4, dtype=torch.long)), pair(3), 3
 
     not_callable = 42
     """
@@ -197,12 +201,17 @@ def test_python_plugin_dataset(plugin_module: str) -> None:
     assert labels_of(bundle.train).tolist() == [i % 3 for i in range(9)]
 
 
+def test_python_plugin_dataset_of_table_rows(plugin_module: str) -> None:
+    bundle = load_dataset(f"python:{plugin_module}:rows")
+    assert (bundle.num_classes, bundle.input_shape) == (2, (30,))
+
+
 @pytest.mark.parametrize(
     ("function", "complaint"),
     [
         ("two_things", "expected \\(train_dataset, test_dataset, num_classes\\)"),
         ("labels_out_of_range", "outside range\\(2\\)"),
-        ("flat_images", "shape \\(C, H, W\\)"),
+        ("scalar_examples", "float tensor of the example's shape"),
         ("missing", "has no attribute 'missing'"),
         ("not_callable", "non-callable 'not_callable'"),
     ],
@@ -225,7 +234,8 @@ def test_python_plugin_that_does_not_import(plugin_module: str) -> None:
 
 
 def test_unknown_dataset_lists_the_choices() -> None:
-    assert dataset_names() == ["cifar10", "digits", "folder:PATH", "python:MODULE:FUNCTION"]
+    assert dataset_names() == ["cifar10", "digits", "folder:PATH", "clients:PATH", "csv:PATH", "parquet:PATH",
+                               "hf:PATH", "python:MODULE:FUNCTION"]
     with pytest.raises(DatasetError) as error:
         load_dataset("mnist")
     assert isinstance(error.value, ValueError)

@@ -1,6 +1,7 @@
 """End to end through Flower's Simulation Engine on Ray, via the supported `flwr run` path."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedcomp.config import resolve
+from fedcomp.presets import preset
 from fedcomp.simulation import TOKEN_VARIABLE, run_simulation
 from conftest import ROOT
 
@@ -104,6 +106,8 @@ def test_cli_run_repeats_the_same_run_and_compare_reads_both(finished_run, tmp_p
     (["run", "--preset", "nope"], "unknown preset 'nope'"),
     (["run", "--set", "dataset=cifar10", "--set", "data.dir=/nonexistent"], "cifar-10-batches-py"),
     (["run", "--config", "/nonexistent.toml"], "config file not found"),
+    (["run", "--set", "dataset=clients:/nonexistent"], "clients:/nonexistent: no such folder"),
+    (["run", "--set", "dataset=csv:/nonexistent.csv"], "table file not found: /nonexistent.csv"),
     (["compare", "/nonexistent"], "not a finished run"),
 ])
 def test_cli_bad_input_is_one_readable_error(args, fragment):
@@ -121,3 +125,19 @@ def test_presets_lists_every_preset():
     done = subprocess.run([FEDCOMP, "presets"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert [line.split()[0] for line in done.stdout.splitlines()] == list(PRESETS)
+
+
+@pytest.mark.slow
+def test_a_compressed_bidirectional_run_under_ray_keeps_clients_in_sync(tmp_path):
+    """fsfl-bidir with sampling: client state survives between rounds in Flower's simulation engine."""
+    config = resolve(preset("fsfl-bidir"), {"num_clients": 4, "rounds": 4, "fraction": 0.5, "seed": 1})
+    summary = run_simulation(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    log = (tmp_path / "run" / "flower.log").read_text()
+    assert not re.search(r"round \d+: node \d+ failed", log), log[-2000:]
+    assert all(len(r["clients"]) == 2 for r in rows)
+    assert rows[0]["bytes_down"] == 0  # W_0 comes from the seed on every party
+    assert all(r["bytes_down"] > 0 for r in rows[1:])  # catch-up payloads afterwards
+    assert all(r["compress_seconds_mean"] > 0 and r["train_seconds_max"] >= r["train_seconds_mean"] for r in rows)
+    assert summary["compression_ratio"] > 50
+    assert summary["bytes_total"] == sum(r["bytes_up"] + r["bytes_down"] for r in rows)

@@ -9,7 +9,7 @@ from fedcomp.config import resolve
 from fedcomp.experiment import client_indices, run_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, state_arrays
-from loopback import LoopbackGrid
+from strategies.loopback import LoopbackGrid
 from fedcomp.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
@@ -94,8 +94,8 @@ def test_a_reply_that_does_not_fit_the_model_is_dropped(setup):
         name = manifest.names[0]
         tensors = record_tensors(arrays)
         tensors[name] = np.zeros((3, 3), np.float32)
-        return Message(RecordDict({"arrays": DenseChannel().encode(tensors), "metrics": reply.content["metrics"]}),
-                       reply_to=reply_to_of(reply))
+        record = DenseChannel().encode(tensors)[0].record
+        return Message(RecordDict({"arrays": record, "metrics": reply.content["metrics"]}), reply_to=reply_to_of(reply))
 
     sent = {}
 
@@ -120,7 +120,7 @@ def test_malformed_dense_records_raise_payload_error():
     with pytest.raises(PayloadError, match="missing"):
         channel.decode(ArrayRecord(), manifest)
     with pytest.raises(PayloadError, match="expected float32"):
-        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)}), manifest)
+        channel.decode(channel.encode({"w": np.zeros((3, 2), np.float32)})[0].record, manifest)
     with pytest.raises(PayloadError, match="expected float32"):
         channel.decode(ArrayRecord({"w": Array(np.zeros((2, 3), np.float64))}), manifest)
 
@@ -167,3 +167,40 @@ def test_a_run_no_node_can_join_fails_with_the_nodes_reason(task_identity):
     with pytest.raises(ConfigError, match="num-partitions=3 but the run has num_clients=5"):
         strategy.discover_partitions(grid)
     assert len(strategy.meter.select(round=0, direction="up")) == 3  # error replies are messages too
+
+
+@pytest.mark.parametrize("shape", ["no arrays", "nan count", "negative count", "fractional count", "nan tensor",
+                                   "no metrics", "array record of junk"])
+def test_malformed_replies_of_every_shape_are_dropped(setup, shape):
+    config, model, manifest, grid, strategy = setup
+    bad_node = 1_234
+    sent = {}
+
+    def malformed(reply: Message) -> Message:
+        if "arrays" not in reply.content:  # the setup query's answer
+            return reply
+        metrics = MetricRecord(dict(reply.content["metrics"]))
+        arrays = reply.content["arrays"]
+        if shape == "no arrays":
+            content = RecordDict({"metrics": metrics})
+        elif shape == "no metrics":
+            content = RecordDict({"arrays": arrays})
+        elif shape == "array record of junk":
+            content = RecordDict({"arrays": ArrayRecord({"x": Array(np.zeros(3, np.int8))}), "metrics": metrics})
+        elif shape == "nan tensor":
+            tensors = record_tensors(arrays)
+            tensors[manifest.names[0]] = np.full(tensors[manifest.names[0]].shape, np.nan, np.float32)
+            content = RecordDict({"arrays": dense_record(tensors), "metrics": metrics})
+        else:
+            metrics["num-examples"] = {"nan count": float("nan"), "negative count": -5, "fractional count": 3.5}[shape]
+            content = RecordDict({"arrays": arrays, "metrics": metrics})
+        return Message(content, reply_to=sent[reply.metadata.src_node_id])
+
+    messages = list(strategy.configure_train(1, dense_record(state_arrays(model)), ConfigRecord(), grid))
+    sent.update({m.metadata.dst_node_id: m for m in messages})
+    grid.tamper[bad_node] = malformed
+    new_arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    good = [p for n, p in NODES.items() if n != bad_node]
+    assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
+    assert all(np.all(np.isfinite(v)) for v in record_tensors(new_arrays).values())
+    assert len(strategy.meter.select(round=1, direction="up")) == 3

@@ -6,26 +6,11 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits as sklearn_load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset
 
-from fedcomp.data.bundle import DatasetBundle
+from fedcomp.data.bundle import DatasetBundle, TensorExamples
 
 TEST_FRACTION = 0.25
 MAX_PIXEL = 16.0  # load_digits pixel values are counts in 0..16
-
-
-class ImageTensorDataset(Dataset):
-    """In-memory images ``(N, C, H, W)`` float32 with int labels, exposing ``targets``."""
-
-    def __init__(self, images: torch.Tensor, targets: np.ndarray) -> None:
-        self.images = images
-        self.targets = targets.astype(np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.targets[index])
 
 
 def load_digits(seed: int = 0) -> DatasetBundle:
@@ -40,8 +25,8 @@ def load_digits(seed: int = 0) -> DatasetBundle:
     )
     mean, std = train_x.mean(), train_x.std()
     return DatasetBundle(
-        train=ImageTensorDataset(torch.from_numpy((train_x - mean) / std), train_y),
-        test=ImageTensorDataset(torch.from_numpy((test_x - mean) / std), test_y),
+        train=TensorExamples(torch.from_numpy((train_x - mean) / std), train_y),
+        test=TensorExamples(torch.from_numpy((test_x - mean) / std), test_y),
         num_classes=10,
         input_shape=(1, 8, 8),
         name="digits",

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 from datasets import Dataset as HFDataset
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
+    NaturalIdPartitioner,
     Partitioner,
     PathologicalPartitioner,
 )
 
 from fedcomp.errors import ConfigError
 
-SCHEMES = ("iid", "dirichlet", "pathological")
+# scheme -> builder (num_clients, seed, alpha, classes_per_client) of a partitioner over the
+# columns "label", "idx" and, for natural partitions, "group".
+PARTITIONERS: dict[str, Callable[[int, int, float, int], Partitioner]] = {
+    "iid": lambda clients, seed, alpha, per_client: IidPartitioner(num_partitions=clients),
+    "dirichlet": lambda clients, seed, alpha, per_client: DirichletPartitioner(
+        num_partitions=clients, partition_by="label", alpha=alpha, min_partition_size=1, seed=seed),
+    "pathological": lambda clients, seed, alpha, per_client: PathologicalPartitioner(
+        num_partitions=clients, partition_by="label", num_classes_per_partition=per_client,
+        class_assignment_mode="first-deterministic", seed=seed),
+    "natural": lambda clients, seed, alpha, per_client: NaturalIdPartitioner(partition_by="group"),
+}
+SCHEMES = tuple(PARTITIONERS)
 
 
 def partition(
@@ -25,6 +40,8 @@ def partition(
     seed: int = 0,
     alpha: float = 0.5,
     classes_per_client: int = 2,
+    groups: np.ndarray | None = None,
+    groups_from: str = "",
 ) -> list[np.ndarray]:
     """Assign the samples with these ``labels`` to ``num_clients`` clients.
 
@@ -36,33 +53,23 @@ def partition(
       (small alpha = strong label skew), resampled until no client is empty.
     - ``pathological``: each client holds ``classes_per_client`` classes, the first being
       ``client_id % num_classes`` so every class is held; needs ``num_clients >= num_classes``.
+    - ``natural``: one client per distinct value of ``groups`` (a key per sample, e.g. a writer
+      or a client folder), in sorted order; needs ``num_clients`` equal to their number.
+      ``groups_from`` names where the keys come from, for the error message.
     """
     labels = np.asarray(labels)
     _check_arguments(labels, num_clients, scheme, alpha, classes_per_client)
-    table = HFDataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(len(labels))})
-    partitioner: Partitioner
+    columns = {"label": labels.astype(np.int64), "idx": np.arange(len(labels))}
+    if scheme == "natural":
+        columns["group"] = _check_groups(groups, labels, num_clients, groups_from)
+    partitioner = PARTITIONERS[scheme](num_clients, seed, float(alpha), classes_per_client)
+    table = HFDataset.from_dict(columns)
     if scheme == "iid":
         table = table.shuffle(seed=seed)
-        partitioner = IidPartitioner(num_partitions=num_clients)
-    elif scheme == "dirichlet":
-        partitioner = DirichletPartitioner(
-            num_partitions=num_clients,
-            partition_by="label",
-            alpha=float(alpha),
-            min_partition_size=1,
-            seed=seed,
-        )
-    else:
-        partitioner = PathologicalPartitioner(
-            num_partitions=num_clients,
-            partition_by="label",
-            num_classes_per_partition=classes_per_client,
-            class_assignment_mode="first-deterministic",
-            seed=seed,
-        )
     partitioner.dataset = table
     try:
-        with warnings.catch_warnings():
+        # NaturalIdPartitioner draws a tqdm bar on stderr; the user sees the outcome, not the bar.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             # Dirichlet resampling warns on every retry; the outcome is a result or a ConfigError.
             warnings.filterwarnings("ignore", "The specified min_partition_size", UserWarning)
             return [
@@ -96,3 +103,16 @@ def _check_arguments(labels: np.ndarray, num_clients: int, scheme: str, alpha: f
                 f"pathological partitioning needs at least as many clients as classes "
                 f"({num_classes}) so that every class is held by some client; got {num_clients}"
             )
+
+
+def _check_groups(groups: np.ndarray | None, labels: np.ndarray, num_clients: int, groups_from: str) -> list:
+    if groups is None:
+        raise ConfigError("partition=natural needs data whose examples say their client: a table with "
+                          "data.partition_by=COLUMN (csv:, parquet:, hf:) or dataset=clients:PATH")
+    if len(groups) != len(labels):
+        raise ConfigError(f"natural partition: {len(groups)} group keys for {len(labels)} samples")
+    found = len(np.unique(groups))
+    if found != num_clients:
+        raise ConfigError(f"{groups_from or 'the natural partition'} gives {found} clients but num_clients="
+                          f"{num_clients}; set num_clients={found}")
+    return groups.tolist()

@@ -1,49 +1,44 @@
-"""Resolving a dataset name to a loaded ``DatasetBundle``."""
+"""Resolving a dataset name to a loaded ``DatasetBundle`` through a registry of loaders.
+
+A registry key without a colon is a whole name (``digits``); a key ending in a colon is a
+prefix (``csv:``) whose loader receives the rest of the name (a path, a plugin reference).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fedcomp.data.bundle import DatasetBundle
+from fedcomp.data.bundle import DataOptions, DatasetBundle
 from fedcomp.data.cifar10 import load_cifar10
+from fedcomp.data.clients import load_clients
 from fedcomp.data.digits import load_digits
 from fedcomp.data.folder import load_folder
 from fedcomp.data.labels import labels_of
+from fedcomp.data.tables import load_table
 from fedcomp.errors import DatasetError
-from fedcomp.plugins import PLUGIN_FORM, is_plugin, load_plugin
-
-FOLDER_PREFIX = "folder:"
-FOLDER_FORM = "folder:PATH"
-
-BUILTIN_NAMES = ("cifar10", "digits")
+from fedcomp.plugins import PLUGIN_FORM, PLUGIN_PREFIX, load_plugin
 
 
-def dataset_names() -> list[str]:
-    """Every accepted dataset name: the built-ins, then the ``folder:`` and ``python:`` forms."""
-    return [*BUILTIN_NAMES, FOLDER_FORM, PLUGIN_FORM]
+@dataclass(frozen=True)
+class Loader:
+    """One registry entry: how the name is written (for help and errors) and the loading function."""
+
+    form: str
+    load: Callable[[str, DataOptions], DatasetBundle]
+    path: bool = False  # the rest of the name is a file-system path
 
 
-def load_dataset(name: str, data_dir: str | Path = "data", download: bool = False, seed: int = 0) -> DatasetBundle:
-    """Load the dataset called ``name`` (see ``dataset_names()``).
-
-    ``data_dir`` is where on-disk datasets (cifar10) live; ``download`` lets torchvision
-    fetch a missing one there; ``seed`` fixes any split the loader makes (digits).
-    """
-    if name.startswith(FOLDER_PREFIX):
-        return load_folder(Path(name.removeprefix(FOLDER_PREFIX)).expanduser())
-    if is_plugin(name):
-        return _load_plugin_dataset(name)
-    if name == "digits":
-        return load_digits(seed)
-    if name == "cifar10":
-        return load_cifar10(Path(data_dir).expanduser(), download)
-    raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+def _path(rest: str) -> Path:
+    return Path(rest).expanduser()
 
 
-def _load_plugin_dataset(reference: str) -> DatasetBundle:
+def _load_plugin_dataset(rest: str, options: DataOptions) -> DatasetBundle:
     """Call the user's ``python:module:function`` and check what it returned."""
+    reference = PLUGIN_PREFIX + rest
     returned = load_plugin(reference, DatasetError)()
     expected = "expected (train_dataset, test_dataset, num_classes)"
     if not (isinstance(returned, tuple) and len(returned) == 3):
@@ -54,11 +49,12 @@ def _load_plugin_dataset(reference: str) -> DatasetBundle:
             raise DatasetError(f"{reference}: the {split} dataset is not a non-empty Dataset; {expected}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise DatasetError(f"{reference}: num_classes must be a positive int, got {num_classes!r}")
-    image = train[0][0]
-    if not (isinstance(image, torch.Tensor) and image.ndim == 3):
+    example = train[0][0]
+    if not (isinstance(example, torch.Tensor) and example.ndim >= 1 and example.is_floating_point()):
         raise DatasetError(
-            f"{reference}: items must be (tensor of shape (C, H, W), label); "
-            f"the first image is {getattr(image, 'shape', type(image).__name__)}"
+            f"{reference}: items must be (float tensor of the example's shape, label), e.g. (F,) for a table row "
+            f"or (C, H, W) for an image; the first example is {getattr(example, 'dtype', type(example).__name__)} "
+            f"{tuple(getattr(example, 'shape', ()))}"
         )
     for split, dataset in (("train", train), ("test", test)):
         labels = labels_of(dataset)
@@ -66,5 +62,47 @@ def _load_plugin_dataset(reference: str) -> DatasetBundle:
             raise DatasetError(
                 f"{reference}: {split} labels span {labels.min()}..{labels.max()}, outside range({num_classes})"
             )
-    input_shape = tuple(int(d) for d in image.shape)
+    input_shape = tuple(int(d) for d in example.shape)
     return DatasetBundle(train, test, num_classes, input_shape, name=reference)
+
+
+LOADERS: dict[str, Loader] = {
+    "cifar10": Loader("cifar10", lambda _, o: load_cifar10(_path(o.data_dir), o.download)),
+    "digits": Loader("digits", lambda _, o: load_digits(o.seed)),
+    "folder:": Loader("folder:PATH", lambda rest, o: load_folder(_path(rest)), path=True),
+    "clients:": Loader("clients:PATH", lambda rest, o: load_clients(_path(rest), o), path=True),
+    "csv:": Loader("csv:PATH", lambda rest, o: load_table(_path(rest), o, ".csv"), path=True),
+    "parquet:": Loader("parquet:PATH", lambda rest, o: load_table(_path(rest), o, ".parquet"), path=True),
+    "hf:": Loader("hf:PATH", lambda rest, o: load_table(_path(rest), o, "hf"), path=True),
+    PLUGIN_PREFIX: Loader(PLUGIN_FORM, _load_plugin_dataset),
+}
+
+
+def dataset_names() -> list[str]:
+    """Every accepted dataset name: the built-ins, then the open forms (``csv:PATH``, ``python:...``)."""
+    return [entry.form for entry in LOADERS.values()]
+
+
+def absolute_paths(name: str) -> str:
+    """``name`` with a relative path made absolute (the simulation's processes run in another folder)."""
+    prefix, colon, rest = name.partition(":")
+    entry = LOADERS.get(prefix + colon)
+    if entry is None or not entry.path:
+        return name
+    return f"{prefix}{colon}{_path(rest).resolve()}"
+
+
+def load_dataset(name: str, options: DataOptions | None = None, **fields) -> DatasetBundle:
+    """Load the dataset called ``name`` (see ``dataset_names()``).
+
+    ``options`` (or its fields as keywords: ``data_dir`` where on-disk datasets such as
+    cifar10 live, ``download``, ``seed`` fixing any split the loader makes, and ``label``,
+    ``features``, ... for tables and client folders) say what the loader needs to know.
+    """
+    if options is None:
+        options = DataOptions(**{**fields, "data_dir": str(fields.get("data_dir", DataOptions.data_dir))})
+    prefix, colon, rest = name.partition(":")
+    entry = LOADERS.get(prefix + colon)
+    if entry is None:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
+    return entry.load(rest, options)

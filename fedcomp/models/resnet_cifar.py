@@ -68,7 +68,7 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-@register_model("resnet20")
+@register_model("resnet20", images=True)
 def resnet20(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """ResNet-20 for CIFAR (0.27M parameters), taking ``input_shape[0]`` input channels."""
     return CifarResNet(3, num_classes, in_channels=input_shape[0])

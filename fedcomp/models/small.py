@@ -26,7 +26,7 @@ def he_initialised(model: nn.Sequential) -> nn.Sequential:
     return model
 
 
-@register_model("cnn")
+@register_model("cnn", images=True)
 def cnn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """Two 3x3 conv layers (16, 32 filters, same padding), 2x2 max-pooling, a 64-unit head.
 
@@ -53,8 +53,8 @@ def cnn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
 
 
 @register_model("mlp")
-def mlp(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """Fully connected 64-64 ReLU network on the flattened image (the FantastIC4 target)."""
+def mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Fully connected 64-64 ReLU network on the flattened example, of any shape (the FantastIC4 target)."""
     return he_initialised(
         nn.Sequential(
             nn.Flatten(),

@@ -14,7 +14,7 @@ from torchvision import models
 from fedcomp.models.registry import register_model
 
 
-@register_model("resnet18")
+@register_model("resnet18", images=True)
 def resnet18(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """ResNet-18 with a 3x3 stride-1 stem and no max-pooling (the usual CIFAR variant)."""
     model = models.resnet18(weights=None, num_classes=num_classes)
@@ -23,7 +23,7 @@ def resnet18(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     return model
 
 
-@register_model("mobilenet_v2")
+@register_model("mobilenet_v2", images=True)
 def mobilenet_v2(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """MobileNetV2 with stride 1 in the stem and in the first 24-channel stage (32x32 -> 4x4)."""
     # torchvision's default setting (expansion t, channels c, repeats n, stride s) with the
@@ -43,7 +43,7 @@ def mobilenet_v2(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Modu
     return model
 
 
-@register_model("vgg11_bn")
+@register_model("vgg11_bn", images=True)
 def vgg11_bn(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """VGG-11 with BatchNorm, a linear 512 -> num_classes head, and only as many of its five
     2x2 max-pools as the input side allows (all five on 32x32, three on 8x8)."""

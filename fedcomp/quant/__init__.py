@@ -1,6 +1,7 @@
 """Quantizers, sparsifiers and error feedback on plain numpy tensors (no Flower, no Ray)."""
 
 from fedcomp.quant.base import Quantizer, round_to_symbols
+from fedcomp.quant.ecq import ECQQuantizer, ECQxQuantizer
 from fedcomp.quant.feedback import ErrorFeedback
 from fedcomp.quant.sparsify import RandomK, Sparsifier, StatisticsThreshold, StructuredFilters, TopK
 from fedcomp.quant.stc import STCQuantizer
@@ -8,6 +9,8 @@ from fedcomp.quant.tensor import MAX_SYMBOL, QuantizedTensor, QuantKind, dequant
 from fedcomp.quant.uniform import UniformQuantizer
 
 __all__ = [
+    "ECQQuantizer",
+    "ECQxQuantizer",
     "MAX_SYMBOL",
     "ErrorFeedback",
     "QuantKind",

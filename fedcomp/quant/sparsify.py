@@ -147,3 +147,16 @@ class StructuredFilters:
                 sparse[weak] = 0
                 out[k] = sparse
         return out
+
+
+class Chained:
+    """Several sparsifiers applied in turn (NNCodec's recipe: structured filters, then a threshold)."""
+
+    def __init__(self, *steps: Sparsifier) -> None:
+        self.steps = steps
+
+    def sparsify(self, update: Update, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        out = dict(update)
+        for step in self.steps:
+            out = step.sparsify(out, rng)
+        return out

@@ -1,0 +1,193 @@
+"""Compressed FedAvg through the real ClientApp and real Flower messages, over the loopback grid (no Ray)."""
+
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+
+from clients.client_app import GLOBAL_KEY, RESIDUAL_KEY, SYNC_KEY
+from clients.client_app import app as client_app
+from fedcomp.channels import payload_record, record_payloads
+from fedcomp.compression import decompress
+from fedcomp.config import resolve
+from fedcomp.experiment import run_model
+from fedcomp.params import ParamManifest, state_arrays
+from fedcomp.scaling import is_scale
+from fedcomp.updates import UpdateSettings
+from strategies.loopback import LoopbackGrid
+from strategies.differential import DifferentialFedAvg
+from strategies.server_app import build_strategy
+
+BIDIR = {"up.scheme": "topk-uniform-ans", "up.fraction": 0.02, "down.scheme": "topk-uniform-ans",
+         "down.fraction": 0.03}
+
+
+def make_run(settings: dict, clients: int = 4):
+    config = resolve({"num_clients": clients, **settings})
+    model = run_model(config)
+    strategy = build_strategy(config, model)
+    grid = LoopbackGrid(client_app, {5000 + 7 * i: i for i in range(clients)}, config)
+    return config, model, strategy, grid, strategy.initial_arrays(state_arrays(model))
+
+
+def one_round(strategy, grid, arrays, server_round):
+    messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+    new, metrics = strategy.aggregate_train(server_round, replies)
+    return messages, replies, (new if new is not None else arrays), metrics
+
+
+def client_global(grid, node) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in grid.contexts[node].state[GLOBAL_KEY].items()}
+
+
+@pytest.mark.parametrize("history", [20, 1])
+def test_sampled_clients_hold_the_server_model_bit_for_bit(task_identity, history):
+    """fraction 0.3 over many rounds: every participant decodes exactly W_t (replays, or the full model)."""
+    config, model, strategy, grid, arrays = make_run(
+        {**BIDIR, "fraction": 0.3, "sync.history": history, "fsfl.mode": "compensate"}, clients=10)
+    assert isinstance(strategy, DifferentialFedAvg)
+    kinds = set()
+    for server_round in range(1, 13):
+        server_global = {k: v.numpy() for k, v in arrays.items()}
+        messages, replies, arrays, _ = one_round(strategy, grid, arrays, server_round)
+        assert not any(r.has_error() for r in replies), [r.error.reason for r in replies if r.has_error()]
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            held = client_global(grid, node)
+            assert held.keys() == server_global.keys()
+            for name, values in server_global.items():
+                assert np.array_equal(held[name].view(np.int32), values.view(np.int32)), (server_round, name)
+            assert int(grid.contexts[node].state[SYNC_KEY]["version"]) == server_round - 1
+            record = msg.content["arrays"]
+            kinds.add("none" if not len(record.keys()) else "full" if msg.content["config"]["fedcomp-base"] < 0
+                      else f"replay{len(record.keys()) > 1}")
+    # both catch-up paths were exercised: replays of several payloads, or full models with history 1
+    assert ("replayTrue" in kinds) if history == 20 else ("full" in kinds)
+
+
+def test_fsfl_scales_travel_dense_beside_a_sparse_update(task_identity):
+    config, model, strategy, grid, arrays = make_run({**BIDIR, "up.fraction": 0.01, "fsfl.mode": "compensate"})
+    manifest = strategy.manifest
+    _, replies, _, _ = one_round(strategy, grid, arrays, 1)
+    update = decompress(record_payloads(replies[0].content["arrays"], 10**7)[0], manifest)
+    scales = {k: v for k, v in update.items() if is_scale(k)}
+    assert scales and all(np.count_nonzero(v) > 0.5 * v.size for v in scales.values())
+    weight = update["6.weight"] if "6.weight" in update else update["2.weight"]
+    assert np.count_nonzero(weight) <= 0.011 * weight.size
+
+
+def test_partial_mode_sends_only_the_selected_tensors(task_identity):
+    settings = {**BIDIR, "fsfl.mode": "joint", "partial.groups": "scales,bias", "fsfl.fold": False}
+    config, model, strategy, grid, arrays = make_run(settings)
+    manifest = UpdateSettings.from_config(config).manifest(model)
+    expected = {n for n in manifest.names if is_scale(n) or n.endswith(".bias")}
+    before = {k: v.numpy().copy() for k, v in arrays.items()}
+    messages, replies, arrays, _ = one_round(strategy, grid, arrays, 1)
+    for reply in replies:
+        payload = record_payloads(reply.content["arrays"], 10**7)[0]
+        assert set(decompress(payload, manifest)) == expected
+    up = strategy.meter.select(round=1, direction="up")
+    assert all(r.dense_bytes == 4 * sum(manifest[manifest.index(n)].size for n in expected) for r in up)
+    after = {k: v.numpy() for k, v in arrays.items()}
+    frozen = [n for n in manifest.names if n not in expected]
+    assert frozen and all(np.array_equal(before[n], after[n]) for n in frozen)  # scales kept, not folded
+    assert all(not np.array_equal(before[n], after[n]) for n in expected if is_scale(n))
+
+
+def test_metered_bytes_equal_the_bytes_carried(task_identity):
+    config, model, strategy, grid, arrays = make_run({**BIDIR, "fraction": 0.5})
+    for server_round in (1, 2, 3):
+        messages, replies, arrays, _ = one_round(strategy, grid, arrays, server_round)
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            record = strategy.meter.select(round=server_round, direction="down", client=node)[0]
+            assert record.payload_bytes == sum(len(a.data) for a in msg.content["arrays"].values())
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            record = strategy.meter.select(round=server_round, direction="up", client=node)[0]
+            assert record.payload_bytes == sum(len(a.data) for a in reply.content["arrays"].values()) > 0
+    for direction, moved in (("down", grid.bytes_down), ("up", grid.bytes_up)):
+        for node, total in moved.items():
+            metered = sum(r.message_bytes for r in strategy.meter.select(direction=direction, client=node))
+            assert metered == total  # setup query included: the loopback counted every message
+
+
+def test_a_corrupted_or_oversized_payload_is_dropped_and_the_round_goes_on(task_identity, caplog):
+    config, model, strategy, grid, arrays = make_run(BIDIR)
+    bad = sorted(grid.contexts)[:2]
+    sent = {}
+
+    def flip_a_byte(reply):
+        if "arrays" not in reply.content:  # the setup query's answer
+            return reply
+        data = bytearray(reply.content["arrays"]["p0"].data)
+        data[len(data) // 2] ^= 0x40
+        return Message(RecordDict({"arrays": payload_record([bytes(data)]), "metrics": reply.content["metrics"]}),
+                       reply_to=sent[reply.metadata.src_node_id])
+
+    def oversized(reply):
+        if "arrays" not in reply.content:
+            return reply
+        record = ArrayRecord({"p0": payload_record([b"FC" + b"\0" * (10**6)])["p0"]})
+        return Message(RecordDict({"arrays": record, "metrics": reply.content["metrics"]}),
+                       reply_to=sent[reply.metadata.src_node_id])
+
+    grid.tamper = {bad[0]: flip_a_byte, bad[1]: oversized}
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    sent.update({m.metadata.dst_node_id: m for m in messages})
+    with caplog.at_level(logging.WARNING):
+        new, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert new is not None and metrics["num-examples"] > 0
+    text = caplog.text
+    assert f"node {bad[0]}" in text and "CRC" in text
+    assert f"node {bad[1]}" in text and "more than the model allows" in text
+    assert len(strategy.meter.select(round=1, direction="up")) == 4  # what arrived is still metered
+
+
+def test_server_error_feedback_conserves_the_aggregate(task_identity):
+    """sum(delivered downstream) + server residual == sum(server_lr x mean client update), over a run."""
+    config, model, strategy, grid, arrays = make_run({**BIDIR, "server.lr": 1.5, "down.fraction": 0.01})
+    steps = {}
+    strategy.on_client_update = None
+    start = {k: v.numpy().copy() for k, v in arrays.items()}
+    for server_round in range(1, 7):
+        _, replies, arrays, _ = one_round(strategy, grid, arrays, server_round)
+        updates = [strategy.upstream.decode(r.content["arrays"], strategy.manifest) for r in replies]
+        examples = [float(r.content["metrics"]["num-examples"]) for r in replies]
+        for name in updates[0]:
+            mean = sum(e * u[name].astype(np.float64) for e, u in zip(examples, updates)) / sum(examples)
+            steps[name] = steps.get(name, 0) + 1.5 * mean
+    final = {k: v.numpy() for k, v in arrays.items()}
+    for name, total in steps.items():
+        delivered = final[name].astype(np.float64) - start[name]
+        gap = delivered + strategy.server_state[f"residual/{name}"] - total
+        assert np.max(np.abs(gap)) < 1e-4, name
+        assert np.any(strategy.server_state[f"residual/{name}"] != 0)
+
+
+def test_client_error_feedback_state_lives_in_context_state(task_identity):
+    config, model, strategy, grid, arrays = make_run(BIDIR)
+    one_round(strategy, grid, arrays, 1)
+    for context in grid.contexts.values():
+        residual = context.state[RESIDUAL_KEY]
+        assert residual["rounds"].numpy().reshape(-1)[0] == 1
+        assert any(np.any(residual[k].numpy() != 0) for k in residual.keys() if k.startswith("residual/"))
+
+
+def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
+    config, model, strategy, grid, arrays = make_run(BIDIR)
+    for server_round in (1, 2):
+        _, _, arrays, _ = one_round(strategy, grid, arrays, server_round)
+    victim = sorted(grid.contexts)[0]
+    del grid.contexts[victim].state[GLOBAL_KEY]  # the node lost its state (a restarted SuperNode)
+    _, replies, arrays, _ = one_round(strategy, grid, arrays, 3)
+    failed = [r for r in replies if r.has_error()]
+    assert len(failed) == 1 and "version" in failed[0].error.reason
+    messages, replies, arrays, _ = one_round(strategy, grid, arrays, 4)
+    to_victim = next(m for m in messages if m.metadata.dst_node_id == victim)
+    assert to_victim.content["config"]["fedcomp-base"] == -1  # the full model
+    assert not any(r.has_error() for r in replies)
+    full = strategy.meter.select(round=4, direction="down", client=victim)[0]
+    assert full.payload_bytes > ParamManifest.from_model(model).dense_bytes
