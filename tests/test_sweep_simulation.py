@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -46,7 +47,18 @@ def test_sweep_runs_in_parallel_on_one_superlink(sweep_dir):
         summary = json.loads((d / "summary.json").read_text())
         assert summary["rounds"] == 2 and summary["bytes_total"] > 0
         assert list((d / "tensorboard").glob("events.out.tfevents.*"))  # the tracker ran inside the ServerApp
-    assert processes_with_env(*MARK.split("=")) == []  # SuperLink, flwr-simulation and both Ray instances are gone
+    deadline = time.monotonic() + 15  # a killed process may take a moment to leave /proc
+    while processes_with_env(*MARK.split("=")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {pid: _cmdline(pid) for pid in processes_with_env(*MARK.split("="))}
+    assert left == {}  # SuperLink, flwr-simulation and both Ray instances are gone
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
 
 
 @pytest.mark.slow
