@@ -13,6 +13,9 @@ setups that exist today (presets default = cnn iid, fedavg-mlp = mlp iid, fedavg
 cnn Dirichlet 0.5) x client ``fraction`` (0.25 ... 1.0), which does trade accuracy for bytes.
 
     nice -n 10 .venv/bin/python benchmarks/sweep_bench.py --rounds 4 --clients 8
+
+``--frontier-only`` skips the timed legs: it runs (or resumes) the whole sweep in
+``<work>/frontier`` and writes ``<name>.md`` with its frontier, plot and report.
 """
 
 from __future__ import annotations
@@ -72,6 +75,34 @@ def subset(the_plan: SweepPlan, knobs: int, seeds: int) -> SweepPlan:
     return SweepPlan(the_plan.preset, the_plan.base, grid, the_plan.points)
 
 
+def frontier_section(frontier_dir: Path, name: str, n: int) -> list[str]:
+    """Write ``<name>_report.html`` and ``<name>_frontier.png``; return the frontier tables as markdown lines."""
+    report = build_report(frontier_dir, RESULTS / f"{name}_report.html")
+    runs = load_runs(frontier_dir)
+    rp = run_points([(r.name, r.config, r.summary) for r in runs])
+    points = aggregate(rp)
+    fronts = pareto(points)
+    target, target_text = target_accuracy(points, None, 0.01)
+    xy = {s: ([r.bytes_total for r in rp if r.scheme == s], [r.accuracy for r in rp if r.scheme == s])
+          for s in fronts}
+    png = frontier_plot(points, fronts, xy, target, "final_accuracy")
+    (RESULTS / f"{name}_frontier.png").write_bytes(base64.b64decode(png.split(",", 1)[1]))
+    return [
+        f"## Frontier ({len(runs)} finished runs of the {n}-run sweep, final accuracy, mean over seeds)", "",
+        "| scheme | knob | seeds | acc mean | acc std | acc min | acc max | MB mean | on frontier |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(f"| {p.scheme} | {p.knob_label} | {p.seeds} | {p.acc_mean:.4f} | {p.acc_std:.4f} | {p.acc_min:.4f} | "
+          f"{p.acc_max:.4f} | {p.bytes_mean / MB:.3f} | {'yes' if p in fronts[p.scheme] else ''} |" for p in points),
+        "", f"Least bytes to reach {target:.4f} ({target_text}):", "",
+        "| scheme | seeds reaching | MB mean over seeds | MB std | MB of the mean points |", "|---|---|---|---|---|",
+        *(f"| {t.scheme} | {t.reached} of {t.seeds} | "
+          f"{'-' if t.mean is None else f'{t.mean / MB:.3f}'} | {'-' if t.std is None else f'{t.std / MB:.3f}'} | "
+          f"{'-' if t.of_means is None else f'{t.of_means / MB:.3f}'} |" for t in bytes_to_target(rp, points, target)),
+        "", f"![frontier]({name}_frontier.png)", "",
+        f"The full report of the sweep: [{report.name}]({report.name}) (one self-contained HTML page).", "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
@@ -80,11 +111,37 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timing-knobs", type=int, default=4, help="knob values in the timed legs (all: 4)")
     parser.add_argument("--timing-seeds", type=int, default=3, help="seeds in the timed legs (all: 3)")
+    parser.add_argument("--frontier-only", action="store_true", help="no timed legs: run (or resume) the sweep, "
+                        "write its frontier and report")
+    parser.add_argument("--name", default="sweep", help="results file stem under benchmarks/results")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "sweep-bench")
     args = parser.parse_args()
     the_plan, what = plan(args.rounds, args.clients)
+    n = len(expand(the_plan))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = (f"`python benchmarks/sweep_bench.py --rounds {args.rounds} --clients {args.clients} --jobs {args.jobs} "
+               + ("--frontier-only" if args.frontier_only else
+                  f"--timing-knobs {args.timing_knobs} --timing-seeds {args.timing_seeds}") + f" --name {args.name}`")
+    header = [
+        "# Sweep: parallel vs one after another" if not args.frontier_only else "# Sweep: accuracy-vs-bytes frontier",
+        "", f"Commit `{git_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {command}.", "",
+        f"Sweep: {n} runs = 3 schemes x 4 knob values x 3 seeds: {what}.",
+        f"Workload: digits, {args.clients} clients, {args.rounds} rounds (the default workload is 10 "
+        "clients and 20 rounds; shortened to fit this machine).", ""]
+    if args.frontier_only:
+        frontier_dir = args.work / "frontier"
+        print(f"frontier sweep ({n} runs, {args.jobs} at a time, resuming {frontier_dir})", flush=True)
+        index = run_sweep(the_plan, frontier_dir, jobs=args.jobs, cpus=args.cpus,
+                          on_done=lambda e: print(f"  {e['status']:<6} {e['name']}", flush=True))
+        ran = sum(1 for r in index["runs"] if r["status"] == "done")
+        lines = [*header, f"The runs were made (or resumed) by `fedcomp sweep`'s engine into `{frontier_dir.name}/`; "
+                 f"{ran} of {n} are finished. No timing here: see sweep.md.", "",
+                 *frontier_section(frontier_dir, args.name, n)]
+        (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return
     timed_plan = subset(the_plan, args.timing_knobs, args.timing_seeds)
-    n, n_timed = len(expand(the_plan)), len(expand(timed_plan))
+    n_timed = len(expand(timed_plan))
     load_before = os.getloadavg()
     print(f"{n} runs: {what}; timed legs: {n_timed} of them", flush=True)
     print(f"parallel leg ({args.jobs} at a time, one SuperLink)", flush=True)
@@ -104,18 +161,6 @@ def main() -> None:
     both = sorted(set(ok_par) & set(ok_seq))
     same_acc = sum(ok_par[k]["final_accuracy"] == ok_seq[k]["final_accuracy"] for k in both)
     same_bytes = sum(ok_par[k]["bytes_total"] == ok_seq[k]["bytes_total"] for k in both)
-
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = build_report(frontier_dir, RESULTS / "sweep_report.html")
-    runs = load_runs(frontier_dir)
-    rp = run_points([(r.name, r.config, r.summary) for r in runs])
-    points = aggregate(rp)
-    fronts = pareto(points)
-    target, target_text = target_accuracy(points, None, 0.01)
-    xy = {s: ([r.bytes_total for r in rp if r.scheme == s], [r.accuracy for r in rp if r.scheme == s])
-          for s in fronts}
-    png = frontier_plot(points, fronts, xy, target, "final_accuracy")
-    (RESULTS / "sweep_frontier.png").write_bytes(base64.b64decode(png.split(",", 1)[1]))
 
     timed_text = ("all of them" if n_timed == n else
                   f"{n_timed} of them (3 schemes x the first {args.timing_knobs} knob value(s) x the first "
@@ -143,20 +188,9 @@ def main() -> None:
         f"**Wall-time ratio sequential / parallel: {t_seq / t_par:.2f}x** (measured in this one run).", "",
         f"Same results in both legs: final accuracy identical in {same_acc} of {len(both)} runs, total bytes "
         f"identical in {same_bytes} of {len(both)}.", "",
-        f"## Frontier ({len(runs)} finished runs of the {n}-run sweep, final accuracy, mean over seeds)", "",
-        "| scheme | knob | seeds | acc mean | acc std | acc min | acc max | MB mean | on frontier |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *(f"| {p.scheme} | {p.knob_label} | {p.seeds} | {p.acc_mean:.4f} | {p.acc_std:.4f} | {p.acc_min:.4f} | "
-          f"{p.acc_max:.4f} | {p.bytes_mean / MB:.3f} | {'yes' if p in fronts[p.scheme] else ''} |" for p in points),
-        "", f"Least bytes to reach {target:.4f} ({target_text}):", "",
-        "| scheme | seeds reaching | MB mean over seeds | MB std | MB of the mean points |", "|---|---|---|---|---|",
-        *(f"| {t.scheme} | {t.reached} of {t.seeds} | "
-          f"{'-' if t.mean is None else f'{t.mean / MB:.3f}'} | {'-' if t.std is None else f'{t.std / MB:.3f}'} | "
-          f"{'-' if t.of_means is None else f'{t.of_means / MB:.3f}'} |" for t in bytes_to_target(rp, points, target)),
-        "", "![frontier](sweep_frontier.png)", "",
-        f"The full report of the sweep: [{report.name}]({report.name}) (one self-contained HTML page).", "",
+        *frontier_section(frontier_dir, args.name, n),
     ]
-    (RESULTS / "sweep.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
