@@ -36,8 +36,10 @@ def preflight(config: dict) -> None:
     or a model the edge device cannot run fails before Ray starts."""
     from fedcomp.experiment import check_run
     from fedcomp.fantastic4.edge import preflight as edge_preflight
+    from fedcomp.trackers import enabled
     from fedcomp.updates import UpdateSettings
 
+    enabled(config)  # a tracker whose package is missing fails here, not inside the simulation
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
         sys.path.insert(0, os.getcwd())
     model = check_run(config)
@@ -185,6 +187,84 @@ def qat(
     if out is not None:
         torch.save(model.state_dict(), out)
         typer.echo(f"quantized state dict written to {out}")
+
+
+# --- sweeps and reports (issue 12) ---------------------------------------------------------
+
+
+@app.command()
+def sweep(
+    grid: Annotated[Optional[list[str]], typer.Option("--grid", "-g", help="key=v1,v2,... swept setting, repeatable "
+                                                       "(`preset` may be swept too)")] = None,
+    sweep_file: Annotated[Optional[Path], typer.Option(
+        "--file", "-f", help="TOML sweep file ([set], [grid], [[runs]])")] = None,
+    preset_name: Annotated[Optional[str], typer.Option("--preset", "-p", help="preset of every run")] = None,
+    assignments: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value for every run")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="sweep folder (default runs/sweep-<time>)")]
+    = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="runs at a time (default: one per CPU of --cpus)")] = 0,
+    cpus: Annotated[int, typer.Option("--cpus", help="CPUs the sweep may use (default: all)")] = 0,
+    report: Annotated[bool, typer.Option(help="write report.html into the sweep folder at the end")] = True,
+) -> None:
+    """Run a grid/list of settings, several runs at a time on one SuperLink; finished runs are skipped."""
+    from datetime import datetime
+
+    from fedcomp.config import parse_assignment
+    from fedcomp.sweep import SweepPlan, expand, load_sweep_file, merge_plans, parse_grid, run_sweep
+
+    plan = load_sweep_file(sweep_file) if sweep_file else SweepPlan()
+    if preset_name:
+        plan = SweepPlan(preset_name, plan.base, plan.grid, plan.points)
+    plan = merge_plans(plan, dict(parse_assignment(a) for a in assignments or []),
+                       dict(parse_grid(g) for g in grid or []))
+    runs = expand(plan)
+    seen = set()
+    for run in runs:  # each dataset/model once, before anything starts
+        key = (run.config["dataset"], run.config["model"], run.config["data.dir"])
+        if key not in seen:
+            seen.add(key)
+            preflight(run.config)
+    cpus = cpus or os.cpu_count() or 1
+    jobs = jobs or cpus
+    sweep_dir = out or Path("runs") / f"sweep-{datetime.now():%Y%m%d-%H%M%S}"
+    console.print(f"[bold]fedcomp sweep[/] {len(runs)} runs, {jobs} at a time on {cpus} CPUs -> {sweep_dir}")
+
+    def on_done(entry: dict) -> None:
+        if entry["status"] == "done":
+            console.print(f"done    {entry['name']}  acc {entry['final_accuracy']:.4f}  "
+                          f"{entry['bytes_total'] / 1e6:.3f} MB  {entry['wall_seconds']:.1f} s")
+        else:
+            console.print(f"[red]failed[/]  {entry['name']}: {entry.get('error')}")
+
+    index = run_sweep(plan, sweep_dir, jobs=jobs, cpus=cpus, on_done=on_done)
+    failed = [r["name"] for r in index["runs"] if r["status"] != "done"]
+    console.print(f"{len(index['runs']) - len(failed)} of {len(index['runs'])} runs finished "
+                  f"({index['wall_seconds']:.1f} s this time); index {sweep_dir / 'sweep.json'}")
+    if report and len(failed) < len(index["runs"]):
+        from fedcomp.report import build_report
+
+        console.print(f"report {build_report(sweep_dir)}")
+    if failed:
+        raise SystemExit(1)
+
+
+@app.command("report")
+def report_command(
+    path: Annotated[Path, typer.Argument(help="a run folder or a sweep folder")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default <folder>/report.html)")]
+    = None,
+    metric: Annotated[str, typer.Option(help="final_accuracy or best_accuracy")] = "final_accuracy",
+    scheme: Annotated[Optional[list[str]], typer.Option(help="setting that names the scheme, repeatable "
+                                                        "(default: the varied ones of output.preset, up.scheme, "
+                                                        "down.scheme)")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="scheme whose best accuracy sets the target "
+                                                    "(default: the best of all)")] = None,
+    within: Annotated[float, typer.Option(help="target = baseline accuracy minus this (0.01 = 1 pp)")] = 0.01,
+) -> None:
+    """Write one self-contained HTML report (plots embedded, opens offline) of a run or sweep."""
+    from fedcomp.report import build_report
+
+    typer.echo(build_report(path, out, metric, scheme or None, baseline, within))
 
 
 # --- FantastIC4 edge emulation (issue 9) ---

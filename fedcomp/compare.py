@@ -29,8 +29,13 @@ def load_summary(run_dir: Path) -> dict:
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
-    """Markdown table of the runs' summaries; also writes ``<out stem>.png`` with all curves."""
-    dirs = [Path(d) for d in run_dirs]
+    """Markdown table of the runs' summaries; also writes ``<out stem>.png`` with all curves.
+
+    A sweep folder (with ``sweep.json``) stands for all its finished runs.
+    """
+    from fedcomp.sweep import expand_run_dirs
+
+    dirs = expand_run_dirs(run_dirs)
     if not dirs:
         raise FedcompError("compare needs at least one run folder")
     labels, rows, curves = [], [], {}

@@ -173,6 +173,11 @@ SETTINGS: dict[str, Setting] = {
                                check=_non_negative, requirement=">= 0"),
     "edge.calibration": Setting(256, "training examples the edge client holds (activation scales, fine-tune)",
                                 check=_positive, requirement="> 0"),
+    # experiment trackers (fedcomp.trackers; need the `track` extra)
+    "track.tensorboard": Setting(False, "write TensorBoard event files to <run folder>/tensorboard"),
+    "track.mlflow": Setting(False, "log config, per-round metrics and summary to MLflow (track.mlflow_uri)"),
+    "track.mlflow_uri": Setting("", "MLflow tracking URI; empty means a local file store <run folder>/mlruns"),
+    "track.experiment": Setting("fedcomp", "MLflow experiment name"),
 }
 
 DIRECTIONS = ("up", "down")

@@ -50,9 +50,9 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float, log: Pat
     raise LaunchError(f"{name} did not start within {timeout:.0f} s:\n{tail(log)}")
 
 
-def processes_with_token(token: str) -> list[int]:
-    """PIDs whose environment carries ``token`` (a run's processes and all they spawned, Ray included)."""
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
+def processes_with_env(name: str, value: str) -> list[int]:
+    """PIDs (not this one) whose environment has ``name=value``."""
+    needle = f"{name}={value}".encode()
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -65,8 +65,14 @@ def processes_with_token(token: str) -> list[int]:
     return found
 
 
-def stop_all(processes: list[subprocess.Popen], token: str) -> None:
-    """Terminate the run's process groups, then anything else still carrying the run's token."""
+def processes_with_token(token: str) -> list[int]:
+    """PIDs whose environment carries ``token`` (a run's processes and all they spawned, Ray included)."""
+    return processes_with_env(TOKEN_VARIABLE, token)
+
+
+def stop_all(processes: list[subprocess.Popen], token: str | None) -> None:
+    """Terminate the run's process groups, then anything else still carrying the run's token
+    (with ``token`` None: the given processes' groups only)."""
     for process in processes:
         if process.poll() is None:
             try:
@@ -74,9 +80,12 @@ def stop_all(processes: list[subprocess.Popen], token: str) -> None:
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or processes_with_token(token)):
+    def stragglers() -> list[int]:
+        return processes_with_token(token) if token is not None else []
+
+    while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or stragglers()):
         time.sleep(0.2)
-    for pid in processes_with_token(token):
+    for pid in stragglers():
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from fedcomp.meter import TransferMeter
 from fedcomp.plots import plot_accuracy_vs_mb
+from fedcomp.trackers import open_trackers
 
 MB = 1e6
 
@@ -75,6 +76,7 @@ class RunRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         (self.run_dir / "rounds.jsonl").write_text("")
+        self.trackers = open_trackers(self.config, self.run_dir)  # track.* settings; none by default
 
     def initial_evaluation(self, metrics: Mapping[str, float]) -> None:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
@@ -104,6 +106,8 @@ class RunRecorder:
         self.rows.append(row)
         with (self.run_dir / "rounds.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
+        for tracker in self.trackers:
+            tracker.log_round(row)
         return row
 
     def finish(self) -> dict[str, Any]:
@@ -133,6 +137,8 @@ class RunRecorder:
         summary.update(final_extra_metrics(self.rows))
         summary["wall_seconds"] = time.perf_counter() - self.started
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        for tracker in self.trackers:
+            tracker.finish(summary)
         if self.meter is not None:
             curve = accuracy_curve(self.rows, summary["initial_accuracy"])
             plot_accuracy_vs_mb({str(summary["preset"]): curve}, self.run_dir / "accuracy_vs_bytes.png")

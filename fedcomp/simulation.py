@@ -13,6 +13,21 @@
 
 All Flower output goes to ``flower.log`` in the run folder. Steps 1, 3 and 4 are `run_app`,
 which `fedcomp.deploy` shares: only the engine it brings up differs.
+
+`SuperLink` keeps step 2 apart from step 3 so that a sweep submits many runs, several at a
+time, to one SuperLink. Each run's streamed output goes to ``flower.log`` in its run folder,
+the SuperLink's own (and that of the ``flwr-simulation`` processes it launches) to
+``superlink.log``.
+
+Why not one Ray instance for a whole sweep: Flower 1.42's Ray backend sizes every run's
+actor pool from the *whole* cluster (``pool_size_from_resources`` reads ``ray.nodes()``
+totals), so two runs on one shared cluster each create as many actors as the cluster has
+CPUs. Measured here (one ``ray start`` head, ``RAY_ADDRESS`` set, two concurrent ``flwr run``
+submissions): the second run's actors stayed pending until the first run ended, so the runs
+were serialised, and two runs that each got part of their actors would wait on each other's
+pending actors for ever. A ``ray start`` head also writes a machine-wide address file that
+every other plain ``ray.init()`` on the machine would join. So each run keeps its own Ray,
+capped with ``init-args-num-cpus``.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -117,32 +132,99 @@ def run_app(config: Mapping[str, Any], run_dir: Path, start_engine: Starter,
 
     ``start_engine(launch)`` starts the engine's processes with ``launch.start``, writes the
     SuperLink connection with ``launch.connection`` and returns extra ``flwr run`` arguments.
-    Then ``flwr run APP fedcomp --stream`` submits the app, ``rounds.jsonl`` is followed, and
-    every process of the run is stopped, whatever happened.
+    Then `submit` runs the app, and every process of the run is stopped, whatever happened.
     """
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with launched(run_dir / "flower.log", extra_env) as launch:
+        return submit(launch, config, run_dir, start_engine(launch), on_round, components)
+
+
+def submit(launch: Launch, config: Mapping[str, Any], run_dir: Path, run_args: list[str],
+           on_round: Callable[[dict[str, Any]], None] | None = None,
+           components: Mapping[str, str] = APP_COMPONENTS) -> dict[str, Any]:
+    """``flwr run APP fedcomp --stream run_args`` against the launch's SuperLink; follow ``rounds.jsonl``
+    into ``on_round`` and return the summary. The run's output goes to its ``flower.log``."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     # the engine's processes run in another folder: dataset paths must not be relative
     config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"]))}
     log = run_dir / "flower.log"
-    with launched(log, extra_env) as launch:
-        app_dir = launch.tmp / "app"
-        write_app(app_dir, config, components)
-        run_args = start_engine(launch)
-        runner = launch.start("flwr", ["run", str(app_dir), "fedcomp", "--stream", *run_args])
-        _follow(run_dir, runner, on_round)
+    app_dir = Path(tempfile.mkdtemp(prefix="app-", dir=launch.tmp))
+    write_app(app_dir, config, components)
+    with ExitStack() as stack:
+        # the run's output joins the launch's log when that is the run's own, else its own file
+        output = {} if log == launch.log.resolve() else {"stdout": stack.enter_context(log.open("w")),
+                                                          "stderr": subprocess.STDOUT}
+        runner = launch.start("flwr", ["run", str(app_dir), "fedcomp", "--stream", *run_args], **output)
+        try:
+            _follow(run_dir, runner, on_round)
+        finally:
+            stop_all([runner], None)  # this run's client only; the engine stays up for the next
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise LaunchError(f"the run ended without a summary; the end of {log}:\n{tail(log)}")
     return json.loads(summary_path.read_text())
 
 
-def federation_args(config: Mapping[str, Any]) -> list[str]:
-    """``flwr run`` arguments giving the Simulation Engine its supernodes and each client's Ray resources."""
+def federation_args(config: Mapping[str, Any], ray_cpus: int | None = None) -> list[str]:
+    """``flwr run`` arguments giving the Simulation Engine its supernodes and each client's Ray resources.
+
+    ``ray_cpus`` caps the CPUs the run's own Ray instance may use (Flower's ``init-args-num-cpus``).
+    """
     federation = [f"num-supernodes={int(config['num_clients'])}",
                   f"client-resources-num-cpus={int(config['sim.client_cpus'])}",
                   f"client-resources-num-gpus={float(config['sim.client_gpus'])}"]
+    if ray_cpus is not None:
+        federation.append(f"init-args-num-cpus={int(ray_cpus)}")
     return [arg for item in federation for arg in ("--federation-config", item)]
+
+
+def start_simulation_superlink(launch: Launch, startup_timeout: float = 60.0) -> None:
+    """Start ``flower-superlink --simulation`` on a free port and point the launch's connection at it."""
+    port = free_port()
+    superlink = launch.start("flower-superlink", [
+        "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
+        "--disable-runtime-dependency-installation"])
+    wait_for_port(port, superlink, startup_timeout, launch.log, "flower-superlink")
+    launch.connection(port)
+
+
+class SuperLink:
+    """One ``flower-superlink --simulation`` that takes any number of ``flwr run`` submissions, also concurrent ones.
+
+    Use it as a context manager; leaving it stops the SuperLink and every process any of its
+    runs started. Each run's ``flwr-simulation`` process starts its own Ray instance (see the
+    module docstring); a sweep shares the SuperLink, not Ray.
+    """
+
+    def __init__(self, log: Path, startup_timeout: float = 60.0) -> None:
+        self.log, self.startup_timeout = log, startup_timeout
+        self._context: Any = None
+        self._launch: Launch | None = None
+
+    def __enter__(self) -> "SuperLink":
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._context = launched(self.log)
+        self._launch = self._context.__enter__()
+        try:
+            start_simulation_superlink(self._launch, self.startup_timeout)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+        self._context = self._launch = None
+
+    def run(self, config: Mapping[str, Any], run_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None,
+            components: Mapping[str, str] = APP_COMPONENTS, ray_cpus: int | None = None) -> dict[str, Any]:
+        """Submit one run, follow it to the end and return its summary (``summary.json``)."""
+        if self._launch is None:
+            raise LaunchError("the SuperLink is not running (use it as a context manager)")
+        return submit(self._launch, config, run_dir, federation_args(config, ray_cpus), on_round, components)
 
 
 def run_simulation(config: Mapping[str, Any], run_dir: Path,
@@ -157,12 +239,7 @@ def run_simulation(config: Mapping[str, Any], run_dir: Path,
     """
 
     def simulation_engine(launch: Launch) -> list[str]:
-        port = free_port()
-        superlink = launch.start("flower-superlink", [
-            "--insecure", "--simulation", "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(port),
-            "--disable-runtime-dependency-installation"])
-        wait_for_port(port, superlink, startup_timeout, launch.log, "flower-superlink")
-        launch.connection(port)
+        start_simulation_superlink(launch, startup_timeout)
         return federation_args(config)
 
     ray = {"RAY_ADDRESS": str(config["sim.ray_address"])} if config.get("sim.ray_address") else None

@@ -1,0 +1,25 @@
+"""Finished run folders written by fedcomp's own `RunRecorder` and `TransferMeter`, without a simulation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fedcomp.config import resolve
+from fedcomp.meter import TransferMeter
+from fedcomp.results import RunRecorder
+
+
+def write_run(run_dir: Path, settings: Mapping[str, Any], accuracies: Sequence[float], bytes_up: int,
+              bytes_down: int, clients: int = 3) -> dict[str, Any]:
+    """A run of ``len(accuracies)`` rounds in which every client sends ``bytes_up`` and receives ``bytes_down``."""
+    config = resolve({"num_clients": clients, "rounds": len(accuracies), **settings, "output.dir": str(run_dir)})
+    meter = TransferMeter()
+    recorder = RunRecorder(run_dir, config, meter)
+    recorder.initial_evaluation({"accuracy": 0.1, "loss": 2.3})
+    for rnd, acc in enumerate(accuracies, start=1):
+        for client in range(clients):
+            meter.record(rnd, "down", 100 + client, "train", bytes_down, bytes_down + 50, 4000)
+            meter.record(rnd, "up", 100 + client, "train", bytes_up + client, bytes_up + client + 50, 4000)
+        recorder.round_done(rnd, {"accuracy": acc, "loss": 1.0 - acc}, {100 + c: c for c in range(clients)}, 0.1)
+    return recorder.finish()
