@@ -15,13 +15,7 @@ from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 from fedcomp.training import TrainSettings, evaluate, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models train far faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

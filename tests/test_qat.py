@@ -13,13 +13,7 @@ from fedcomp.relevance import weight_relevance
 from fedcomp.training import TrainSettings, evaluate, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models train many times faster on one thread than on an oversubscribed pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
