@@ -20,8 +20,11 @@ SMALL = {"num_clients": 3, "rounds": 2, "seed": 3}
 
 
 def ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if "ray::" in line or "raylet" in line or "flower-superlink" in line]
+    """Live Ray and SuperLink processes. Zombies are left out: a killed run's workers whose parent
+    died wait for a PID 1 that reaps them (a container's may not); they run nothing and hold nothing."""
+    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if not line.lstrip().startswith("Z")
+            and ("ray::" in line or "raylet" in line or "flower-superlink" in line)]
 
 
 @pytest.fixture(scope="module")
