@@ -94,12 +94,23 @@ def split_keys(configs: Sequence[Mapping[str, Any]],
     the scheme, such as the model a preset picks), the seed excepted.
     """
     varied = varied_keys(configs)
-    schemes = list(scheme_keys) if scheme_keys is not None else [k for k in SCHEME_CANDIDATES if k in varied]
+    if scheme_keys is not None:
+        schemes = list(scheme_keys)
+    else:  # a candidate that only follows an earlier one (a preset's up.scheme) adds nothing to the name
+        schemes = []
+        for key in (k for k in SCHEME_CANDIDATES if k in varied):
+            if not schemes or key in _varying_within(configs, schemes):
+                schemes.append(key)
+    within = _varying_within(configs, schemes)
+    return schemes, [k for k in varied if k in within and k not in schemes and k != SEED_KEY]
+
+
+def _varying_within(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> set[str]:
+    """Settings that vary among configs sharing the same values of ``keys``."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for config in configs:
-        groups.setdefault(tuple(repr(config.get(k)) for k in schemes), []).append(config)
-    within = {k for members in groups.values() for k in varied_keys(members)}
-    return schemes, [k for k in varied if k in within and k not in schemes and k != SEED_KEY]
+        groups.setdefault(tuple(repr(config.get(k)) for k in keys), []).append(config)
+    return {k for members in groups.values() for k in varied_keys(members)}
 
 
 def run_points(runs: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]], metric: str = "final_accuracy",

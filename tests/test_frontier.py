@@ -29,6 +29,8 @@ def test_scheme_and_knob_keys_come_from_what_varies():
     assert split_keys([c for _, c, _ in RUNS], ["fraction"]) == (["fraction"], ["output.preset"])
     follows = [{**c, "model": "mlp" if c["output.preset"] == "b" else "cnn"} for _, c, _ in RUNS]
     assert split_keys(follows) == (["output.preset"], ["fraction"])  # the model only follows the scheme
+    named = [{**c, "up.scheme": "topk" if c["output.preset"] == "b" else "stc"} for _, c, _ in RUNS]
+    assert split_keys(named) == (["output.preset"], ["fraction"])  # up.scheme follows the preset: not in the name
 
 
 def test_points_pool_seeds_with_their_spread():
