@@ -90,7 +90,7 @@ class _Quantize:
         if settings.method == "ec2t":
             self.quantizer = EC2TQuantizer(settings.gamma, max_size)
             for name, p in self.params.items():
-                _, pos, neg = self.quantizer.assign(p.detach().numpy())
+                _, pos, neg = self.quantizer.assign(p.detach().cpu().numpy())
                 self.scales[name] = (torch.tensor(pos, requires_grad=True), torch.tensor(neg, requires_grad=True))
         elif settings.method == "ecqx":
             self.quantizer = ECQxQuantizer(settings.bits, settings.gamma, settings.p, max_size)
@@ -114,7 +114,7 @@ class _Quantize:
         """Overwrite every quantized parameter with its quantization (the caller saved the shadows)."""
         tensors = {}
         for name, p in self.params.items():
-            w = p.detach().numpy()
+            w = p.detach().cpu().numpy()
             if self.method == "ec2t":
                 pos, neg = self.scales[name]
                 symbols, pos_value, neg_value = self.quantizer.assign(w, float(pos), float(neg))
@@ -194,7 +194,7 @@ def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat
     quantized = state.apply(_relevance(model, loader, qat))
     zeros = sum(int((s == 0).sum()) for s in state.symbols.values())
     total = sum(s.numel() for s in state.symbols.values())
-    tensors = [quantized.get(n) or float32_tensor(n, p.detach().numpy()) for n, p in model.named_parameters()]
+    tensors = [quantized.get(n) or float32_tensor(n, p.detach().cpu().numpy()) for n, p in model.named_parameters()]
     return QATResult({"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                       "weight_sparsity": zeros / max(total, 1)}, shadow, tensors)
 
@@ -224,10 +224,10 @@ def quantize_model(model: nn.Module, quantizer: Quantizer,
     tensors = []
     for name, p in model.named_parameters():
         if name in quantize:
-            t = quantizer.quantize(p.detach().numpy(), name, None if relevance is None else relevance.get(name))
+            t = quantizer.quantize(p.detach().cpu().numpy(), name, None if relevance is None else relevance.get(name))
             p.copy_(torch.from_numpy(t.dequantize()))
         else:
-            t = float32_tensor(name, p.detach().numpy())
+            t = float32_tensor(name, p.detach().cpu().numpy())
         tensors.append(t)
     return tensors
 

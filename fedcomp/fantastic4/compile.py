@@ -166,7 +166,7 @@ def finetune(device: DeviceModel, loader: DataLoader, quantizer: Quantizer, epoc
             features = device.features(x)
             weights = []
             for name, lin in zip(device.names, device.linears):
-                k, step = grid_of(quantizer, lin.weight.detach().numpy(), name)
+                k, step = grid_of(quantizer, lin.weight.detach().cpu().numpy(), name)
                 quantized = torch.from_numpy((k * step).astype(np.float32))
                 weights.append(lin.weight + (quantized - lin.weight).detach())
             loss = loss_fn(device.float_forward(features, weights)[-1], y)
@@ -203,7 +203,7 @@ class CompiledNet:
     def quantize_input(self, x: torch.Tensor) -> np.ndarray:
         """Model inputs to the device's integer input activations (integer values in a float32 array)."""
         features = self.device.features(x)
-        return torch.round(features / self.input_scale).clamp_(self.input_low, self.input_high).numpy()
+        return torch.round(features / self.input_scale).clamp_(self.input_low, self.input_high).cpu().numpy()
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """The device's integer outputs (accumulators of the last layer) for model inputs ``x``."""
@@ -212,7 +212,7 @@ class CompiledNet:
     def accuracy(self, loader: DataLoader) -> float:
         correct = seen = 0
         for x, y in loader:
-            correct += int((self.logits(x).argmax(axis=1) == y.numpy()).sum())
+            correct += int((self.logits(x).argmax(axis=1) == y.cpu().numpy()).sum())
             seen += len(y)
         return correct / max(seen, 1)
 
@@ -227,11 +227,12 @@ def compile_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int 
     quantizer = quantizer or default_quantizer(device, gamma)
     if finetune_loader is not None and finetune_epochs > 0:
         finetune(device, finetune_loader, quantizer, finetune_epochs, finetune_lr)
-    grids = [grid_of(quantizer, lin.weight.detach().numpy(), name) for name, lin in zip(device.names, device.linears)]
+    grids = [grid_of(quantizer, lin.weight.detach().cpu().numpy(), name)
+             for name, lin in zip(device.names, device.linears)]
     features = device.features(calibration)
     quantized = [torch.from_numpy((k * step).astype(np.float32)) for k, step in grids]
     with torch.no_grad():
-        outputs = [o.numpy() for o in device.float_forward(features, quantized)]
+        outputs = [o.cpu().numpy() for o in device.float_forward(features, quantized)]
     signed = bool((features < 0).any())
     unsigned_max, signed_max = 2**act_bits - 1, 2 ** (act_bits - 1) - 1
     top = signed_max if signed else unsigned_max
@@ -242,7 +243,7 @@ def compile_model(model: nn.Module, calibration: torch.Tensor, *, act_bits: int 
     for i, ((k, step), lin) in enumerate(zip(grids, device.linears)):
         name, last = device.names[i], i == len(device.linears) - 1
         acc_scale = s_in * step
-        bias = np.rint(lin.bias.detach().numpy().astype(np.float64) / acc_scale).astype(np.int64)
+        bias = np.rint(lin.bias.detach().cpu().numpy().astype(np.float64) / acc_scale).astype(np.int64)
         if last:
             multiplier = shift = None
             low, high, s_out = -ACC_LIMIT, ACC_LIMIT - 1, acc_scale
