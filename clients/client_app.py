@@ -27,6 +27,7 @@ from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads
 from fedcomp.codec.wire import FLAG_FULL_MODEL, decode_payload
 from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
+from fedcomp.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
 from fedcomp.params import load_arrays, state_arrays
 from fedcomp.qat import QATSettings, local_train, relevance_batch
@@ -80,6 +81,11 @@ def train_step(msg: Message, context: Context) -> Message:
     """Train the global model on the local partition; reply with the local model or its coded update."""
     config, pid, model, settings = _setup(context)
     server_round = int(msg.content[CONFIG].get(SERVER_ROUND, 0))
+    faults = FaultPlan.from_config(config).draw(server_round, pid)
+    if faults["fail"]:
+        raise InjectedFault(f"injected failure of partition {pid} in round {server_round} (faults.*)")
+    if faults["slow"]:
+        time.sleep(float(config["faults.slow_seconds"]))
     manifest = settings.manifest(model)
     started = time.perf_counter()
     if settings.bidirectional:
@@ -98,6 +104,8 @@ def train_step(msg: Message, context: Context) -> Message:
     else:
         reply_record, stats, timings = _train_differential(context, config, pid, model, settings,
                                                            global_tensors, loader)
+    if faults["corrupt"]:
+        reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
                             NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
     return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)

@@ -145,6 +145,18 @@ SETTINGS: dict[str, Setting] = {
     "fsfl.scale_qp": Setting(-40, "NNC qp of the dense scale updates (-40: step 2**-10)"),
     "partial.groups": Setting("", "parameter groups clients train and send: scales, bias, bn, head, last:N or "
                               "name globs, comma-separated (empty: the whole model)"),
+    # reliability: failure injection (fedcomp/faults.py) and bounds on client updates
+    "faults.client_failure_rate": Setting(0.0, "probability that a client fails in a round (injected)",
+                                          check=lambda x: 0 <= x <= 1, requirement="in [0, 1]"),
+    "faults.corrupt_payload_rate": Setting(0.0, "probability that a client's reply payload is corrupted "
+                                           "(injected)", check=lambda x: 0 <= x <= 1, requirement="in [0, 1]"),
+    "faults.slow_client_rate": Setting(0.0, "probability that a client is slow in a round (injected)",
+                                       check=lambda x: 0 <= x <= 1, requirement="in [0, 1]"),
+    "faults.slow_seconds": Setting(1.0, "how long an injected slow client waits", check=_non_negative,
+                                   requirement=">= 0"),
+    "server.max_update_norm": Setting(0.0, "L2 bound on a client's update (0: none)", check=_non_negative,
+                                      requirement=">= 0"),
+    "server.norm_action": Setting("clip", "what to do with an update above the bound", choices=("clip", "refuse")),
     # quantization-aware local training (issue 8, fedcomp.qat): clients train with per-step quantization
     "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
                           choices=("none", "ecq", "ecqx", "ec2t")),

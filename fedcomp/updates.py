@@ -125,3 +125,18 @@ def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float])
             sums[name] = sums.get(name, 0.0) + weight * np.asarray(values, dtype=np.float64)
             totals[name] = totals.get(name, 0.0) + weight
     return {name: (sums[name] / totals[name]).astype(np.float32) for name in sums}
+
+
+def bound_update(update: Mapping[str, np.ndarray], max_norm: float, action: str) -> Tensors:
+    """``update`` within an L2 bound over all its tensors: scaled down (``clip``) or refused
+    with ValueError (``refuse``); unchanged when ``max_norm`` is 0 or it is within the bound."""
+    out = {k: np.asarray(v, dtype=np.float32) for k, v in update.items()}
+    if max_norm <= 0:
+        return out
+    norm = float(np.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in out.values())))
+    if norm <= max_norm:
+        return out
+    if action == "refuse":
+        raise ValueError(f"its update's L2 norm {norm:.4g} exceeds server.max_update_norm = {max_norm:g}")
+    factor = np.float32(max_norm / norm)
+    return {k: (v * factor).astype(np.float32) for k, v in out.items()}

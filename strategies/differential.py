@@ -30,7 +30,7 @@ from fedcomp.errors import PayloadError
 from fedcomp.params import ParamManifest
 from fedcomp.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
 from fedcomp.scaling import effective, is_scale
-from fedcomp.updates import UpdateSettings, apply_update, model_digest, weighted_mean
+from fedcomp.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
 from strategies.fedavg import ClientResult, FedAvg
 from strategies.metering import content_size, serialized_size
 
@@ -128,7 +128,7 @@ class DifferentialFedAvg(FedAvg):
         unexpected = sorted(set(update) - self.sent)
         if unexpected:
             raise PayloadError(f"the update carries tensors this run does not send: {unexpected[:5]}")
-        return update
+        return bound_update(update, self.max_update_norm, self.norm_action)
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """``W_{t+1}`` from the clients' updates (see the module docstring)."""

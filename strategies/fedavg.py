@@ -35,6 +35,7 @@ from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
 from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_tensors
+from fedcomp.updates import bound_update
 from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TIMINGS
 from strategies.metering import content_size, serialized_size
 
@@ -70,6 +71,9 @@ class FedAvg(Strategy):
         Where every message's sizes are recorded.
     on_client_update : callable, optional
         Called with ``(round, partition, local - global)`` for every usable training reply.
+    max_update_norm, norm_action : float, str
+        An L2 bound on each client's update (0: none) and what to do above it (``clip`` or
+        ``refuse``, which drops the reply).
     """
 
     def __init__(
@@ -84,6 +88,8 @@ class FedAvg(Strategy):
         upstream: Channel | None = None,
         meter: TransferMeter | None = None,
         on_client_update: UpdateSink | None = None,
+        max_update_norm: float = 0.0,
+        norm_action: str = "clip",
     ) -> None:
         self.manifest = manifest
         self.fraction_train = fraction_train
@@ -94,6 +100,7 @@ class FedAvg(Strategy):
         self.upstream = upstream or DenseChannel()
         self.meter = meter or TransferMeter()
         self.on_client_update = on_client_update
+        self.max_update_norm, self.norm_action = max_update_norm, norm_action
         self.partition_of: dict[int, int] = {}
         self.client_timings: dict[int, dict[str, float]] = {}
         self._global: dict[str, np.ndarray] = {}
@@ -183,7 +190,12 @@ class FedAvg(Strategy):
         """
         if record is None:
             raise PayloadError("the reply carries no arrays")
-        return self.upstream.decode(record, self.manifest)
+        local = self.upstream.decode(record, self.manifest)
+        if self.max_update_norm <= 0:
+            return local
+        update = bound_update({k: local[k] - self._global[k] for k in local}, self.max_update_norm,
+                              self.norm_action)
+        return {k: self._global[k] + update[k] for k in update}
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """The next global model from the usable replies: the example-weighted mean.

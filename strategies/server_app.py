@@ -114,7 +114,9 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
     settings = UpdateSettings.from_config(config)
     common = dict(fraction_train=float(config["fraction"]), min_train_nodes=int(config["server.min_clients"]),
                   fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
-                  meter=TransferMeter(), on_client_update=on_client_update)
+                  meter=TransferMeter(), on_client_update=on_client_update,
+                  max_update_norm=float(config["server.max_update_norm"]),
+                  norm_action=str(config["server.norm_action"]))
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)

@@ -1,0 +1,69 @@
+"""Failing, corrupting and oversized clients never end a run (loopback grid, real ClientApp, no Ray)."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+
+from clients.client_app import app as client_app
+from fedcomp.config import resolve
+from fedcomp.faults import FaultPlan
+from fedcomp.updates import bound_update
+from strategies.loopback import LoopbackGrid
+from strategies.server_app import build_strategy, serve
+
+
+def run_in_process(settings: dict, run_dir, caplog) -> tuple[dict, list[dict], LoopbackGrid, str]:
+    config = resolve({**settings, "output.dir": str(run_dir)})
+    grid = LoopbackGrid(client_app, {700 + 3 * i: i for i in range(int(config["num_clients"]))}, config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    with caplog.at_level(logging.WARNING):
+        serve(grid, context, build_strategy)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    return summary, rows, grid, caplog.text
+
+
+def test_fault_draws_repeat_and_follow_their_rates():
+    plan = FaultPlan(failure_rate=0.3, corrupt_rate=0.1, seed=4)
+    draws = [plan.draw(r, p) for r in range(1, 41) for p in range(25)]
+    assert draws == [plan.draw(r, p) for r in range(1, 41) for p in range(25)]
+    assert 0.25 < np.mean([d["fail"] for d in draws]) < 0.35
+    assert 0.06 < np.mean([d["corrupt"] for d in draws]) < 0.14
+    assert not any(d["slow"] for d in draws)
+
+
+def test_thirty_percent_failing_clients_every_round_still_converge_and_meter_exactly(task_identity, tmp_path,
+                                                                                     caplog):
+    settings = {"up.scheme": "topk-uniform-ans", "up.fraction": 0.02, "down.scheme": "topk-uniform-ans",
+                "down.fraction": 0.03, "faults.client_failure_rate": 0.3, "faults.corrupt_payload_rate": 0.05}
+    summary, rows, grid, log = run_in_process(settings, tmp_path, caplog)
+    plan = FaultPlan(0.3, 0.05, seed=0)
+    expected_failures = sum(plan.draw(r, p)["fail"] for r in range(1, 21) for p in range(10))
+    expected_corrupt = sum(plan.draw(r, p)["corrupt"] and not plan.draw(r, p)["fail"]
+                           for r in range(1, 21) for p in range(10))
+    assert expected_failures >= 40 and expected_corrupt >= 1  # the test really injects faults
+    assert log.count("injected failure") == expected_failures  # each logged once, with its node
+    assert log.count("CRC") == expected_corrupt
+    assert summary["rounds"] == 20 and summary["final_accuracy"] > 0.9
+    assert "holds model version" not in log and "does not match" not in log  # failed clients were resynced
+    # metered exactly: every message that arrived (error replies included), to the byte the loopback carried
+    assert summary["message_bytes_up"] == sum(grid.bytes_up.values())
+    assert summary["message_bytes_down"] == sum(grid.bytes_down.values())
+    assert summary["bytes_total"] == sum(r["bytes_up"] + r["bytes_down"] for r in rows)
+
+
+@pytest.mark.parametrize("action", ["clip", "refuse"])
+def test_an_update_above_the_norm_bound_is_clipped_or_refused(action):
+    update = {"a": np.full(4, 3.0, np.float32), "b": np.full(9, 4.0 / 3, np.float32)}  # norm sqrt(36 + 16) ~ 7.2
+    assert bound_update(update, 0.0, action)["a"][0] == 3.0
+    assert bound_update(update, 10.0, action)["a"][0] == 3.0
+    if action == "refuse":
+        with pytest.raises(ValueError, match="exceeds server.max_update_norm"):
+            bound_update(update, 1.0, action)
+    else:
+        clipped = bound_update(update, 1.0, action)
+        norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in clipped.values()))
+        assert norm == pytest.approx(1.0, rel=1e-6)
