@@ -14,18 +14,10 @@ import pytest
 from fedcomp.codec import decode_payload, encode_payload, get_codec
 from fedcomp.codec.deepcabac import available as deepcabac_available
 from fedcomp.codec.wire import VERSION
-from fedcomp.params import ParamManifest, TensorSpec
 from fedcomp.quant import QuantizedTensor, QuantKind
+from golden.make_golden import MANIFEST  # the manifest the golden files were written for
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-MANIFEST = ParamManifest((
-    TensorSpec("conv.weight", (8, 3, 3, 3)),
-    TensorSpec("conv.bias", (8,)),
-    TensorSpec("fc.weight", (10, 32)),
-    TensorSpec("fc.bias", (10,)),
-    TensorSpec("head.weight", (4, 6)),
-    TensorSpec("bn.running_mean", (8,)),
-))
 CODECS = ["ans", "raw", "float32", pytest.param("deepcabac", marks=pytest.mark.skipif(
     not deepcabac_available(), reason="nncodec is not installed (the deepcabac extra)"))]
 
