@@ -12,6 +12,7 @@ for each compressed preset. Medians over repetitions.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -67,8 +68,8 @@ def main() -> None:
     train_median = statistics.median(train_s)
     lines = ["# Compression time against local training time", "",
              f"Measured at commit `{commit}` by `benchmarks/compress_share.py` ({args.reps} interleaved repetitions, "
-             "one torch thread, medians, the presets' order rotated each repetition; the machine's 2 cores were "
-             "shared with other jobs). A client of the "
+             "one torch thread, medians, the presets' order rotated each repetition; load average "
+             f"{os.getloadavg()[0]:.1f} on the machine's 2 cores at the start). A client of the "
              f"default workload: 1 epoch of SGD over {len(loader.dataset)} digits examples with the `cnn` "
              f"takes **{1000 * train_median:.1f} ms**. Compression is the ClientApp's upstream path: the update, "
              "error feedback, sparsification, quantization, entropy coding and the payload record. ECQx's LRP "
