@@ -16,6 +16,7 @@ in ``context.state`` as plain arrays.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads
+from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads, record_tensors
 from fedcomp.codec.wire import FLAG_FULL_MODEL, decode_payload
 from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
@@ -116,17 +117,13 @@ def _stored(tensors: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in tensors.items()})
 
 
-def _loaded(record: ArrayRecord) -> Tensors:
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def _catch_up(msg: Message, context: Context, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
     """Bring the held copy of the global model to the server's version; check it against the digest."""
     config = msg.content[CONFIG]
     manifest = settings.manifest(model)
     target, base, digest = int(config[VERSION]), int(config[BASE_VERSION]), int(config[DIGEST])
     if GLOBAL_KEY in context.state:
-        held = _loaded(context.state[GLOBAL_KEY])
+        held = record_tensors(context.state[GLOBAL_KEY])
         version = int(context.state[SYNC_KEY]["version"])
     else:
         held, version = settings.initial_global(model), 0
@@ -164,7 +161,7 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     sent_scales = {k: v for k, v in scales.items() if k in sent}
     sent_weights = [k for k in sent if not is_scale(k)]
     channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
-    state = _loaded(context.state[RESIDUAL_KEY]) if RESIDUAL_KEY in context.state else {}
+    state = record_tensors(context.state[RESIDUAL_KEY]) if RESIDUAL_KEY in context.state else {}
 
     clock = time.perf_counter()
     qat = QATSettings.from_config(config)
@@ -192,7 +189,7 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
         clock = time.perf_counter()
         reconstructed = {q.name: global_tensors[q.name] + q.dequantize() for q in quantized}
         load_arrays(model, reconstructed)
-        scale_settings = TrainSettings(**{**train_settings.__dict__, "epochs": settings.scale_epochs})
+        scale_settings = dataclasses.replace(train_settings, epochs=settings.scale_epochs)
         for name, scale in scales.items():
             scale.requires_grad_(name in sent_scales)
         train(model, loader, scale_settings, trainable=[], scales=scales, scale_lr=settings.scale_lr)

@@ -39,13 +39,19 @@ class Encoded(NamedTuple):
 
 
 class Channel(Protocol):
-    """Encodes tensors into an ``ArrayRecord`` and back, and says what the payload weighs."""
+    """Encodes tensors into an ``ArrayRecord`` (with its sizes, see `Encoded`) and decodes them back."""
 
     def encode(self, tensors: Mapping[str, np.ndarray], state: State | None = None) -> tuple[Encoded, State]: ...
 
     def decode(self, record: ArrayRecord, manifest: ParamManifest) -> dict[str, np.ndarray]: ...
 
-    def payload_bytes(self, record: ArrayRecord) -> int: ...
+
+def record_bytes(record: object) -> int:
+    """Bytes of model content in a record (coded payloads, or ``.npy`` blobs with their short
+    headers), whatever a sender put there: 0 for anything that is not an ArrayRecord of bytes."""
+    if not isinstance(record, ArrayRecord):
+        return 0
+    return sum(len(a.data) for a in record.values() if isinstance(getattr(a, "data", None), bytes))
 
 
 def float32_bytes(tensors: Mapping[str, np.ndarray]) -> int:
@@ -68,7 +74,7 @@ class DenseChannel:
     def encode(self, tensors: Mapping[str, np.ndarray], state: State | None = None) -> tuple[Encoded, State]:
         record = dense_record(tensors)
         reconstruction = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
-        return Encoded(record, self.payload_bytes(record), float32_bytes(tensors), reconstruction), state or {}
+        return Encoded(record, record_bytes(record), float32_bytes(tensors), reconstruction), state or {}
 
     def decode(self, record: ArrayRecord, manifest: ParamManifest) -> dict[str, np.ndarray]:
         """The record's tensors, checked against the manifest before use."""
@@ -89,10 +95,6 @@ class DenseChannel:
             except (ValueError, TypeError) as err:
                 raise PayloadError(f"tensor '{name}' cannot be read: {err}") from None
         return out
-
-    def payload_bytes(self, record: ArrayRecord) -> int:
-        """Bytes of tensor data in the record (each ``.npy`` blob with its short header)."""
-        return sum(len(array.data) for array in record.values())
 
 
 def payload_record(payloads: Sequence[bytes]) -> ArrayRecord:
@@ -176,6 +178,3 @@ class PayloadChannel:
     def decode_all(self, record: ArrayRecord, manifest: ParamManifest) -> list[dict[str, np.ndarray]]:
         """The tensors of every payload of a record, in order (a catch-up replay)."""
         return [decompress(p, manifest) for p in record_payloads(record, max_payload_bytes(manifest))]
-
-    def payload_bytes(self, record: ArrayRecord) -> int:
-        return sum(len(array.data) for array in record.values())

@@ -65,7 +65,8 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
                 module.eval()
     if not groups:
         return {"train_loss": float("nan"), "train_accuracy": float("nan")}
-    frozen = [p for p in model.parameters() if p.requires_grad and not any(p is q for q in params)]
+    training = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in training]
     for p in frozen:
         p.requires_grad_(False)
     optimizer = make_optimizer(groups, settings)

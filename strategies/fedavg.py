@@ -34,7 +34,7 @@ from flwr.supercore import log
 from fedcomp.errors import ConfigError, PayloadError
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest
-from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_tensors
+from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_bytes, record_tensors
 from fedcomp.updates import bound_update
 from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TIMINGS
 from strategies.metering import content_size, serialized_size
@@ -308,7 +308,7 @@ class FedAvg(Strategy):
                     usable = ClientResult(self.partition_of.get(node, node), examples, tensors, metrics)
                 except (KeyError, TypeError, ValueError, PayloadError) as err:
                     reason = f"dropped its reply: {err}"
-            self.meter.record(server_round, "up", node, kind, _payload_bytes(record), serialized_size(reply),
+            self.meter.record(server_round, "up", node, kind, record_bytes(record), serialized_size(reply),
                               float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
                 log(WARNING, "round %d: node %d failed: %s", server_round, node, reason)
@@ -316,13 +316,6 @@ class FedAvg(Strategy):
             received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
-
-
-def _payload_bytes(record: object) -> int:
-    """Bytes of model content in a reply's record, whatever a client put there."""
-    if not isinstance(record, ArrayRecord):
-        return 0
-    return sum(len(a.data) for a in record.values() if isinstance(getattr(a, "data", None), bytes))
 
 
 def _example_count(value: object) -> int:
