@@ -116,6 +116,8 @@ def test_settings_that_do_not_fit_together_are_refused():
         resolve({"up.scheme": "stc", "up.fraction": 2.0})
     with pytest.raises(ConfigError, match="must be one of"):
         resolve({"up.scheme": "gzip"})
+    with pytest.raises(ConfigError, match="qat.method trains the whole model"):
+        resolve({"up.scheme": "stc", "fsfl.mode": "joint", "qat.method": "ecq"})
     config = resolve({"up.scheme": "stc"}, {"up.fraction": 0.05})
     assert UpdateSettings.from_config(config).up.fraction == 0.05
     assert UpdateSettings.from_config(config).up.quantizer == "stc"

@@ -112,6 +112,8 @@ def test_cli_run_repeats_the_same_run_and_compare_reads_both(finished_run, tmp_p
     (["run", "--set", "dataset=clients:/nonexistent"], "clients:/nonexistent: no such folder"),
     (["run", "--set", "dataset=csv:/nonexistent.csv"], "table file not found: /nonexistent.csv"),
     (["compare", "/nonexistent"], "not a finished run"),
+    (["presets", "--show", "nope"], "unknown preset 'nope'"),
+    (["run", "--set", "up.scheme=stc", "--set", "partial.groups=nothing*"], "selects no tensor"),
 ])
 def test_cli_bad_input_is_one_readable_error(args, fragment):
     done = subprocess.run([FEDCOMP, *args], capture_output=True, text=True, timeout=120,
