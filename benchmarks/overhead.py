@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -244,10 +245,13 @@ def render(runs: list[Run], hooks: Mapping[str, list[float]], config: Mapping[st
     repeats = sorted({run.repeat for run in runs})
     pair_ratios = ", ".join(f"{run_median['ours', r] / run_median['stock', r]:.3f}" for r in repeats)
     hook = {name: percentiles(values)[50] * 1e3 for name, values in hooks.items()}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent).stdout.strip()
     lines = [
         "# Per-round overhead: fedcomp FedAvg vs Flower's stock FedAvg",
         "",
-        f"Measured {started.strftime('%Y-%m-%d %H:%M UTC')} in one invocation ({elapsed:.0f} s); "
+        f"Measured at commit `{commit}`, {started.strftime('%Y-%m-%d %H:%M UTC')}, in one invocation "
+        f"({elapsed:.0f} s); "
         f"run folders under `{run_root}`.",
         "",
         f"Setup: {config['dataset']}/{config['model']}, {config['num_clients']} clients, fraction "
