@@ -7,12 +7,9 @@ shell loop over ``fedcomp run`` would. Both legs write full run folders; the rat
 wall times is the figure, and their accuracies are compared run by run (same seeds, same
 settings). Then the report and the frontier of the parallel sweep are written.
 
-The schemes: when the compressed presets of issue 6 exist (``topk-ef`` in `PRESETS`), the
-sweep is presets topk-ef / stc / fsfl x ``up.fraction``; until then three dense FedAvg
-setups that exist today (presets default = cnn iid, fedavg-mlp = mlp iid, fedavg-noniid =
-cnn Dirichlet 0.5) x client ``fraction`` (0.25 ... 1.0), which does trade accuracy for bytes.
+The schemes: presets topk-ef (upstream only), stc and fsfl-bidir (both ways) x ``up.fraction``.
 
-    nice -n 10 .venv/bin/python benchmarks/sweep_bench.py --rounds 4 --clients 8
+    .venv/bin/python benchmarks/sweep_bench.py            # the default workload: 10 clients, 20 rounds
 
 ``--frontier-only`` skips the timed legs: it runs (or resumes) the whole sweep in
 ``<work>/frontier`` and writes ``<name>.md`` with its frontier, plot and report.
@@ -31,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fedcomp.frontier import aggregate, bytes_to_target, pareto, run_points, target_accuracy
-from fedcomp.presets import PRESETS
 from fedcomp.report import build_report, frontier_plot, load_runs
 from fedcomp.results import MB
 from fedcomp.simulation import run_simulation
@@ -43,14 +39,17 @@ SEEDS = [0, 1, 2]
 
 
 def plan(rounds: int, clients: int) -> tuple[SweepPlan, str]:
-    """The sweep, and a line saying which schemes it uses and why."""
-    base = {"rounds": rounds, "num_clients": clients}
-    if "topk-ef" in PRESETS:
-        grid = {"preset": ["topk-ef", "stc", "fsfl"], "up.fraction": [0.005, 0.01, 0.02, 0.05], "seed": SEEDS}
-        return SweepPlan("default", base, grid), "compressed presets of issue 6 x up.fraction"
-    grid = {"preset": ["default", "fedavg-mlp", "fedavg-noniid"], "fraction": [0.25, 0.5, 0.75, 1.0], "seed": SEEDS}
-    return SweepPlan("default", base, grid), ("dense FedAvg setups (issue 6's compressed presets are not on this "
-                                              "branch) x client fraction per round")
+    """The sweep, and a line saying which schemes it uses."""
+    grid = {"preset": ["topk-ef", "stc", "fsfl-bidir"], "up.fraction": [0.005, 0.01, 0.02, 0.05], "seed": SEEDS}
+    return (SweepPlan("default", {"rounds": rounds, "num_clients": clients}, grid),
+            "compressed presets topk-ef, stc, fsfl-bidir x up.fraction")
+
+
+def workload(args: argparse.Namespace) -> str:
+    """The workload in words, saying whether it is the default one (10 clients, 20 rounds)."""
+    text = f"{args.clients} clients, {args.rounds} rounds"
+    return text + (" (the default workload)" if (args.clients, args.rounds) == (10, 20) else
+                   " (the default workload is 10 clients and 20 rounds; shortened to fit this machine)")
 
 
 def git_commit() -> str:
@@ -105,8 +104,8 @@ def frontier_section(frontier_dir: Path, name: str, n: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time in the parallel leg")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timing-knobs", type=int, default=4, help="knob values in the timed legs (all: 4)")
@@ -126,8 +125,7 @@ def main() -> None:
         "# Sweep: parallel vs one after another" if not args.frontier_only else "# Sweep: accuracy-vs-bytes frontier",
         "", f"Commit `{git_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {command}.", "",
         f"Sweep: {n} runs = 3 schemes x 4 knob values x 3 seeds: {what}.",
-        f"Workload: digits, {args.clients} clients, {args.rounds} rounds (the default workload is 10 "
-        "clients and 20 rounds; shortened to fit this machine).", ""]
+        f"Workload: digits, {workload(args)}.", ""]
     if args.frontier_only:
         frontier_dir = args.work / "frontier"
         print(f"frontier sweep ({n} runs, {args.jobs} at a time, resuming {frontier_dir})", flush=True)
@@ -175,8 +173,7 @@ def main() -> None:
         f"legs, {load_after[0]:.1f} after), so absolute times are noisy; the two legs ran back to back in one "
         "process.", "",
         f"Sweep: {n} runs = 3 schemes x 4 knob values x 3 seeds: {what}.",
-        f"Workload: digits, cnn/mlp, {args.clients} clients, {args.rounds} rounds (the default workload is 10 "
-        f"clients and 20 rounds; shortened to fit this machine). Timed legs: {timed_text}.", "",
+        f"Workload: digits, {workload(args)}. Timed legs: {timed_text}.", "",
         "| leg | how | runs finished | wall s | median run wall s (inside the ServerApp) |",
         "|---|---|---|---|---|",
         f"| parallel | one SuperLink, {args.jobs} runs at a time, Ray capped at {max(1, args.cpus // args.jobs)} "
