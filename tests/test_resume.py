@@ -31,18 +31,18 @@ LOOPBACK = ("import json, sys\n"
             "run_loopback(resolve(json.loads(sys.argv[1])), app)\n")
 
 
-def without_wall_times(value):
-    """A run file's content without wall times (``*seconds*`` keys), which no two runs share."""
+def without(value, fragment: str = "seconds"):
+    """A run file's content without the keys containing ``fragment`` (default: wall times, which no two runs
+    share)."""
     if isinstance(value, dict):
-        return {k: without_wall_times(v) for k, v in value.items() if "seconds" not in k}
+        return {k: without(v, fragment) for k, v in value.items() if fragment not in k}
     if isinstance(value, list):
-        return [without_wall_times(v) for v in value]
+        return [without(v, fragment) for v in value]
     return value
 
 
 def results(run_dir: Path) -> tuple[list, dict]:
-    return (without_wall_times(read_rounds(run_dir)),
-            without_wall_times(json.loads((run_dir / "summary.json").read_text())))
+    return without(read_rounds(run_dir)), without(json.loads((run_dir / "summary.json").read_text()))
 
 
 def loopback(run_dir: Path, resume: bool = False) -> subprocess.Popen:
@@ -174,15 +174,8 @@ def test_fedcomp_run_killed_with_every_process_resumes_under_ray(tmp_path):
     rows, summary = results(broken)
     expected_rows, expected_summary = results(tmp_path / "whole")
     # Flower's random node and run ids are varints in every message: a few bytes differ from run to run
-    assert without_message_bytes(rows) == without_message_bytes(expected_rows)
-    assert without_message_bytes(summary) == without_message_bytes(expected_summary)
+    assert without(rows, "message_bytes") == without(expected_rows, "message_bytes")
+    assert without(summary, "message_bytes") == without(expected_summary, "message_bytes")
     assert abs(summary["message_bytes_total"] - expected_summary["message_bytes_total"]) \
         < 0.005 * expected_summary["message_bytes_total"]
 
-
-def without_message_bytes(value):
-    if isinstance(value, dict):
-        return {k: without_message_bytes(v) for k, v in value.items() if "message_bytes" not in k}
-    if isinstance(value, list):
-        return [without_message_bytes(v) for v in value]
-    return value
