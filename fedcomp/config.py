@@ -157,6 +157,13 @@ SETTINGS: dict[str, Setting] = {
     "server.max_update_norm": Setting(0.0, "L2 bound on a client's update (0: none)", check=_non_negative,
                                       requirement=">= 0"),
     "server.norm_action": Setting("clip", "what to do with an update above the bound", choices=("clip", "refuse")),
+    # reliability: client timeouts and the minimum-results rule (issue 11)
+    "server.round_timeout": Setting(3600.0, "seconds the server waits for a round's replies; a client that has "
+                                    "not replied by then counts as failed (timed out)",
+                                    check=_positive, requirement="> 0"),
+    "server.min_results": Setting(1, "fewest usable training replies a round needs to update the global model "
+                                  "(below it the model is unchanged and the run goes on)",
+                                  check=_positive, requirement="> 0"),
     # quantization-aware local training (issue 8, fedcomp.qat): clients train with per-step quantization
     "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
                           choices=("none", "ecq", "ecqx", "ec2t")),

@@ -74,6 +74,9 @@ class FedAvg(Strategy):
     max_update_norm, norm_action : float, str
         An L2 bound on each client's update (0: none) and what to do above it (``clip`` or
         ``refuse``, which drops the reply).
+    min_results : int
+        The fewest usable training replies a round needs; below it the global model stays
+        as it was (the round is logged as such and the run goes on).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class FedAvg(Strategy):
         on_client_update: UpdateSink | None = None,
         max_update_norm: float = 0.0,
         norm_action: str = "clip",
+        min_results: int = 1,
     ) -> None:
         self.manifest = manifest
         self.fraction_train = fraction_train
@@ -102,8 +106,10 @@ class FedAvg(Strategy):
         self.on_client_update = on_client_update
         self.max_update_norm, self.norm_action = max_update_norm, norm_action
         self.partition_of: dict[int, int] = {}
-        self.client_timings: dict[int, dict[str, float]] = {}
+        self.client_timings: dict[int, dict[str, float]] = {}  # the latest round's only
         self._global: dict[str, np.ndarray] = {}
+        self.min_results = min_results
+        self._sent_to: list[int] = []  # the nodes asked in the current phase (train or evaluate)
 
     # ---- what serve() reads (strategies.server_app.Observed) ------------------------
 
@@ -131,7 +137,8 @@ class FedAvg(Strategy):
         return record_tensors(arrays)
 
     def round_timings(self, server_round: int) -> dict[str, float]:
-        """Mean and max of the clients' reported timings in ``server_round`` (empty if none)."""
+        """Mean and max of the clients' reported timings in ``server_round``, and how many
+        sampled clients replied usably, failed and timed out (empty for an older round)."""
         return dict(self.client_timings.get(server_round, {}))
 
     # ---- Flower hooks --------------------------------------------------------------
@@ -146,15 +153,22 @@ class FedAvg(Strategy):
         nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         self._global = record_tensors(arrays)
         config[SERVER_ROUND] = server_round
+        self._sent_to = nodes
         return self.train_messages(server_round, nodes, config)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        decoded = self._receive(server_round, replies, "train", decode=True)
-        if not decoded:
-            log(WARNING, "round %d: no usable training replies; the global model is unchanged", server_round)
+        replied: list[int] = []
+        decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
+        timed_out = self._log_missing(server_round, replied)
+        self.client_timings = {server_round: {
+            **_timing_summary(decoded), "clients_sampled": len(self._sent_to),
+            "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
+            "clients_timed_out": timed_out}}
+        if len(decoded) < self.min_results:
+            log(WARNING, "round %d: %d usable training replies, fewer than server.min_results = %d; "
+                "the global model is unchanged", server_round, len(decoded), self.min_results)
             return None, None
-        self.client_timings[server_round] = _timing_summary(decoded)
         new_global = self.aggregate(server_round, decoded)
         return dense_record(new_global), _weighted_metrics(decoded)
 
@@ -226,15 +240,19 @@ class FedAvg(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._sent_to = []
         if self.fraction_evaluate <= 0:
             return []
         nodes = self.sample(grid, server_round, self.fraction_evaluate, 1)
         config[SERVER_ROUND] = server_round
+        self._sent_to = nodes
         encoded, _ = DenseChannel().encode(record_tensors(arrays))
         return self._broadcast(server_round, encoded, config, nodes, MessageType.EVALUATE, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        received = self._receive(server_round, replies, "evaluate", decode=False)
+        replied: list[int] = []
+        received = self._receive(server_round, _tally(replies, replied), "evaluate", decode=False)
+        self._log_missing(server_round, replied)
         return _weighted_metrics(received) if received else None
 
     # ---- sampling ------------------------------------------------------------------
@@ -284,6 +302,14 @@ class FedAvg(Strategy):
                               serialized_size(msg, shared), encoded.dense_bytes)
         return messages
 
+    def _log_missing(self, server_round: int, replied: list[int]) -> int:
+        """Log each node asked this phase that sent no reply (the grid's timeout passed); return how many."""
+        missing = sorted(set(self._sent_to) - set(replied), key=lambda n: self.partition_of.get(n, n))
+        for node in missing:
+            log(WARNING, "round %d: node %d (partition %s) failed: timed out, no reply within "
+                "server.round_timeout", server_round, node, self.partition_of.get(node, "?"))
+        return len(missing)
+
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
                  decode: bool) -> list[ClientResult]:
         """Meter each reply; return the usable ones in partition order.
@@ -316,6 +342,13 @@ class FedAvg(Strategy):
             received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
+
+
+def _tally(replies: Iterable[Message], seen: list[int]) -> Iterable[Message]:
+    """``replies`` as they come, noting each sender's node id in ``seen``."""
+    for reply in replies:
+        seen.append(reply.metadata.src_node_id)
+        yield reply
 
 
 def _example_count(value: object) -> int:

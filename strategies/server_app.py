@@ -102,6 +102,7 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
 
     start = observed.initial_arrays(initial) if observed else dense_record(initial)
     strategy.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]),
+                   timeout=float(config["server.round_timeout"]),  # issue 11: late replies count as failures
                    train_config=ConfigRecord(), evaluate_fn=round_end)
     recorder.finish()
     save_final_model(run_dir, model, config)  # issue 9: output.save_model
@@ -116,7 +117,8 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
                   fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
                   meter=TransferMeter(), on_client_update=on_client_update,
                   max_update_norm=float(config["server.max_update_norm"]),
-                  norm_action=str(config["server.norm_action"]))
+                  norm_action=str(config["server.norm_action"]),
+                  min_results=int(config["server.min_results"]))
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)
