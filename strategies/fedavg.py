@@ -325,7 +325,7 @@ class FedAvg(Strategy):
             reason = reply.error.reason if reply.has_error() else ""
             if not reply.has_error():
                 try:
-                    metrics = reply.content[METRICS]
+                    metrics = _reply_metrics(reply.content, decode)
                     examples = _example_count(metrics[NUM_EXAMPLES])
                     tensors = self.decode_reply(record) if decode else {}
                     bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
@@ -333,7 +333,7 @@ class FedAvg(Strategy):
                         raise ValueError(f"non-finite values (NaN or inf) in {bad[:3]}")
                     usable = ClientResult(self.partition_of.get(node, node), examples, tensors, metrics)
                 except (KeyError, TypeError, ValueError, PayloadError) as err:
-                    reason = f"dropped its reply: {err}"
+                    reason = f"dropped its reply: {type(err).__name__}: {err}"
             self.meter.record(server_round, "up", node, kind, record_bytes(record), serialized_size(reply),
                               float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
@@ -349,6 +349,17 @@ def _tally(replies: Iterable[Message], seen: list[int]) -> Iterable[Message]:
     for reply in replies:
         seen.append(reply.metadata.src_node_id)
         yield reply
+
+
+def _reply_metrics(content: RecordDict, with_arrays: bool) -> MetricRecord:
+    """A reply's metrics, once it is known to hold exactly the records its kind carries (PayloadError if not)."""
+    expected = {ARRAYS, METRICS} if with_arrays else {METRICS}
+    if set(content.keys()) != expected:
+        raise PayloadError(f"the reply holds the records {sorted(content.keys())[:5]}, expected {sorted(expected)}")
+    if not isinstance(content[METRICS], MetricRecord) or (with_arrays and not isinstance(content[ARRAYS],
+                                                                                          ArrayRecord)):
+        raise PayloadError("the reply's records are of the wrong types (arrays: ArrayRecord, metrics: MetricRecord)")
+    return content[METRICS]
 
 
 def _example_count(value: object) -> int:
