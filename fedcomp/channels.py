@@ -107,8 +107,8 @@ def _npy_float32(data: bytes, shape: tuple[int, ...], name: str) -> np.ndarray:
         if header is None:
             raise ValueError("unsupported .npy version")
         declared, fortran, dtype = header(stream)
-    except (ValueError, TypeError, SyntaxError, OverflowError) as err:  # numpy's header parser, on junk
-        raise PayloadError(f"tensor '{name}' cannot be read: {err}") from None
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises assorted types on junk (tokenize.TokenError)
+        raise PayloadError(f"tensor '{name}' has no valid .npy header ({type(err).__name__})") from None
     size = 4 * int(np.prod(shape, dtype=np.int64))
     if tuple(declared) != shape or fortran or dtype != np.dtype("<f4") or len(data) - stream.tell() != size:
         raise PayloadError(f"tensor '{name}' holds {dtype}{tuple(declared)} in {len(data) - stream.tell()} bytes, "
@@ -132,8 +132,10 @@ def record_payloads(record: ArrayRecord, max_bytes: int) -> list[bytes]:
     out = []
     for key in keys:
         array = record[key]
-        if array.stype != PAYLOAD_STYPE or array.dtype != "uint8" or not isinstance(array.data, bytes):
-            raise PayloadError(f"record entry {key!r} is not a fedcomp payload ({array.stype}, {array.dtype})")
+        if array.stype != PAYLOAD_STYPE or array.dtype != "uint8" or not isinstance(array.data, bytes) \
+                or tuple(array.shape) != (len(array.data),):
+            raise PayloadError(f"record entry {key!r} is not a fedcomp payload ({array.stype}, {array.dtype}"
+                               f"{tuple(array.shape)[:3]})")
         if len(array.data) > max_bytes:
             raise PayloadError(f"payload {key!r} has {len(array.data)} bytes, more than the model allows "
                                f"({max_bytes})")
