@@ -136,8 +136,7 @@ class DifferentialFedAvg(FedAvg):
             if r.metrics.get(VERSION) == self.version:
                 self.client_version[r.partition] = self.version
         if self.on_client_update is not None:
-            for r in results:
-                self.on_client_update(server_round, r.partition, r.tensors)
+            self.on_client_update(server_round, {r.partition: r.tensors for r in results})
         mean = weighted_mean([r.tensors for r in results], [float(r.examples) for r in results])
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:

@@ -40,7 +40,7 @@ from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
 
-UpdateSink = Callable[[int, int, dict[str, np.ndarray]], None]
+UpdateSink = Callable[[int, dict[int, dict[str, np.ndarray]]], None]
 
 
 class ClientResult(NamedTuple):
@@ -70,7 +70,8 @@ class FedAvg(Strategy):
     meter : TransferMeter, optional
         Where every message's sizes are recorded.
     on_client_update : callable, optional
-        Called with ``(round, partition, local - global)`` for every usable training reply.
+        Called once per aggregated round with ``(round, {partition: local - global})`` over
+        its usable training replies.
     max_update_norm, norm_action : float, str
         An L2 bound on each client's update (0: none) and what to do above it (``clip`` or
         ``refuse``, which drops the reply).
@@ -233,9 +234,8 @@ class FedAvg(Strategy):
             for name in self.manifest.names
         }
         if self.on_client_update is not None:
-            for r in results:
-                self.on_client_update(server_round, r.partition,
-                                      {k: r.tensors[k] - self._global[k] for k in r.tensors})
+            self.on_client_update(server_round, {r.partition: {k: r.tensors[k] - self._global[k] for k in r.tensors}
+                                                 for r in results})
         return averaged
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -8,6 +8,7 @@ FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ from fedcomp.fantastic4.edge import EdgeEvaluator
 from fedcomp.saved_model import save_final_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
-from fedcomp.results import RunRecorder, default_run_dir
+from fedcomp.results import RunRecorder, run_folder
 from fedcomp.training import evaluate
 from fedcomp.updates import UpdateSettings
 from strategies.differential import DifferentialFedAvg
@@ -53,17 +54,25 @@ class Observed(Protocol):
 
 
 class UpdateDump:
-    """Collects client updates (local minus global) and saves them as one ``.npz``."""
+    """Streams client updates (local minus global) to ``folder/r{round:04d}.npz``, keys ``c{partition}/{param}``.
 
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
+    Each round's file is written whole as the round is aggregated, atomically (a temporary
+    file, fsync, rename): nothing is held between rounds, and a resumed run simply rewrites
+    the rounds after its checkpoint.
+    """
 
-    def __call__(self, server_round: int, partition: int, update: dict[str, np.ndarray]) -> None:
-        for name, value in update.items():
-            self.arrays[f"r{server_round:03d}/c{partition}/{name}"] = value
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
 
-    def save(self, path: Path) -> None:
-        np.savez(path, **self.arrays)
+    def __call__(self, server_round: int, updates: dict[int, dict[str, np.ndarray]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"r{server_round:04d}.npz"
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as f:
+            np.savez(f, **{f"c{p}/{name}": v for p, update in updates.items() for name, v in update.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
 
 
 def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
@@ -73,7 +82,7 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
     is the wall time from the end of one round's central evaluation to the end of the next.
     """
     config = from_run_config(context.run_config)
-    run_dir = Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
+    run_dir = run_folder(config)
     model = run_model(config)
     initial = state_arrays(model)
     strategy = build_strategy(config, model)
@@ -127,11 +136,14 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    dump = UpdateDump()
+    config = from_run_config(context.run_config)
+    dump = None
+    if config["output.dump_updates"]:  # streamed into the run folder, which is therefore fixed here
+        run_dir = run_folder(config)
+        context.run_config["output.dir"] = str(run_dir)
+        dump = UpdateDump(run_dir / "updates")
 
     def strategy(config: dict[str, Any], model: torch.nn.Module) -> FedAvg:
-        return build_strategy(config, model, dump if config["output.dump_updates"] else None)
+        return build_strategy(config, model, dump)
 
-    run_dir = serve(grid, context, strategy)
-    if dump.arrays:
-        dump.save(run_dir / "updates.npz")
+    serve(grid, context, strategy)
