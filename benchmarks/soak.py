@@ -1,0 +1,258 @@
+"""Soak: a long compressed run with failures injected; memory sampled every round.
+
+The run is the real ServerApp loop (`strategies.server_app.serve`: the strategy, central
+evaluation, rounds.jsonl) and the real ClientApp, over the in-process `LoopbackGrid`
+(every message serialised and inflated as over a SuperLink, no Ray: 200 Ray rounds would
+take far longer on this machine, and one process holds both sides, so its memory is the
+whole run's). Clients fail, send corrupted payloads and are slow past
+``server.round_timeout`` at the configured rates; a compressed preset with fraction < 1
+exercises catch-up replays and full-model resyncs.
+
+At the start of every round's training the process's resident memory (VmRSS, and the peak
+VmHWM, from /proc/self/status) is sampled, with the sizes of everything that is known to
+grow with the run: the meter's records (one per message: the run's data), the rows the
+recorder keeps, the strategy's bookkeeping and the clients' state. Memory is flat when the
+RSS slope over rounds 50..N is near zero and the median RSS of the last quarter of rounds
+is within a few MB of the first quarter's.
+
+    nice -n 10 .venv/bin/python benchmarks/soak.py --rounds 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.client_app import app as client_app
+from fedcomp.config import resolve
+from fedcomp.faults import FaultPlan
+from fedcomp.presets import PRESETS
+from fedcomp.results import read_rounds
+from strategies.loopback import LoopbackGrid
+from strategies.server_app import build_strategy, serve
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+MB = 2**20
+
+
+def proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def record_dict_bytes(state: RecordDict) -> int:
+    """Array bytes held in a client's ``context.state``."""
+    return sum(len(a.data) for record in state.array_records.values() for a in record.values())
+
+
+class SampledGrid(LoopbackGrid):
+    """The loopback grid, sampling memory and bookkeeping sizes when a round's training starts."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.samples: list[dict] = []
+        self.strategy = None
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if messages and messages[0].metadata.message_type == MessageType.TRAIN:
+            s = self.strategy
+            self.samples.append({
+                "round": int(messages[0].content["config"]["server-round"]),
+                "rss_mb": proc_status_mb("VmRSS"), "hwm_mb": proc_status_mb("VmHWM"),
+                "meter_records": len(s.meter.records), "client_timings": len(s.client_timings),
+                "history": len(getattr(s, "history", ())), "client_version": len(getattr(s, "client_version", {})),
+                "client_state_kb": sum(record_dict_bytes(c.state) for c in self.contexts.values()) / 1024,
+            })
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def fit(rounds: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of values over rounds."""
+    return float(np.polyfit(rounds, values, 1)[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--preset", default="fsfl-bidir")
+    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--failure", type=float, default=0.1, help="faults.client_failure_rate")
+    parser.add_argument("--corrupt", type=float, default=0.05, help="faults.corrupt_payload_rate")
+    parser.add_argument("--slow", type=float, default=0.03, help="faults.slow_client_rate")
+    parser.add_argument("--slow-seconds", type=float, default=1.5)
+    parser.add_argument("--timeout", type=float, default=1.0, help="server.round_timeout")
+    parser.add_argument("--steady-from", type=int, default=50, help="first round of the flatness fit")
+    parser.add_argument("--out", type=Path, default=RESULTS / "soak.md")
+    args = parser.parse_args(argv)
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # a WARNING per injected failure otherwise
+    torch.set_num_threads(1)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    settings = {**PRESETS[args.preset][1], "num_clients": args.clients, "rounds": args.rounds,
+                "fraction": args.fraction, "faults.client_failure_rate": args.failure,
+                "faults.corrupt_payload_rate": args.corrupt, "faults.slow_client_rate": args.slow,
+                "faults.slow_seconds": args.slow_seconds, "server.round_timeout": args.timeout,
+                "output.preset": args.preset}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "?"
+    with tempfile.TemporaryDirectory() as tmp:
+        config = resolve({**settings, "output.dir": tmp})
+        grid = SampledGrid(client_app, {9000 + 7 * i: i for i in range(args.clients)}, config)
+
+        def builder(cfg, model):
+            grid.strategy = build_strategy(cfg, model)
+            return grid.strategy
+
+        started = time.perf_counter()
+        serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config), builder)
+        seconds = time.perf_counter() - started
+        rows = read_rounds(tmp)
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+    samples = grid.samples
+    final = {"round": args.rounds + 1, "rss_mb": proc_status_mb("VmRSS"), "hwm_mb": proc_status_mb("VmHWM"),
+             "meter_records": len(grid.strategy.meter.records)}
+
+    # no round lost: a row per round, each with its failures counted
+    assert [r["round"] for r in rows] == list(range(1, args.rounds + 1)), "a round is missing"
+    plan = FaultPlan.from_config(config)
+    injected_fail = injected_corrupt = injected_slow = 0
+    for row in rows:
+        for client in row["clients"]:
+            draw = plan.draw(row["round"], client["partition_id"])
+            injected_fail += draw["fail"]
+            injected_corrupt += draw["corrupt"] and not draw["fail"]
+            injected_slow += draw["slow"] and not draw["fail"]
+    failed = sum(r["clients_failed"] for r in rows)
+    timed_out = sum(r["clients_timed_out"] for r in rows)
+    sampled = sum(r["clients_sampled"] for r in rows)
+
+    rounds = np.array([s["round"] for s in samples])
+    rss = np.array([s["rss_mb"] for s in samples])
+    steady = rounds >= args.steady_from
+    quarter = max(1, steady.sum() // 4)
+    first_q, last_q = float(np.median(rss[steady][:quarter])), float(np.median(rss[steady][-quarter:]))
+    slope = fit(rounds[steady], rss[steady])
+    records = np.array([s["meter_records"] for s in samples])
+    records_per_round = fit(rounds[steady], records[steady])
+    record_bytes = meter_record_bytes(grid.strategy.meter.records)
+    row_bytes = float(np.mean([len(json.dumps(r)) for r in rows]))
+
+    plot(samples, args.out.with_suffix(".png"), args)
+    lines = [
+        "# Soak: memory and lost rounds over a long run with failures",
+        "",
+        f"Produced by `benchmarks/soak.py {' '.join(argv if argv is not None else sys.argv[1:])}` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit `{commit}`, {platform.processor() or 'cpu'}, "
+        f"python {platform.python_version()}, torch {torch.__version__}, one torch thread.",
+        "",
+        f"The real ServerApp loop and ClientApp, {args.clients} clients, preset `{args.preset}`, "
+        f"fraction {args.fraction}, {args.rounds} rounds, over the in-process LoopbackGrid (no Ray: "
+        "every message is serialised and inflated as over a SuperLink; one process holds the server "
+        "and all clients, so its memory is the whole run's). Injected per client and round: failure "
+        f"{args.failure}, corrupted payload {args.corrupt}, slow {args.slow} ({args.slow_seconds} s against "
+        f"`server.round_timeout` = {args.timeout} s). Memory is read from /proc/self/status when each "
+        f"round's training starts. Run time {seconds:.0f} s.",
+        "",
+        "## No round lost",
+        "",
+        "| rounds in rounds.jsonl | clients sampled | usable | failed | of which timed out | injected failures "
+        "| injected corruptions | injected slow | final accuracy |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {len(rows)} of {args.rounds} | {sampled} | {sampled - failed} | {failed} | {timed_out} | "
+        f"{injected_fail} | {injected_corrupt} | {injected_slow} | {summary['final_accuracy']:.4f} |",
+        "",
+        "Every sampled client that failed, sent a corrupted payload or timed out is counted in its "
+        "round's `clients_failed`; the injected counts are the fault plan's draws for the same "
+        "clients and rounds (a failing client's other faults do not happen).",
+        "",
+        "## Memory",
+        "",
+        "| | MiB |",
+        "|---|---|",
+        f"| RSS at round 1 | {rss[0]:.1f} |",
+        f"| RSS at round {args.steady_from} | {rss[rounds == args.steady_from][0]:.1f} |",
+        f"| RSS at round {rounds[-1]} | {rss[-1]:.1f} |",
+        f"| RSS after the run | {final['rss_mb']:.1f} |",
+        f"| peak RSS (VmHWM) | {final['hwm_mb']:.1f} |",
+        f"| median RSS, first quarter of rounds {args.steady_from}..{rounds[-1]} | {first_q:.1f} |",
+        f"| median RSS, last quarter | {last_q:.1f} |",
+        f"| RSS slope over rounds {args.steady_from}..{rounds[-1]} | {1024 * slope:+.1f} KiB/round |",
+        "",
+        "What grows with the round number, and by how much:",
+        "",
+        f"- the meter's records, one per message (the run's data, kept for rounds.jsonl, summary.json "
+        f"and checkpoints): {records_per_round:.1f} records per round, about {record_bytes:.0f} bytes each "
+        f"in memory, so {records_per_round * record_bytes / 1024:.1f} KiB per round;",
+        f"- the recorder's rows (one per round, the rows of rounds.jsonl): about {row_bytes:.0f} bytes "
+        "each as JSON;",
+        "- Flower's `Strategy.start` keeps each round's aggregated metrics in its `Result` (a few "
+        "numbers per round).",
+        "",
+        "Bounded: the strategy's client timings (the latest round only: "
+        f"{samples[-1]['client_timings']} entry), its replay history ({samples[-1]['history']} payloads, "
+        f"`sync.history` = {config['sync.history']}), its per-client versions "
+        f"({samples[-1]['client_version']} entries, one per client), and the clients' state "
+        f"({samples[1]['client_state_kb']:.0f} KiB at round 2, {samples[-1]['client_state_kb']:.0f} KiB "
+        f"at round {rounds[-1]}, all clients together).",
+        "",
+        "| round | RSS MiB | peak MiB | meter records | client state KiB |",
+        "|---|---|---|---|---|",
+        *[f"| {s['round']} | {s['rss_mb']:.1f} | {s['hwm_mb']:.1f} | {s['meter_records']} | "
+          f"{s['client_state_kb']:.0f} |" for s in samples if s["round"] in (1, 2) or s["round"] % 25 == 0],
+        "",
+        f"![RSS per round]({args.out.with_suffix('.png').name})",
+        "",
+    ]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+def meter_record_bytes(records: list) -> float:
+    """Mean in-memory size of a meter record: the dataclass, its field dict and its values."""
+    sample = records[-100:]
+    return float(np.mean([sys.getsizeof(r) + sys.getsizeof(vars(r)) + sum(sys.getsizeof(v) for v in vars(r).values())
+                          for r in sample]))
+
+
+def plot(samples: list[dict], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [s["round"] for s in samples]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(rounds, [s["rss_mb"] for s in samples], label="RSS")
+    ax.plot(rounds, [s["hwm_mb"] for s in samples], label="peak RSS (VmHWM)", linestyle="--")
+    ax.axvline(args.steady_from, color="grey", linewidth=0.8)
+    ax.set_xlabel("round")
+    ax.set_ylabel("MiB")
+    ax.set_title(f"soak: {args.preset}, {args.clients} clients, fraction {args.fraction}, faults injected")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
