@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "Every sampled client that failed, sent a corrupted payload or timed out is counted in its "
         "round's `clients_failed`; the injected counts are the fault plan's draws for the same "
-        "clients and rounds (a failing client's other faults do not happen).",
+        "clients and rounds (a failing client's other faults do not happen). Failed "
+        f"{'equals' if failed == injected_fail + injected_corrupt + injected_slow else 'differs from'} the sum of "
+        f"the injected faults ({injected_fail + injected_corrupt + injected_slow}), and timed out "
+        f"{'equals' if timed_out == injected_slow else 'differs from'} the injected slow clients.",
         "",
         "## Memory",
         "",
@@ -206,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         "each as JSON;",
         "- Flower's `Strategy.start` keeps each round's aggregated metrics in its `Result` (a few "
         "numbers per round).",
+        "",
+        f"The meter's records and the rows account for about "
+        f"{records_per_round * record_bytes / 1024 + row_bytes / 1024:.1f} KiB per round; the measured RSS "
+        f"slope is {1024 * slope:+.1f} KiB/round, {1024 * slope * (rounds[-1] - args.steady_from) / 1024:.1f} MiB "
+        f"over rounds {args.steady_from}..{rounds[-1]} (RSS also moves with the allocator's pools).",
         "",
         "Bounded: the strategy's client timings (the latest round only: "
         f"{samples[-1]['client_timings']} entry), its replay history ({samples[-1]['history']} payloads, "
