@@ -21,6 +21,7 @@ is within a few MB of the first quarter's.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import platform
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -63,12 +65,16 @@ def record_dict_bytes(state: RecordDict) -> int:
 
 
 class SampledGrid(LoopbackGrid):
-    """The loopback grid, sampling memory and bookkeeping sizes when a round's training starts."""
+    """The loopback grid, sampling memory and bookkeeping sizes when a round's training starts
+    (and, when tracing, tracemalloc snapshots at round ``trace_from`` and at the last round)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, trace_from: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.samples: list[dict] = []
         self.strategy = None
+        self.trace_from = trace_from
+        self.last_round = int(args[2]["rounds"])
+        self.snapshots: list[tracemalloc.Snapshot] = []
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
@@ -81,7 +87,51 @@ class SampledGrid(LoopbackGrid):
                 "history": len(getattr(s, "history", ())), "client_version": len(getattr(s, "client_version", {})),
                 "client_state_kb": sum(record_dict_bytes(c.state) for c in self.contexts.values()) / 1024,
             })
+            if tracemalloc.is_tracing() and self.samples[-1]["round"] in (self.trace_from, self.last_round):
+                gc.collect()  # count what is held, not garbage awaiting the cycle collector
+                self.snapshots.append(tracemalloc.take_snapshot().filter_traces(
+                    [tracemalloc.Filter(False, tracemalloc.__file__)]))  # nor the first snapshot itself
         return super().send_and_receive(messages, timeout=timeout)
+
+
+def soak(settings: dict, trace_from: int = 0) -> tuple[dict, SampledGrid, list[dict], dict, float]:
+    """Run ``settings`` in process; return the config, the grid (samples, strategy), rows, summary, seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = resolve({**settings, "output.dir": tmp})
+        grid = SampledGrid(client_app, {9000 + 7 * i: i for i in range(int(config["num_clients"]))}, config,
+                           trace_from=trace_from)
+
+        def builder(cfg, model):
+            grid.strategy = build_strategy(cfg, model)
+            return grid.strategy
+
+        started = time.perf_counter()
+        serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config), builder)
+        seconds = time.perf_counter() - started
+        return config, grid, read_rounds(tmp), json.loads((Path(tmp) / "summary.json").read_text()), seconds
+
+
+def traced_growth(settings: dict, rounds: int, start: int, top: int = 8) -> list[str]:
+    """The allocation sites whose live memory grew most from round ``start`` to the last round of a
+    ``rounds``-round run under tracemalloc (a separate run: tracing inflates RSS itself)."""
+    tracemalloc.start(1)
+    try:
+        _, grid, _, _, _ = soak({**settings, "rounds": rounds}, trace_from=start)
+    finally:
+        tracemalloc.stop()
+    stats = grid.snapshots[1].compare_to(grid.snapshots[0], "lineno")
+    per_round = rounds - start
+    lines = ["| allocation site | growth KiB | KiB per round | blocks |", "|---|---|---|---|"]
+    for stat in sorted(stats, key=lambda s: -s.size_diff)[:top]:
+        frame = stat.traceback[0]
+        path = Path(frame.filename)
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{frame.lineno}"
+        lines.append(f"| `{where}` | {stat.size_diff / 1024:+.1f} | {stat.size_diff / 1024 / per_round:+.2f} | "
+                     f"{stat.count_diff:+d} |")
+    total = sum(s.size_diff for s in stats)
+    lines.append(f"| all sites | {total / 1024:+.1f} | {total / 1024 / per_round:+.2f} | "
+                 f"{sum(s.count_diff for s in stats):+d} |")
+    return lines
 
 
 def fit(rounds: np.ndarray, values: np.ndarray) -> float:
@@ -101,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-seconds", type=float, default=1.5)
     parser.add_argument("--timeout", type=float, default=1.0, help="server.round_timeout")
     parser.add_argument("--steady-from", type=int, default=50, help="first round of the flatness fit")
+    parser.add_argument("--trace-rounds", type=int, default=100,
+                        help="rounds of the second, traced run that names what grows (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.md")
     args = parser.parse_args(argv)
 
@@ -114,19 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "output.preset": args.preset}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or "?"
-    with tempfile.TemporaryDirectory() as tmp:
-        config = resolve({**settings, "output.dir": tmp})
-        grid = SampledGrid(client_app, {9000 + 7 * i: i for i in range(args.clients)}, config)
-
-        def builder(cfg, model):
-            grid.strategy = build_strategy(cfg, model)
-            return grid.strategy
-
-        started = time.perf_counter()
-        serve(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config), builder)
-        seconds = time.perf_counter() - started
-        rows = read_rounds(tmp)
-        summary = json.loads((Path(tmp) / "summary.json").read_text())
+    config, grid, rows, summary, seconds = soak(settings)
     samples = grid.samples
     final = {"round": args.rounds + 1, "rss_mb": proc_status_mb("VmRSS"), "hwm_mb": proc_status_mb("VmHWM"),
              "meter_records": len(grid.strategy.meter.records)}
@@ -230,6 +270,19 @@ def main(argv: list[str] | None = None) -> int:
         f"![RSS per round]({args.out.with_suffix('.png').name})",
         "",
     ]
+    if args.trace_rounds:
+        start = min(args.steady_from, args.trace_rounds // 2)
+        lines += [
+            "## What grows, by allocation site",
+            "",
+            f"A second run of the same settings, {args.trace_rounds} rounds under tracemalloc: the live Python "
+            f"allocations that grew most from round {start} to round {args.trace_rounds} (tracemalloc sees "
+            "Python's allocations, "
+            "numpy's and torch's buffers that go through it; not the allocator's pools).",
+            "",
+            *traced_growth(settings, args.trace_rounds, start),
+            "",
+        ]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
