@@ -131,6 +131,8 @@ def traced_growth(settings: dict, rounds: int, start: int, top: int = 8) -> list
     total = sum(s.size_diff for s in stats)
     lines.append(f"| all sites | {total / 1024:+.1f} | {total / 1024 / per_round:+.2f} | "
                  f"{sum(s.count_diff for s in stats):+d} |")
+    lines += ["", f"At {total / 1024 / per_round:.1f} KiB per round, a 10,000-round run would hold about "
+              f"{total / per_round * 10_000 / MB:.0f} MiB more at its end than at its start."]
     return lines
 
 
@@ -193,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     slope = fit(rounds[steady], rss[steady])
     records = np.array([s["meter_records"] for s in samples])
     records_per_round = fit(rounds[steady], records[steady])
-    record_bytes = meter_record_bytes(grid.strategy.meter.records)
     row_bytes = float(np.mean([len(json.dumps(r)) for r in rows]))
 
     plot(samples, args.out.with_suffix(".png"), args)
@@ -240,20 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         f"| median RSS, last quarter | {last_q:.1f} |",
         f"| RSS slope over rounds {args.steady_from}..{rounds[-1]} | {1024 * slope:+.1f} KiB/round |",
         "",
-        "What grows with the round number, and by how much:",
+        "What grows with the round number is the run's own record (the traced run below gives the bytes):",
         "",
-        f"- the meter's records, one per message (the run's data, kept for rounds.jsonl, summary.json "
-        f"and checkpoints): {records_per_round:.1f} records per round, about {record_bytes:.0f} bytes each "
-        f"in memory, so {records_per_round * record_bytes / 1024:.1f} KiB per round;",
-        f"- the recorder's rows (one per round, the rows of rounds.jsonl): about {row_bytes:.0f} bytes "
-        "each as JSON;",
-        "- Flower's `Strategy.start` keeps each round's aggregated metrics in its `Result` (a few "
-        "numbers per round).",
+        f"- the meter's records, one per message, {records_per_round:.1f} per round (`fedcomp/meter.py`, "
+        "`strategies/metering.py`): they are the run's data, summed for every row and summary.json;",
+        f"- the recorder's rows, one per round, about {row_bytes:.0f} bytes each as JSON (`fedcomp/results.py`, "
+        "and the client timings in them, `strategies/fedavg.py`): it keeps them for summary.json and the plot;",
+        "- Flower's `Strategy.start` keeps each round's aggregated metrics in its `Result` (`metricrecord.py`).",
         "",
-        f"The meter's records and the rows account for about "
-        f"{records_per_round * record_bytes / 1024 + row_bytes / 1024:.1f} KiB per round; the measured RSS "
-        f"slope is {1024 * slope:+.1f} KiB/round, {1024 * slope * (rounds[-1] - args.steady_from) / 1024:.1f} MiB "
-        f"over rounds {args.steady_from}..{rounds[-1]} (RSS also moves with the allocator's pools).",
+        f"The measured RSS slope, {1024 * slope:+.1f} KiB/round, is "
+        f"{1024 * slope * (rounds[-1] - args.steady_from) / 1024:+.1f} MiB over rounds "
+        f"{args.steady_from}..{rounds[-1]}; RSS also moves with the allocator's pools.",
         "",
         "Bounded: the strategy's client timings (the latest round only: "
         f"{samples[-1]['client_timings']} entry), its replay history ({samples[-1]['history']} payloads, "
@@ -286,13 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
-
-
-def meter_record_bytes(records: list) -> float:
-    """Mean in-memory size of a meter record: the dataclass, its field dict and its values."""
-    sample = records[-100:]
-    return float(np.mean([sys.getsizeof(r) + sys.getsizeof(vars(r)) + sum(sys.getsizeof(v) for v in vars(r).values())
-                          for r in sample]))
 
 
 def plot(samples: list[dict], path: Path, args) -> None:

@@ -125,7 +125,8 @@ SETTINGS: dict[str, Setting] = {
     # output
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
-    "output.dump_updates": Setting(False, "write every client update to updates.npz in the run folder"),
+    "output.dump_updates": Setting(False, "write every client update to updates/r<round>.npz in the run folder, "
+                                          "one file per round as the run goes"),
     # flwr run: a preset applied beneath the run config's other (non-default) keys
     "preset": Setting("", "preset applied by the apps under `flwr run` (fedcomp run expands it itself)",
                       choices=lambda: ["", *_preset_names()]),
