@@ -161,6 +161,7 @@ class FedAvg(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replied: list[int] = []
         decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
+        self.received(decoded)
         timed_out = self._log_missing(server_round, replied)
         self.client_timings = {server_round: {
             **_timing_summary(decoded), "clients_sampled": len(self._sent_to),
@@ -211,6 +212,9 @@ class FedAvg(Strategy):
         update = bound_update({k: local[k] - self._global[k] for k in local}, self.max_update_norm,
                               self.norm_action)
         return {k: self._global[k] + update[k] for k in update}
+
+    def received(self, results: list[ClientResult]) -> None:
+        """Sees a round's usable training replies, whether or not there are enough to aggregate (here: nothing)."""
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """The next global model from the usable replies: the example-weighted mean.
