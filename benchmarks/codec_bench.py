@@ -1,9 +1,10 @@
 """Entropy-codec benchmark: size and speed of every codec on the same symbols, side by side.
 
 Symbols come from quantizing (i) synthetic sparse Laplacian tensors and (ii) a corpus of
-real client updates (``--updates PATH.npz``, keys ``r{round:03d}/c{client}/{param}``, one
-payload per (round, client)) with named compression schemes, each update on its own
-(no error feedback). Per codec it reports:
+real client updates (``--updates PATH``: a run's ``updates/`` folder written by
+``output.dump_updates``, one ``r{round:04d}.npz`` per round with keys ``c{client}/{param}``,
+or one ``.npz`` with keys ``r{round}/c{client}/{param}``; one payload per (round, client))
+with named compression schemes, each update on its own (no error feedback). Per codec it reports:
 
 - ``bits/param``: coded body bits per parameter (the wire header is reported apart);
 - ``x H0``: body size over the zeroth-order entropy of the symbols, per tensor, summed
@@ -16,7 +17,7 @@ zstd (level 19) and lzma (preset 6) on the symbols as int16 (int32 where they do
 are given for reference. Every codec runs on every payload ``--repeats`` times,
 interleaved, and the median is kept.
 
-    .venv/bin/python benchmarks/codec_bench.py --updates runs/<run>/updates.npz
+    .venv/bin/python benchmarks/codec_bench.py --updates runs/<run>/updates
 """
 
 from __future__ import annotations
@@ -144,14 +145,18 @@ def synthetic_sets(seed: int) -> dict[str, list[dict[str, np.ndarray]]]:
 
 
 def load_updates(path: Path) -> list[dict[str, np.ndarray]]:
-    """One update dict per (round, client), in key order."""
+    """One update dict per (round, client), in (round, client) order, from a run's ``updates/``
+    folder (the file name gives the round) or from one ``.npz`` of ``r<round>/c<client>/<param>`` keys."""
     groups: dict[tuple[int, str], dict[str, np.ndarray]] = defaultdict(dict)
-    with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            match = re.fullmatch(r"r(\d+)/c([^/]+)/(.+)", key)
-            if match is None:
-                raise SystemExit(f"{path}: key {key!r} is not r<round>/c<client>/<param>")
-            groups[(int(match[1]), match[2])][match[3]] = data[key].astype(np.float32)
+    files = sorted(path.glob("r*.npz")) if path.is_dir() else [path]
+    for file in files:
+        prefix = f"{file.stem}/" if path.is_dir() else ""
+        with np.load(file, allow_pickle=False) as data:
+            for key in data.files:
+                match = re.fullmatch(r"r(\d+)/c([^/]+)/(.+)", prefix + key)
+                if match is None:
+                    raise SystemExit(f"{file}: key {key!r} is not r<round>/c<client>/<param>")
+                groups[(int(match[1]), match[2])][match[3]] = data[key].astype(np.float32)
     return [groups[k] for k in sorted(groups)]
 
 
@@ -247,7 +252,8 @@ def environment() -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=Path, help="npz of real client updates (r<round>/c<client>/<param>)")
+    parser.add_argument("--updates", type=Path, help="real client updates: a run's updates/ folder, or one npz "
+                        "(r<round>/c<client>/<param>)")
     parser.add_argument("--updates-note", default="", help="where the updates come from (written to the results)")
     parser.add_argument("--schemes", nargs="+", default=REAL_SCHEMES, help="schemes that quantize the updates")
     parser.add_argument("--repeats", type=int, default=5)
@@ -258,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     coder_list = coders()
     datasets = {f"synthetic Laplacian, {name}": ups for name, ups in synthetic_sets(args.seed).items()}
     if args.updates is None or not args.updates.exists():
-        print(f"no update corpus ({args.updates or 'give --updates PATH.npz'}): synthetic set only", file=sys.stderr)
+        print(f"no update corpus ({args.updates or 'give --updates PATH'}): synthetic set only", file=sys.stderr)
     else:
         datasets[f"real updates ({args.updates.name})"] = load_updates(args.updates)
 

@@ -13,6 +13,7 @@ what the receiver will decode) with the sender's new state.
 from __future__ import annotations
 
 import dataclasses
+import io
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -88,13 +89,31 @@ class DenseChannel:
         out: dict[str, np.ndarray] = {}
         for name, shape in expected.items():
             array = record[name]
-            if tuple(array.shape) != shape or array.dtype != "float32":
+            if tuple(array.shape) != shape or array.dtype != "float32" or not isinstance(array.data, bytes):
                 raise PayloadError(f"tensor '{name}' is {array.dtype}{tuple(array.shape)}, expected float32{shape}")
-            try:
-                out[name] = array.numpy()
-            except (ValueError, TypeError) as err:
-                raise PayloadError(f"tensor '{name}' cannot be read: {err}") from None
+            out[name] = _npy_float32(array.data, shape, name)
         return out
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _npy_float32(data: bytes, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The float32 tensor of a ``.npy`` blob, its header checked against ``shape`` before anything
+    is allocated (``np.load`` would allocate whatever size the header declares)."""
+    stream = io.BytesIO(data)
+    try:
+        header = _NPY_HEADERS.get(np.lib.format.read_magic(stream))
+        if header is None:
+            raise ValueError("unsupported .npy version")
+        declared, fortran, dtype = header(stream)
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises assorted types on junk (tokenize.TokenError)
+        raise PayloadError(f"tensor '{name}' has no valid .npy header ({type(err).__name__})") from None
+    size = 4 * int(np.prod(shape, dtype=np.int64))
+    if tuple(declared) != shape or fortran or dtype != np.dtype("<f4") or len(data) - stream.tell() != size:
+        raise PayloadError(f"tensor '{name}' holds {dtype}{tuple(declared)} in {len(data) - stream.tell()} bytes, "
+                           f"expected float32{shape}")
+    return np.frombuffer(data, dtype="<f4", count=size // 4, offset=stream.tell()).reshape(shape).copy()
 
 
 def payload_record(payloads: Sequence[bytes]) -> ArrayRecord:
@@ -113,8 +132,10 @@ def record_payloads(record: ArrayRecord, max_bytes: int) -> list[bytes]:
     out = []
     for key in keys:
         array = record[key]
-        if array.stype != PAYLOAD_STYPE or array.dtype != "uint8" or not isinstance(array.data, bytes):
-            raise PayloadError(f"record entry {key!r} is not a fedcomp payload ({array.stype}, {array.dtype})")
+        if array.stype != PAYLOAD_STYPE or array.dtype != "uint8" or not isinstance(array.data, bytes) \
+                or tuple(array.shape) != (len(array.data),):
+            raise PayloadError(f"record entry {key!r} is not a fedcomp payload ({array.stype}, {array.dtype}"
+                               f"{tuple(array.shape)[:3]})")
         if len(array.data) > max_bytes:
             raise PayloadError(f"payload {key!r} has {len(array.data)} bytes, more than the model allows "
                                f"({max_bytes})")

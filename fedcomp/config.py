@@ -125,7 +125,8 @@ SETTINGS: dict[str, Setting] = {
     # output
     "output.dir": Setting("", "run folder; empty means runs/<timestamp>-<preset>"),
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
-    "output.dump_updates": Setting(False, "write every client update to updates.npz in the run folder"),
+    "output.dump_updates": Setting(False, "write every client update to updates/r<round>.npz in the run folder, "
+                                          "one file per round as the run goes"),
     # flwr run: a preset applied beneath the run config's other (non-default) keys
     "preset": Setting("", "preset applied by the apps under `flwr run` (fedcomp run expands it itself)",
                       choices=lambda: ["", *_preset_names()]),
@@ -157,6 +158,13 @@ SETTINGS: dict[str, Setting] = {
     "server.max_update_norm": Setting(0.0, "L2 bound on a client's update (0: none)", check=_non_negative,
                                       requirement=">= 0"),
     "server.norm_action": Setting("clip", "what to do with an update above the bound", choices=("clip", "refuse")),
+    # reliability: client timeouts and the minimum-results rule (issue 11)
+    "server.round_timeout": Setting(3600.0, "seconds the server waits for a round's replies; a client that has "
+                                    "not replied by then counts as failed (timed out)",
+                                    check=_positive, requirement="> 0"),
+    "server.min_results": Setting(1, "fewest usable training replies a round needs to update the global model "
+                                  "(below it the model is unchanged and the run goes on)",
+                                  check=_positive, requirement="> 0"),
     # quantization-aware local training (issue 8, fedcomp.qat): clients train with per-step quantization
     "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
                           choices=("none", "ecq", "ecqx", "ec2t")),

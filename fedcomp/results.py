@@ -24,6 +24,11 @@ def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{preset}"
 
 
+def run_folder(config: Mapping[str, Any]) -> Path:
+    """The run's folder: ``output.dir``, or a fresh default one for its preset."""
+    return Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
+
+
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's rounds.jsonl (a last line still being written is left out)."""
     path = Path(run_dir) / "rounds.jsonl"

@@ -150,14 +150,17 @@ class DifferentialFedAvg(FedAvg):
             raise PayloadError(f"the update carries tensors this run does not send: {unexpected[:5]}")
         return bound_update(update, self.max_update_norm, self.norm_action)
 
-    def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
-        """``W_{t+1}`` from the clients' updates (see the module docstring)."""
+    def received(self, results: list[ClientResult]) -> None:
+        """A client whose reply says it holds ``W_t`` is in sync again, even in a round left below
+        ``server.min_results`` (``W_t`` is then still the current model)."""
         for r in results:
             if r.metrics.get(VERSION) == self.version:
                 self.client_version[r.partition] = self.version
+
+    def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
+        """``W_{t+1}`` from the clients' updates (see the module docstring)."""
         if self.on_client_update is not None:
-            for r in results:
-                self.on_client_update(server_round, r.partition, r.tensors)
+            self.on_client_update(server_round, {r.partition: r.tensors for r in results})
         mean = weighted_mean([r.tensors for r in results], [float(r.examples) for r in results])
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:

@@ -40,7 +40,7 @@ from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
 
-UpdateSink = Callable[[int, int, dict[str, np.ndarray]], None]
+UpdateSink = Callable[[int, dict[int, dict[str, np.ndarray]]], None]
 
 
 class ClientResult(NamedTuple):
@@ -70,10 +70,14 @@ class FedAvg(Strategy):
     meter : TransferMeter, optional
         Where every message's sizes are recorded.
     on_client_update : callable, optional
-        Called with ``(round, partition, local - global)`` for every usable training reply.
+        Called once per aggregated round with ``(round, {partition: local - global})`` over
+        its usable training replies.
     max_update_norm, norm_action : float, str
         An L2 bound on each client's update (0: none) and what to do above it (``clip`` or
         ``refuse``, which drops the reply).
+    min_results : int
+        The fewest usable training replies a round needs; below it the global model stays
+        as it was (the round is logged as such and the run goes on).
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class FedAvg(Strategy):
         on_client_update: UpdateSink | None = None,
         max_update_norm: float = 0.0,
         norm_action: str = "clip",
+        min_results: int = 1,
     ) -> None:
         self.manifest = manifest
         self.fraction_train = fraction_train
@@ -103,8 +108,10 @@ class FedAvg(Strategy):
         self.max_update_norm, self.norm_action = max_update_norm, norm_action
         self.partition_of: dict[int, int] = {}
         self.resumed_from = 0  # the checkpointed round this strategy continued from (0: a fresh run)
-        self.client_timings: dict[int, dict[str, float]] = {}
+        self.client_timings: dict[int, dict[str, float]] = {}  # the latest round's only
         self._global: dict[str, np.ndarray] = {}
+        self.min_results = min_results
+        self._sent_to: list[int] = []  # the nodes asked in the current phase (train or evaluate)
 
     # ---- what serve() reads (strategies.server_app.Observed) ------------------------
 
@@ -128,7 +135,8 @@ class FedAvg(Strategy):
         return record_tensors(arrays)
 
     def round_timings(self, server_round: int) -> dict[str, float]:
-        """Mean and max of the clients' reported timings in ``server_round`` (empty if none)."""
+        """Mean and max of the clients' reported timings in ``server_round``, and how many
+        sampled clients replied usably, failed and timed out (empty for an older round)."""
         return dict(self.client_timings.get(server_round, {}))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -168,15 +176,23 @@ class FedAvg(Strategy):
         nodes = self.sample(grid, server_round, self.fraction_train, self.min_train_nodes)
         self._global = record_tensors(arrays)
         config[SERVER_ROUND] = server_round
+        self._sent_to = nodes
         return self.train_messages(server_round, nodes, config)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        decoded = self._receive(server_round, replies, "train", decode=True)
-        if not decoded:
-            log(WARNING, "round %d: no usable training replies; the global model is unchanged", server_round)
+        replied: list[int] = []
+        decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
+        self.received(decoded)
+        timed_out = self._log_missing(server_round, replied)
+        self.client_timings = {server_round: {
+            **_timing_summary(decoded), "clients_sampled": len(self._sent_to),
+            "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
+            "clients_timed_out": timed_out}}
+        if len(decoded) < self.min_results:
+            log(WARNING, "round %d: %d usable training replies, fewer than server.min_results = %d; "
+                "the global model is unchanged", server_round, len(decoded), self.min_results)
             return None, None
-        self.client_timings[server_round] = _timing_summary(decoded)
         new_global = self.aggregate(server_round, decoded)
         return dense_record(new_global), _weighted_metrics(decoded)
 
@@ -219,6 +235,9 @@ class FedAvg(Strategy):
                               self.norm_action)
         return {k: self._global[k] + update[k] for k in update}
 
+    def received(self, results: list[ClientResult]) -> None:
+        """Sees a round's usable training replies, whether or not there are enough to aggregate (here: nothing)."""
+
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """The next global model from the usable replies: the example-weighted mean.
 
@@ -241,22 +260,25 @@ class FedAvg(Strategy):
             for name in self.manifest.names
         }
         if self.on_client_update is not None:
-            for r in results:
-                self.on_client_update(server_round, r.partition,
-                                      {k: r.tensors[k] - self._global[k] for k in r.tensors})
+            self.on_client_update(server_round, {r.partition: {k: r.tensors[k] - self._global[k] for k in r.tensors}
+                                                 for r in results})
         return averaged
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._sent_to = []
         if self.fraction_evaluate <= 0:
             return []
         nodes = self.sample(grid, server_round, self.fraction_evaluate, 1)
         config[SERVER_ROUND] = server_round
+        self._sent_to = nodes
         encoded, _ = DenseChannel().encode(record_tensors(arrays))
         return self._broadcast(server_round, encoded, config, nodes, MessageType.EVALUATE, "evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        received = self._receive(server_round, replies, "evaluate", decode=False)
+        replied: list[int] = []
+        received = self._receive(server_round, _tally(replies, replied), "evaluate", decode=False)
+        self._log_missing(server_round, replied)
         return _weighted_metrics(received) if received else None
 
     # ---- sampling ------------------------------------------------------------------
@@ -319,6 +341,14 @@ class FedAvg(Strategy):
                               encoded.payload_bytes, serialized_size(msg, shared), encoded.dense_bytes)
         return messages
 
+    def _log_missing(self, server_round: int, replied: list[int]) -> int:
+        """Log each node asked this phase that sent no reply (the grid's timeout passed); return how many."""
+        missing = sorted(set(self._sent_to) - set(replied), key=self.client_of)
+        for node in missing:
+            log(WARNING, "round %d: node %d (partition %d) failed: timed out, no reply within "
+                "server.round_timeout", server_round, node, self.client_of(node))
+        return len(missing)
+
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
                  decode: bool) -> list[ClientResult]:
         """Meter each reply; return the usable ones in partition order.
@@ -334,7 +364,7 @@ class FedAvg(Strategy):
             reason = reply.error.reason if reply.has_error() else ""
             if not reply.has_error():
                 try:
-                    metrics = reply.content[METRICS]
+                    metrics = _reply_metrics(reply.content, decode)
                     examples = _example_count(metrics[NUM_EXAMPLES])
                     tensors = self.decode_reply(record) if decode else {}
                     bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
@@ -342,7 +372,7 @@ class FedAvg(Strategy):
                         raise ValueError(f"non-finite values (NaN or inf) in {bad[:3]}")
                     usable = ClientResult(self.client_of(node), examples, tensors, metrics)
                 except (KeyError, TypeError, ValueError, PayloadError) as err:
-                    reason = f"dropped its reply: {err}"
+                    reason = f"dropped its reply: {type(err).__name__}: {err}"
             self.meter.record(server_round, "up", self.client_of(node), kind, record_bytes(record),
                               serialized_size(reply), float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
@@ -352,6 +382,24 @@ class FedAvg(Strategy):
             received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
+
+
+def _tally(replies: Iterable[Message], seen: list[int]) -> Iterable[Message]:
+    """``replies`` as they come, noting each sender's node id in ``seen``."""
+    for reply in replies:
+        seen.append(reply.metadata.src_node_id)
+        yield reply
+
+
+def _reply_metrics(content: RecordDict, with_arrays: bool) -> MetricRecord:
+    """A reply's metrics, once it is known to hold exactly the records its kind carries (PayloadError if not)."""
+    expected = {ARRAYS, METRICS} if with_arrays else {METRICS}
+    if set(content.keys()) != expected:
+        raise PayloadError(f"the reply holds the records {sorted(content.keys())[:5]}, expected {sorted(expected)}")
+    if not isinstance(content[METRICS], MetricRecord) or (with_arrays and not isinstance(content[ARRAYS],
+                                                                                          ArrayRecord)):
+        raise PayloadError("the reply's records are of the wrong types (arrays: ArrayRecord, metrics: MetricRecord)")
+    return content[METRICS]
 
 
 def _example_count(value: object) -> int:

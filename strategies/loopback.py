@@ -3,10 +3,15 @@
 Every message (and every reply) is serialised to Flower's object bytes and inflated back,
 exactly as it would cross a SuperLink, and the bytes moved are counted independently of
 fedcomp's meter. No Ray, no network.
+
+Nodes run one after the other, but a ``timeout`` is applied to each node's own time, as
+if they ran in parallel: a reply that took longer is not returned (the node's state has
+still changed, as a real node's would) and is listed in ``timed_out``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,7 @@ class LoopbackGrid(Grid):
         self.bytes_up: dict[int, int] = {}
         self.drop_reply_of: set[int] = set()
         self.tamper: dict[int, callable] = {}
+        self.timed_out: list[int] = []  # the node of every reply dropped for its lateness
 
     def set_run(self, run) -> None:  # noqa: D401 - not needed in a loopback
         pass
@@ -69,10 +75,14 @@ class LoopbackGrid(Grid):
             node = message.metadata.dst_node_id
             received, size = wire_round_trip(message)
             self.bytes_down[node] = self.bytes_down.get(node, 0) + size
+            started = time.perf_counter()
             try:
                 reply = self.client_app(received, self.contexts[node])
             except Exception as err:  # noqa: BLE001 - Flower turns a ClientApp's exception into an error reply
                 reply = Message(Error(code=2, reason=f"{type(err)}:<'{err}'>"), reply_to=received)
+            if timeout is not None and time.perf_counter() - started > timeout:
+                self.timed_out.append(node)
+                continue
             if node in self.tamper:
                 reply = self.tamper[node](reply)
             reply, size = wire_round_trip(reply)

@@ -10,6 +10,7 @@ FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from logging import INFO, WARNING
@@ -31,7 +32,7 @@ from fedcomp.fantastic4.edge import EdgeEvaluator
 from fedcomp.saved_model import save_final_model
 from fedcomp.meter import TransferMeter
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
-from fedcomp.results import RunRecorder, default_run_dir
+from fedcomp.results import RunRecorder, run_folder
 from fedcomp.training import evaluate
 from fedcomp.updates import UpdateSettings
 from strategies.differential import DifferentialFedAvg
@@ -94,17 +95,25 @@ class Continued(Strategy):
 
 
 class UpdateDump:
-    """Collects client updates (local minus global) and saves them as one ``.npz``."""
+    """Streams client updates (local minus global) to ``folder/r{round:04d}.npz``, keys ``c{partition}/{param}``.
 
-    def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
+    Each round's file is written whole as the round is aggregated, atomically (a temporary
+    file, fsync, rename): nothing is held between rounds, and a resumed run simply rewrites
+    the rounds after its checkpoint.
+    """
 
-    def __call__(self, server_round: int, partition: int, update: dict[str, np.ndarray]) -> None:
-        for name, value in update.items():
-            self.arrays[f"r{server_round:03d}/c{partition}/{name}"] = value
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
 
-    def save(self, path: Path) -> None:
-        np.savez(path, **self.arrays)
+    def __call__(self, server_round: int, updates: dict[int, dict[str, np.ndarray]]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"r{server_round:04d}.npz"
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as f:
+            np.savez(f, **{f"c{p}/{name}": v for p, update in updates.items() for name, v in update.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
 
 
 def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
@@ -115,7 +124,7 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
     central evaluation to the end of the next.
     """
     config = from_run_config(context.run_config)
-    run_dir = Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
+    run_dir = run_folder(config)
     model = run_model(config)
     initial = state_arrays(model)
     strategy = build_strategy(config, model)
@@ -164,6 +173,7 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
         checkpoint.restore_rng(restored.rng)
         log(INFO, "resuming %s after round %d of %d", run_dir, done, int(config["rounds"]))
     runner.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]) - done,
+                 timeout=float(config["server.round_timeout"]),  # late replies count as failures
                  train_config=ConfigRecord(), evaluate_fn=evaluate_fn)
     recorder.finish()
     save_final_model(run_dir, model, config)  # issue 9: output.save_model
@@ -178,7 +188,8 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
                   fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
                   meter=TransferMeter(), on_client_update=on_client_update,
                   max_update_norm=float(config["server.max_update_norm"]),
-                  norm_action=str(config["server.norm_action"]))
+                  norm_action=str(config["server.norm_action"]),
+                  min_results=int(config["server.min_results"]))
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)
@@ -187,11 +198,14 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    dump = UpdateDump()
+    config = from_run_config(context.run_config)
+    dump = None
+    if config["output.dump_updates"]:  # streamed into the run folder, which is therefore fixed here
+        run_dir = run_folder(config)
+        context.run_config["output.dir"] = str(run_dir)
+        dump = UpdateDump(run_dir / "updates")
 
     def strategy(config: dict[str, Any], model: torch.nn.Module) -> FedAvg:
-        return build_strategy(config, model, dump if config["output.dump_updates"] else None)
+        return build_strategy(config, model, dump)
 
-    run_dir = serve(grid, context, strategy)
-    if dump.arrays:
-        dump.save(run_dir / "updates.npz")
+    serve(grid, context, strategy)

@@ -67,3 +67,37 @@ def test_an_update_above_the_norm_bound_is_clipped_or_refused(action):
         clipped = bound_update(update, 1.0, action)
         norm = np.sqrt(sum(np.sum(v.astype(np.float64) ** 2) for v in clipped.values()))
         assert norm == pytest.approx(1.0, rel=1e-6)
+
+
+def test_a_client_past_the_round_timeout_fails_once_and_min_results_holds_the_model(task_identity, tmp_path,
+                                                                                    caplog):
+    """Slow clients (faults.slow_client_rate) against a short server.round_timeout: each late reply is
+    logged once with its node and partition, counts as that round's failure and is not metered; a round
+    left with fewer than server.min_results usable replies keeps the global model."""
+    settings = {"num_clients": 4, "rounds": 3, "seed": 2, "up.scheme": "topk-uniform-ans", "up.fraction": 0.02,
+                "down.scheme": "topk-uniform-ans", "down.fraction": 0.03, "faults.slow_client_rate": 0.3,
+                "faults.slow_seconds": 2.0, "server.round_timeout": 1.0, "server.min_results": 3}
+    summary, rows, grid, log = run_in_process(settings, tmp_path, caplog)
+    plan = FaultPlan(slow_rate=0.3, slow_seconds=2.0, seed=2)
+    slow = {r: [p for p in range(4) if plan.draw(r, p)["slow"]] for r in (1, 2, 3)}
+    assert slow == {1: [0, 2], 2: [], 3: [1]}  # round 1 falls below min_results, round 3 does not
+    node = {p: 700 + 3 * p for p in range(4)}
+    assert grid.timed_out == [node[p] for r in (1, 2, 3) for p in slow[r]]
+    for r, partitions in slow.items():
+        for p in partitions:
+            assert log.count(f"round {r}: node {node[p]} (partition {p}) failed: timed out") == 1
+    assert log.count("failed: timed out") == 3
+    assert [(row["clients_usable"], row["clients_timed_out"], row["clients_failed"]) for row in rows] == \
+        [(2, 2, 2), (4, 0, 0), (3, 1, 1)]
+    assert log.count("fewer than server.min_results = 3; the global model is unchanged") == 1
+    assert "round 1: 2 usable training replies" in log
+    assert rows[0]["accuracy"] == summary["initial_accuracy"]  # the untrained model, still
+    assert rows[1]["loss"] < rows[0]["loss"] - 0.1  # round 2 did update it
+    # round 1's good replies still count as in sync: round 2 sends them nothing, the late ones the full model
+    down = {c["partition_id"]: c["bytes_down"] for c in rows[1]["clients"]}
+    assert down[1] == down[3] == 0 and down[0] == down[2] > 100_000  # the float32 model, 38k parameters
+    # metering counts only what arrived: the late replies are in neither the meter nor the loopback's bytes
+    assert [len(row["clients"]) for row in rows] == [4, 4, 4]
+    assert [sum(c["bytes_up"] > 0 for c in row["clients"]) for row in rows] == [2, 4, 3]
+    assert summary["message_bytes_up"] == sum(grid.bytes_up.values())
+    assert summary["message_bytes_down"] == sum(grid.bytes_down.values())

@@ -38,7 +38,8 @@ def finished_run(tmp_path_factory):
 @pytest.mark.slow
 def test_simulation_writes_exact_results(finished_run):
     run_dir, summary, rows = finished_run
-    for name in ("config.json", "rounds.jsonl", "summary.json", "accuracy_vs_bytes.png", "flower.log", "updates.npz"):
+    for name in ("config.json", "rounds.jsonl", "summary.json", "accuracy_vs_bytes.png", "flower.log",
+                 "updates/r0001.npz", "updates/r0002.npz"):
         assert (run_dir / name).is_file(), name
     assert [r["round"] for r in rows] == [1, 2]  # progress saw every round
     lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
@@ -62,9 +63,9 @@ def test_simulation_writes_exact_results(finished_run):
     assert summary["fedavg_bytes_total"] == 2 * 2 * 3 * manifest.dense_bytes
     assert summary["compression_ratio"] == pytest.approx(manifest.dense_bytes / per_message)
     assert summary["final_accuracy"] == lines[-1]["accuracy"] > 0.5
-    with np.load(run_dir / "updates.npz", allow_pickle=False) as updates:
-        assert len(updates.files) == 2 * 3 * len(manifest)
-        assert f"r002/c1/{manifest.names[0]}" in updates.files
+    with np.load(run_dir / "updates" / "r0002.npz", allow_pickle=False) as updates:
+        assert len(updates.files) == 3 * len(manifest)
+        assert f"c1/{manifest.names[0]}" in updates.files
 
 
 @pytest.mark.slow

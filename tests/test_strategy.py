@@ -1,5 +1,7 @@
 """FedAvg's hooks with real Flower messages and the real ClientApp, through a loopback grid (no Ray)."""
 
+import io
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -125,6 +127,18 @@ def test_malformed_dense_records_raise_payload_error():
     with pytest.raises(PayloadError, match="expected float32"):
         channel.decode(ArrayRecord({"w": Array(np.zeros((2, 3), np.float64))}), manifest)
 
+    def lying_npy(shape, data_bytes: int) -> ArrayRecord:
+        """The Array's own shape is right; the .npy header inside its bytes says otherwise."""
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        data = header.getvalue() + b"\0" * data_bytes
+        return ArrayRecord({"w": Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=data)})
+
+    for shape, size in [((10**11,), 24), ((3, 3), 36), ((6,), 24), ((2, 3), 10), ((2, 3), 28)]:
+        with pytest.raises(PayloadError, match="holds float32"):  # rejected before np.load would allocate
+            channel.decode(lying_npy(shape, size), manifest)
+    assert channel.decode(lying_npy((2, 3), 24), manifest)["w"].shape == (2, 3)
+
 
 def test_setup_query_learns_partitions(setup):
     config, model, manifest, grid, strategy = setup
@@ -171,8 +185,9 @@ def test_a_run_no_node_can_join_fails_with_the_nodes_reason(task_identity):
 
 
 @pytest.mark.parametrize("shape", ["no arrays", "nan count", "negative count", "fractional count", "nan tensor",
-                                   "no metrics", "array record of junk"])
-def test_malformed_replies_of_every_shape_are_dropped(setup, shape):
+                                   "no metrics", "array record of junk", "extra record", "extra array record",
+                                   "metrics of the wrong type", "arrays of the wrong type", "text count"])
+def test_malformed_replies_of_every_shape_are_dropped(setup, shape, caplog):
     config, model, manifest, grid, strategy = setup
     bad_node = 1_234
     sent = {}
@@ -188,6 +203,16 @@ def test_malformed_replies_of_every_shape_are_dropped(setup, shape):
             content = RecordDict({"arrays": arrays})
         elif shape == "array record of junk":
             content = RecordDict({"arrays": ArrayRecord({"x": Array(np.zeros(3, np.int8))}), "metrics": metrics})
+        elif shape == "extra record":
+            content = RecordDict({"arrays": arrays, "metrics": metrics, "config": ConfigRecord({"x": 1})})
+        elif shape == "extra array record":
+            content = RecordDict({"arrays": arrays, "metrics": metrics, "more": arrays})
+        elif shape == "metrics of the wrong type":
+            content = RecordDict({"arrays": arrays, "metrics": ConfigRecord(dict(metrics))})
+        elif shape == "arrays of the wrong type":
+            content = RecordDict({"arrays": ConfigRecord({"w": b"junk"}), "metrics": metrics})
+        elif shape == "text count":
+            content = RecordDict({"arrays": arrays, "metrics": ConfigRecord({**dict(metrics), "num-examples": "9"})})
         elif shape == "nan tensor":
             tensors = record_tensors(arrays)
             tensors[manifest.names[0]] = np.full(tensors[manifest.names[0]].shape, np.nan, np.float32)
@@ -200,7 +225,9 @@ def test_malformed_replies_of_every_shape_are_dropped(setup, shape):
     messages = list(strategy.configure_train(1, dense_record(state_arrays(model)), ConfigRecord(), grid))
     sent.update({m.metadata.dst_node_id: m for m in messages})
     grid.tamper[bad_node] = malformed
-    new_arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    with caplog.at_level("WARNING"):
+        new_arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert caplog.text.count("failed: dropped its reply") == caplog.text.count(f"node {bad_node} failed") == 1
     good = [p for n, p in NODES.items() if n != bad_node]
     assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
     assert all(np.all(np.isfinite(v)) for v in record_tensors(new_arrays).values())

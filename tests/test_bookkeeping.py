@@ -1,0 +1,35 @@
+"""The strategy's per-round bookkeeping stays bounded over many rounds (no Ray, no training after round 1)."""
+
+from flwr.app import ConfigRecord, Message
+
+from clients.client_app import app as client_app
+from fedcomp.config import resolve
+from fedcomp.experiment import run_model
+from fedcomp.params import state_arrays
+from strategies.loopback import LoopbackGrid
+from strategies.server_app import build_strategy
+
+
+def test_per_round_bookkeeping_does_not_grow_with_the_round_number(task_identity):
+    config = resolve({"num_clients": 3, "up.scheme": "topk-uniform-ans", "up.fraction": 0.02,
+                      "down.scheme": "topk-uniform-ans", "down.fraction": 0.03, "sync.history": 4})
+    model = run_model(config)
+    strategy = build_strategy(config, model)
+    grid = LoopbackGrid(client_app, {61: 0, 62: 1, 63: 2}, config)
+    arrays = strategy.initial_arrays(state_arrays(model))
+    replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    content = {r.metadata.src_node_id: r.content for r in replies}
+    arrays, _ = strategy.aggregate_train(1, replies)
+    records_per_round = len(strategy.meter.select(round=1))
+    for server_round in range(2, 41):  # the clients' first replies again: the server's side of 40 rounds
+        sent = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        arrays, _ = strategy.aggregate_train(server_round, [Message(content[m.metadata.dst_node_id], reply_to=m)
+                                                            for m in sent])
+        assert list(strategy.client_timings) == [server_round]  # the latest round only
+        assert strategy.round_timings(server_round - 1) == {}
+        assert strategy.round_timings(server_round)["clients_usable"] == 3
+        assert len(strategy.history) == min(server_round, 4)  # sync.history
+        assert set(strategy.client_version) == {0, 1, 2}
+        assert len(strategy.partition_of) == 3
+        # the meter is the run's data: one record per message, nothing more
+        assert len(strategy.meter.records) == len(strategy.meter.select(round=0)) + server_round * records_per_round
