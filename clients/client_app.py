@@ -30,7 +30,8 @@ from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
 from fedcomp.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
-from fedcomp.params import load_arrays, state_arrays
+from fedcomp.params import load_arrays, state_arrays, state_tensors
+from fedcomp.quant.arrays import as_tensor, to_numpy
 from fedcomp.qat import QATSettings, local_train, relevance_batch
 from fedcomp.relevance import weight_relevance
 from fedcomp.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
@@ -113,8 +114,8 @@ def train_step(msg: Message, context: Context) -> Message:
 
 
 def _stored(tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """Plain arrays as a record for ``context.state``."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in tensors.items()})
+    """Plain arrays as a record for ``context.state`` (a residual on a GPU comes to the host here)."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(to_numpy(v))) for k, v in tensors.items()})
 
 
 def _catch_up(msg: Message, context: Context, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
@@ -173,8 +174,8 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     train_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    local = state_arrays(model)
-    weight_update = {k: local[k] - global_tensors[k] for k in sent_weights}
+    local = state_tensors(model)  # on the training device: the update reaches the host only as symbols
+    weight_update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
     if joint:
         weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
     relevance = None

@@ -74,11 +74,16 @@ def exchanged_keys(model: torch.nn.Module) -> list[str]:
     return [k for k, v in model.state_dict().items() if v.is_floating_point()]
 
 
-def state_arrays(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """The model's exchanged tensors as float32 numpy arrays (copies), in state-dict order."""
+def state_tensors(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The model's exchanged tensors as float32 tensors (copies) on the model's device, in state-dict order."""
     state = model.state_dict()
     keys = exchanged_keys(model) if keys is None else list(keys)
-    return {k: state[k].detach().cpu().numpy().astype(np.float32, copy=True) for k in keys}
+    return {k: state[k].detach().to(torch.float32, copy=True) for k in keys}
+
+
+def state_arrays(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The model's exchanged tensors as float32 numpy arrays (copies), in state-dict order."""
+    return {k: v.cpu().numpy() for k, v in state_tensors(model, keys).items()}
 
 
 def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
