@@ -76,16 +76,16 @@ def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
 def exact_sum(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum (float64) whose bits do not depend on the order of the values or on the device.
 
-    The values are scaled by one power of two (from the largest magnitude), rounded to int64
-    and summed exactly; each term loses less than ``max|values| * 2**-(62 - bits(n))``, far
-    below float32 resolution.
+    The values are scaled by one power of two (exact: from the largest magnitude, so that
+    every term is below ``2**62 / n``), truncated to int64 and summed exactly; each term
+    loses less than ``max|values| * 2**-(62 - bits(n))``, far below float32 resolution.
     """
-    x = values.to(torch.float64)
-    n = x.numel() if dim is None else x.shape[dim]
-    peak = float(x.abs().max()) if x.numel() else 0.0
+    n = values.numel() if dim is None else values.shape[dim]
+    peak = float(values.abs().max()) if values.numel() else 0.0
     if peak == 0.0:
-        return x.sum() * 0.0 if dim is None else x.sum(dim) * 0.0
-    shift = 62 - max(n, 1).bit_length() - math.frexp(peak)[1]  # |term| < 2**62 / n
-    fixed = torch.round(x * math.ldexp(1.0, shift)).to(torch.int64)
+        zero = values.to(torch.float64) * 0.0
+        return zero.sum() if dim is None else zero.sum(dim)
+    shift = 62 - max(n, 1).bit_length() - math.frexp(peak)[1]
+    fixed = (values * math.ldexp(1.0, shift)).to(torch.int64)
     total = fixed.sum() if dim is None else fixed.sum(dim)
     return total.to(torch.float64) * math.ldexp(1.0, -shift)
