@@ -57,10 +57,13 @@ def at_rest(values: torch.Tensor) -> Array:
     return values.numpy().copy() if values.device.type == "cpu" else values.clone()
 
 
-def check_finite(values: torch.Tensor) -> None:
-    """ValueError for NaN or inf: a NaN update is a bug upstream, not something to transmit silently."""
-    if not bool(torch.isfinite(values).all()):
+def finite_peak(values: torch.Tensor) -> float:
+    """``max |values|`` (0 when empty); ValueError for NaN or inf: a NaN update is a bug upstream,
+    not something to transmit silently."""
+    peak = float(values.abs().max()) if values.numel() else 0.0  # NaN when any value is NaN
+    if not math.isfinite(peak):
         raise ValueError("cannot quantize non-finite values (NaN or inf in the update)")
+    return peak
 
 
 def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from fedcomp.quant.arrays import Array, check_finite, like, wrap
+from fedcomp.quant.arrays import Array, finite_peak, like, wrap
 from fedcomp.quant.tensor import MAX_SYMBOL, QuantizedTensor
 
 
@@ -30,10 +30,12 @@ def round_to_symbols(values: Array, step: float, dead_zone: float = 0.0) -> Arra
     become 0, the other levels are unchanged. Non-finite input raises ``ValueError``
     (a NaN update is a bug upstream, not something to transmit silently).
     """
-    x = wrap(values).to(torch.float64)
-    check_finite(x)
-    scaled = x / step
+    x = wrap(values)
+    peak = finite_peak(x)
+    scaled = x.to(torch.float64) / step
     symbols = torch.round(scaled)  # half to even, as numpy's rint
     if dead_zone > 0:
         symbols[scaled.abs() < 0.5 + dead_zone] = 0
-    return like(symbols.clamp(-MAX_SYMBOL, MAX_SYMBOL).to(torch.int32), values)
+    if peak / step >= MAX_SYMBOL:
+        symbols = symbols.clamp(-MAX_SYMBOL, MAX_SYMBOL)
+    return like(symbols.to(torch.int32), values)

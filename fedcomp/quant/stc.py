@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedcomp.quant.arrays import Array, as_tensor, check_finite, exact_sum, like
+from fedcomp.quant.arrays import Array, as_tensor, exact_sum, finite_peak, like
 from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 
 
@@ -27,7 +27,7 @@ class STCQuantizer:
         gives the same step.
         """
         x = as_tensor(values)
-        check_finite(x)
+        finite_peak(x)
         kept = int(torch.count_nonzero(x))
         step = float(np.float32(float(exact_sum(x.abs())) / kept)) if kept else 1.0
         if step == 0.0:  # only subnormal-small survivors; keep the format valid
