@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from fedcomp.compression import Compressor  # noqa: E402
 from fedcomp.config import direction_spec, resolve  # noqa: E402
 from fedcomp.device import resolve_device  # noqa: E402
+from fedcomp.errors import ConfigError  # noqa: E402
 from fedcomp.models import build_model  # noqa: E402
 from fedcomp.params import ParamManifest, load_arrays, state_arrays, state_tensors  # noqa: E402
 from fedcomp.presets import preset  # noqa: E402
@@ -88,7 +89,16 @@ def compress(path: str, compressor: Compressor, model: torch.nn.Module, start: d
     return payload, prepared - clock, time.perf_counter() - prepared
 
 
-def measure(model_name: str, device: torch.device, samples: int, reps: int) -> dict:
+def codec_missing(name: str) -> str:
+    """Why preset ``name``'s upstream codec cannot run in this installation ('' when it can)."""
+    try:
+        direction_spec(resolve(preset(name)), "up").build_codec().encode([np.zeros(1, np.int32)])
+    except ConfigError as err:
+        return str(err).splitlines()[0]
+    return ""
+
+
+def measure(model_name: str, presets: list[str], device: torch.device, samples: int, reps: int) -> dict:
     """Training seconds, per (preset, path) the seconds to symbols and of coding, payload sizes and checks."""
     torch.manual_seed(0)
     model = build_model(model_name, 10, (3, 32, 32)).to(device)
@@ -96,10 +106,10 @@ def measure(model_name: str, device: torch.device, samples: int, reps: int) -> d
     start = state_arrays(model)
     batches = synthetic_batches(samples, 64, device)
     settings = TrainSettings(epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    specs = {name: direction_spec(resolve(preset(name)), "up") for name in PRESETS}
-    states = {(name, path): {} for name in PRESETS for path in PATHS}
-    out = {"params": manifest.num_values, "train": [], "same": {name: 0 for name in PRESETS}, "bytes": {},
-           "seconds": {(name, path): ([], []) for name in PRESETS for path in PATHS}}
+    specs = {name: direction_spec(resolve(preset(name)), "up") for name in presets}
+    states = {(name, path): {} for name in presets for path in PATHS}
+    out = {"params": manifest.num_values, "train": [], "same": {name: 0 for name in presets}, "bytes": {},
+           "seconds": {(name, path): ([], []) for name in presets for path in PATHS}}
     train(model, batches[:2], settings)  # warm-up (kernels, allocator); not timed
     for rep in range(reps):
         load_arrays(model, start)
@@ -108,7 +118,7 @@ def measure(model_name: str, device: torch.device, samples: int, reps: int) -> d
         train(model, batches, settings)
         _sync(device)
         out["train"].append(time.perf_counter() - clock)
-        for name in PRESETS[rep % len(PRESETS):] + PRESETS[:rep % len(PRESETS)]:
+        for name in presets[rep % len(presets):] + presets[:rep % len(presets)]:
             payloads = {}
             for path in (PATHS if rep % 2 == 0 else PATHS[::-1]):
                 compressor = Compressor(specs[name], manifest)
@@ -135,7 +145,8 @@ def _device_words(device: torch.device) -> str:
            f"{os.getloadavg()[0]:.1f} at the start)"
 
 
-def report(results: dict[str, dict], device: torch.device, args: argparse.Namespace, words: str) -> str:
+def report(results: dict[str, dict], missing: dict[str, str], device: torch.device, args: argparse.Namespace,
+           words: str) -> str:
     ms = lambda values: 1000 * statistics.median(values)  # noqa: E731
     frameworks = sorted({m.split(".")[0] for m in sys.modules} & set(FRAMEWORKS))
     lines = ["# Compression share of a client round: numpy path against torch path", "",
@@ -153,6 +164,8 @@ def report(results: dict[str, dict], device: torch.device, args: argparse.Namesp
              "own error-feedback residual).",
              "", f"Modules of Flower, Ray or dataset loaders imported by this run: {', '.join(frameworks) or 'none'}.",
              ""]
+    for name, why in missing.items():
+        lines += [f"Preset `{name}` not measured: its codec is not installed here ({why}).", ""]
     if device.type != "cuda":
         lines += ["**No GPU was measured here**: these are CPU figures (training and compression on the CPU). "
                   "The issue's target (compression below 10% of a client round on an H200) needs "
@@ -163,7 +176,7 @@ def report(results: dict[str, dict], device: torch.device, args: argparse.Namesp
                   f"Local training: **{train_ms:.1f} ms** per epoch of {args.samples} examples.", "",
                   "| preset | payload bytes | path | to symbols ms | coding ms | compress ms | share of training "
                   "| same payload |", "|---|---:|---|---:|---:|---:|---:|---:|"]
-        for name in PRESETS:
+        for name in r["same"]:
             for path in PATHS:
                 to_symbols, coding = r["seconds"][name, path]
                 q, c, total = ms(to_symbols), ms(coding), ms([a + b for a, b in zip(to_symbols, coding)])
@@ -183,14 +196,19 @@ def main() -> None:
     parser.add_argument("--out", default="", help="results file (default: benchmarks/results/device_share[_cuda].md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        sys.exit(f"device_share: {err}")  # one line, exit status 1
     args.samples = args.samples or (5000 if device.type == "cuda" else 256)
     words = _device_words(device)
+    missing = {name: why for name in PRESETS if (why := codec_missing(name))}
+    presets = [name for name in PRESETS if name not in missing]
     results = {}
     for model_name in args.models.split(","):
-        results[model_name] = measure(model_name, device, args.samples, args.reps)
+        results[model_name] = measure(model_name, presets, device, args.samples, args.reps)
         print(f"{model_name}: done", flush=True)
-    text = report(results, device, args, words) + "\n"
+    text = report(results, missing, device, args, words) + "\n"
     suffix = "_cuda" if device.type == "cuda" else ""
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"device_share{suffix}.md")
     out.write_text(text)
