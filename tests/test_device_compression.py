@@ -119,6 +119,8 @@ def test_exact_sum_does_not_depend_on_the_order_of_the_values():
     assert np.allclose(per_row, rows.numpy().astype(np.float64).sum(axis=1), rtol=0, atol=1e-9 * np.abs(x).max())
     assert np.array_equal(exact_sum(rows[torch.randperm(100)], dim=1).sort().values.numpy(), np.sort(per_row))
     assert float(exact_sum(torch.zeros(5))) == 0.0
+    tiny = torch.tensor([3e-30, -1e-30, 2e-30])  # 2**shift beyond float32's range
+    assert math.isclose(float(exact_sum(tiny)), 4e-30, rel_tol=1e-6)
 
 
 def test_symbols_come_back_in_the_form_they_went_in():

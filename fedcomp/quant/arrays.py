@@ -89,6 +89,8 @@ def exact_sum(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         zero = values.to(torch.float64) * 0.0
         return zero.sum() if dim is None else zero.sum(dim)
     shift = 62 - max(n, 1).bit_length() - math.frexp(peak)[1]
+    if abs(shift) > 100:  # 2**shift is exact as a float32 scalar only within float32's exponent range
+        values = values.to(torch.float64)
     fixed = (values * math.ldexp(1.0, shift)).to(torch.int64)
     total = fixed.sum() if dim is None else fixed.sum(dim)
     return total.to(torch.float64) * math.ldexp(1.0, -shift)
