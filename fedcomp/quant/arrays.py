@@ -36,10 +36,9 @@ def wrap(values: Array) -> torch.Tensor:
 
 def as_tensor(values: Array, device: torch.device | None = None) -> torch.Tensor:
     """``values`` as a float32 tensor, on ``device`` when given (else where it already lives)."""
-    tensor = wrap(values)
-    if isinstance(values, np.ndarray) and values.dtype != np.float32:
-        tensor = wrap(np.asarray(values, dtype=np.float32))
-    return tensor.to(device=device, dtype=torch.float32)
+    if not isinstance(values, torch.Tensor):
+        values = np.asarray(values, dtype=np.float32)
+    return wrap(values).to(device=device, dtype=torch.float32)
 
 
 def to_numpy(values: Array) -> np.ndarray:
