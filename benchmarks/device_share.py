@@ -8,7 +8,8 @@ when present, else the CPU; one torch thread):
 - local training: one epoch of SGD (batch 64, lr 0.05, momentum 0.9) over ``--samples`` examples;
 - per preset, the client's upstream compression of the weight update ``W_local - W_t``, two ways:
   - ``numpy``: as the ClientApp did before: the local model to host numpy arrays, then error
-    feedback, sparsification and quantization on the CPU;
+    feedback, sparsification and quantization on the CPU (since the port, by the same torch
+    code on the wrapped arrays: the numpy implementation itself is gone);
   - ``torch``: as the ClientApp does now: ``W_t`` (host numpy, as decoded) to the device, the
     update, error feedback, sparsification and quantization on the device, the int32 symbols
     to the host;
@@ -156,12 +157,14 @@ def report(results: dict[str, dict], missing: dict[str, str], device: torch.devi
              "one torch thread. Medians over the repetitions, training and compression interleaved in one process.",
              "Local training is one epoch of SGD (batch 64) over "
              f"{args.samples} synthetic CIFAR-shaped examples already on the device. Compression is the client's "
-             "upstream path for the preset's weight update: `numpy` = update on the host, error feedback, sparsify "
-             "and quantize in numpy on the CPU (the ClientApp before); `torch` = update, error feedback, sparsify and "
+             "upstream path for the preset's weight update: `numpy` = the update as host numpy arrays, error "
+             "feedback, sparsify and quantize on the CPU (the ClientApp's flow before; the CPU work is the same torch "
+             "code on the wrapped arrays); `torch` = update, error feedback, sparsify and "
              "quantize on the device, int32 symbols to the host (the ClientApp now); both then entropy coded on the "
              "CPU. *to symbols* is everything up to symbols on the host, *coding* the entropy coder and wire format. "
              "*same payload* counts the repetitions where both paths gave identical bytes (each path carries its "
-             "own error-feedback residual).",
+             "own error-feedback residual). The data are random, so the updates are not those of real training; "
+             "the payload sizes are only what these updates give.",
              "", f"Modules of Flower, Ray or dataset loaders imported by this run: {', '.join(frameworks) or 'none'}.",
              ""]
     for name, why in missing.items():
