@@ -67,22 +67,12 @@ ABLATION = {
 
 def run_once(job: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
     """One whole run in this process through the loopback grid; returns its summary."""
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.task_identity import TaskIdentity
-
     from clients.client_app import app as client_app
-    from strategies.loopback import LoopbackGrid
-    from strategies.server_app import build_strategy, serve
+    from strategies.loopback import run_loopback
 
     name, settings, run_dir = job
-    if (Path(run_dir) / "summary.json").is_file():
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    config = resolve({**settings, "output.dir": run_dir, "output.preset": name})
-    clients = int(config["num_clients"])
-    grid = LoopbackGrid(client_app, {10_000 + 17 * i: i for i in range(clients)}, config)
-    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=config)
-    serve(grid, context, build_strategy)
+    if not (Path(run_dir) / "summary.json").is_file():
+        run_loopback(resolve({**settings, "output.dir": run_dir, "output.preset": name}), client_app)
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 

@@ -32,6 +32,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -130,10 +131,11 @@ def central_eval_seconds(config: dict[str, Any], repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, out: Path) -> dict[str, Any]:
+def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, out: Path,
+              state: str = "auto") -> dict[str, Any]:
     config = resolve(preset(preset_name), {"num_clients": num_clients, "fraction": fraction, "rounds": rounds,
-                                           "seed": 0})
-    mark, run_dir = uuid.uuid4().hex, out / f"{preset_name}-clients{num_clients}"
+                                           "seed": 0, "client.state": state})
+    mark, run_dir = uuid.uuid4().hex, out / f"{preset_name}-clients{num_clients}-{state}"
     started = time.perf_counter()
     with MemorySampler(mark) as memory:
         summary = marked(mark, lambda: run_simulation(config, run_dir))
@@ -148,7 +150,9 @@ def scale_row(preset_name: str, num_clients: int, fraction: float, rounds: int, 
     actors = max(1, (os.cpu_count() or 1) // int(config["sim.client_cpus"]))
     round_s = statistics.median(later)
     framework = (round_s - eval_s) * actors / per_round - train_s - compress_s
-    return {"preset": preset_name, "clients": num_clients, "per_round": per_round,
+    state_mb = sum(f.stat().st_size for f in (run_dir / "client-state").rglob("*.npz")) / MB
+    return {"preset": preset_name, "state": state, "state_disk_mb": state_mb, "clients": num_clients,
+            "per_round": per_round,
             "round_s": round_s, "round1_s": rows[0]["round_seconds"],
             "train_s": train_s, "compress_s": compress_s, "eval_s": eval_s, "framework_s": framework,
             "actors": actors,
@@ -176,30 +180,36 @@ def render(scale: list[dict[str, Any]], engines: list[dict[str, Any]], args: arg
         "# Scale: clients per machine, engines, devices", "",
         f"Measured {when} at commit `{commit}` in one invocation ({seconds:.0f} s) on {os.cpu_count()} CPU cores "
         f"({platform.processor() or platform.machine()}, shared with other work), torch {torch.__version__}, "
-        f"flwr {version('flwr')}, ray {version('ray')}. Command: `python benchmarks/scale.py`.", "",
+        f"flwr {version('flwr')}, ray {version('ray')}. "
+        f"Command: `python benchmarks/scale.py {' '.join(sys.argv[1:])}`.", "",
         f"## Clients on one machine (Simulation Engine, Ray, digits/cnn, fraction {args.fraction}, "
         f"{args.rounds} rounds)", "",
         "Preset `default` is dense FedAvg; a compressed preset adds the state each client keeps between rounds "
-        "(its copy of the global model and its error-feedback residual, in Flower's `context.state`).", "",
+        "(its copy of the global model when bidirectional, and its error-feedback residual). `client.state` "
+        "says where: `memory` is Flower's `context.state`, which the simulation process holds for every node; "
+        "`disk` is `<run folder>/client-state/`, the two newest rounds per client (what `auto`, the default, "
+        "picks under `fedcomp run`). State on disk is its size at the end of the run.", "",
         "s/round is the median `round_seconds` of rounds 2..N (round 1, with Ray's start-up, is shown apart). "
         "Peak memory is the largest sum of PSS over every process of the run, sampled every 0.5 s. Training and "
         "compression s/client are what the clients report (measured in the Ray actor); central evaluation s is "
         "measured directly with fedcomp's functions; framework s/client = (s/round - evaluation s) x actors / "
         "clients per round - training s - compression s: everything else in a client's turn (Ray and Flower "
         "messaging, building the model, decoding, state handling).", "",
-        "| preset | clients | trained/round | Ray actors | s/round | round 1 s | training s/client "
+        "| preset | client.state | clients | trained/round | Ray actors | s/round | round 1 s | training s/client "
         "| compression s/client | central eval s "
         "| framework s/client | peak memory MB | of which flwr-simulation MB | Ray actors MB | final accuracy "
-        "| MB sent |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| MB sent | state on disk MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in scale:
         kinds = r["peak_by_kind"]
-        lines.append(f"| {r['preset']} | {r['clients']} | {r['per_round']:.0f} | {r['actors']} | {r['round_s']:.3f} | "
+        lines.append(f"| {r['preset']} | {r['state']} | {r['clients']} | {r['per_round']:.0f} | {r['actors']} | "
+                     f"{r['round_s']:.3f} | "
                      f"{r['round1_s']:.1f} | {r['train_s'] * 1000:.1f} ms | {r['compress_s'] * 1000:.1f} ms | "
                      f"{r['eval_s'] * 1000:.1f} ms | "
                      f"{r['framework_s'] * 1000:.1f} ms | {r['peak_mb']:.0f} | {kinds.get('flwr-simulation', 0):.0f} | "
-                     f"{kinds.get('ClientAppActor', 0):.0f} | {r['accuracy']:.4f} | {r['bytes_total'] / MB:.1f} |")
+                     f"{kinds.get('ClientAppActor', 0):.0f} | {r['accuracy']:.4f} | {r['bytes_total'] / MB:.1f} | "
+                     f"{r['state_disk_mb']:.1f} |")
     if engines:
         lines += _engine_lines(engines)
     lines += ["", "## GPU", "", gpu, ""]
@@ -235,6 +245,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--state-presets", nargs="*", default=[],
                         help="compressed presets also run at the largest client count (client state's cost)")
+    parser.add_argument("--client-states", nargs="+", default=["memory", "disk"], choices=["memory", "disk"],
+                        help="where the state presets' clients keep their state (one run each)")
     parser.add_argument("--skip-engines", action="store_true", help="leave out the deployment comparison")
     parser.add_argument("--gpu-results", type=Path, help="a markdown table measured on a GPU machine, quoted as is")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -244,9 +256,10 @@ def main() -> None:
                             cwd=ROOT).stdout.strip() or "unknown"
     runs = default_run_dir("scale")
     scale = []
-    plan = [("default", n) for n in args.clients] + [(p, max(args.clients)) for p in args.state_presets]
-    for preset_name, n in plan:
-        scale.append(scale_row(preset_name, n, args.fraction, args.rounds, runs))
+    plan = [("default", n, "auto") for n in args.clients] + [
+        (p, max(args.clients), state) for p in args.state_presets for state in args.client_states]
+    for preset_name, n, state in plan:
+        scale.append(scale_row(preset_name, n, args.fraction, args.rounds, runs, state))
         print({k: v for k, v in scale[-1].items() if k != "peak_by_kind"}, flush=True)
     engines = [] if args.skip_engines else [engines_row(e, runs) for e in ("simulation", "deployment")]
     for row in engines:

@@ -10,8 +10,9 @@ In a compressed run (``up.*`` settings) the reply's ``arrays`` carry one coded p
 the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional run the
 server's ``arrays`` carry the coded payloads that bring this client's model to ``W_t``, and
 the client checks the result against the server's digest before it trains. What a client
-keeps between rounds (its copy of the global model and its version, its residual) lives
-in ``context.state`` as plain arrays.
+keeps between rounds (its copy of the global model and its version, its residual) is
+saved at the end of each round it trains in, in memory or on disk (`fedcomp.client_state`,
+setting ``client.state``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads, record_tensors
+from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads
 from fedcomp.codec.wire import FLAG_FULL_MODEL, decode_payload
+from fedcomp.client_state import State, open_state
 from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
 from fedcomp.faults import FaultPlan, InjectedFault, corrupt
@@ -42,9 +44,9 @@ from fedcomp.updates import Tensors, UpdateSettings, apply_update, model_digest
 
 app = ClientApp()
 
-GLOBAL_KEY = "fedcomp.global"  # context.state: this client's copy of W_t (bidirectional runs)
-RESIDUAL_KEY = "fedcomp.residual"  # context.state: the upstream sender's state (error feedback)
-SYNC_KEY = "fedcomp.sync"  # context.state: the version of the held copy
+GLOBAL = "global/"  # state: this client's copy of W_t (bidirectional runs)
+RESIDUAL = "residual/"  # state: the upstream sender's state (error feedback)
+VERSION_KEY = "version"  # state: the version of the held copy
 
 
 class OutOfSync(RuntimeError):
@@ -89,9 +91,11 @@ def train_step(msg: Message, context: Context) -> Message:
     if faults["slow"]:
         time.sleep(float(config["faults.slow_seconds"]))
     manifest = settings.manifest(model)
+    store = open_state(config, context.node_config, context.state, pid)
+    held = store.load(server_round) if settings.differential else {}
     started = time.perf_counter()
     if settings.bidirectional:
-        global_tensors, version = _catch_up(msg, context, settings, model)
+        global_tensors, version = _catch_up(msg, held, settings, model)
     else:
         global_tensors, version = DenseChannel().decode(msg.content[ARRAYS], manifest), 0
     decode_seconds = time.perf_counter() - started
@@ -104,8 +108,11 @@ def train_step(msg: Message, context: Context) -> Message:
         reply_record = DenseChannel().encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
-        reply_record, stats, timings = _train_differential(context, config, pid, model, settings,
-                                                           global_tensors, loader)
+        reply_record, stats, timings, residual = _train_differential(config, pid, model, settings, global_tensors,
+                                                                     loader, _part(held, RESIDUAL))
+        kept = {GLOBAL + k: v for k, v in global_tensors.items()} if settings.bidirectional else {}
+        store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
+                                  **{RESIDUAL + k: to_numpy(v) for k, v in residual.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
@@ -113,19 +120,19 @@ def train_step(msg: Message, context: Context) -> Message:
     return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)
 
 
-def _stored(tensors: dict[str, np.ndarray]) -> ArrayRecord:
-    """Plain arrays as a record for ``context.state`` (a residual on a GPU comes to the host here)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(to_numpy(v))) for k, v in tensors.items()})
+def _part(state: State, prefix: str) -> Tensors:
+    """The tensors saved under ``prefix`` in a client's state."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _catch_up(msg: Message, context: Context, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
-    """Bring the held copy of the global model to the server's version; check it against the digest."""
+def _catch_up(msg: Message, state: State, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
+    """Bring the held copy of the global model (in ``state``) to the server's version; check it against the digest."""
     config = msg.content[CONFIG]
     manifest = settings.manifest(model)
     target, base, digest = int(config[VERSION]), int(config[BASE_VERSION]), int(config[DIGEST])
-    if GLOBAL_KEY in context.state:
-        held = record_tensors(context.state[GLOBAL_KEY])
-        version = int(context.state[SYNC_KEY]["version"])
+    held = _part(state, GLOBAL)
+    if held:
+        version = int(state[VERSION_KEY][0])
     else:
         held, version = settings.initial_global(model), 0
     record = msg.content[ARRAYS]
@@ -142,14 +149,15 @@ def _catch_up(msg: Message, context: Context, settings: UpdateSettings, model: t
             held = apply_update(held, update, settings.fold)
     if model_digest(held, manifest) != digest:
         raise OutOfSync(f"after decoding, this client's model does not match the server's version {target}")
-    context.state[GLOBAL_KEY] = _stored(held)
-    context.state[SYNC_KEY] = ConfigRecord({"version": target})
     return held, target
 
 
-def _train_differential(context: Context, config: dict, pid: int, model: torch.nn.Module,
-                        settings: UpdateSettings, global_tensors: Tensors, loader) -> tuple:
-    """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback)."""
+def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,
+                        global_tensors: Tensors, loader, state: Tensors) -> tuple:
+    """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback).
+
+    ``state`` is the upstream sender's state (the residual); the new one is returned last.
+    """
     manifest = settings.manifest(model)
     sent = settings.sent_names(model, manifest)
     joint = settings.fsfl == "joint"
@@ -162,7 +170,6 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     sent_scales = {k: v for k, v in scales.items() if k in sent}
     sent_weights = [k for k in sent if not is_scale(k)]
     channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
-    state = record_tensors(context.state[RESIDUAL_KEY]) if RESIDUAL_KEY in context.state else {}
 
     clock = time.perf_counter()
     qat = QATSettings.from_config(config)
@@ -203,8 +210,7 @@ def _train_differential(context: Context, config: dict, pid: int, model: torch.n
     clock = time.perf_counter()
     encoded = channel.pack(quantized)
     compress_seconds += time.perf_counter() - clock
-    context.state[RESIDUAL_KEY] = _stored(state)
-    return encoded.record, stats, {TRAIN_SECONDS: train_seconds, COMPRESS_SECONDS: compress_seconds}
+    return encoded.record, stats, {TRAIN_SECONDS: train_seconds, COMPRESS_SECONDS: compress_seconds}, state
 
 
 @app.evaluate()

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedcomp.config import load_toml, parse_assignment, resolve
-from fedcomp.errors import FedcompError
+from fedcomp.errors import ConfigError, FedcompError
 from fedcomp.presets import PRESETS, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -60,11 +60,33 @@ def run(
     config_file: ConfigOption = None,
     assignments: SetOption = None,
     out: OutOption = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        "--resume", help="continue the killed run in this folder from its last completed round")] = None,
 ) -> None:
     """Run one simulation on Flower's Simulation Engine (Ray) and write its results."""
     from fedcomp.simulation import run_simulation
 
+    if resume is not None:
+        if preset_name != "default" or config_file or assignments or out:
+            raise ConfigError("--resume continues a run with its own settings (its config.json): give no other "
+                              "options")
+        config = resume_config(resume)
+        execute(config, resume, str(config["output.preset"]), run_simulation)
+        return
     execute(build_config(preset_name, config_file, assignments or []), out, preset_name, run_simulation)
+
+
+def resume_config(run_dir: Path) -> dict:
+    """The settings of the run in ``run_dir``, marked to continue from its checkpoint."""
+    import json
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a fedcomp run folder: it has no config.json")
+    if (run_dir / "summary.json").is_file():
+        raise ConfigError(f"the run in {run_dir} has finished (it has a summary.json): nothing to resume")
+    saved = json.loads(path.read_text())
+    return resolve({**saved, "output.dir": str(run_dir.resolve()), "output.resume": True})
 
 
 def execute(config: dict, out: Optional[Path], preset_name: str, engine: Callable[..., dict]) -> dict:

@@ -190,6 +190,12 @@ SETTINGS: dict[str, Setting] = {
     "track.mlflow": Setting(False, "log config, per-round metrics and summary to MLflow (track.mlflow_uri)"),
     "track.mlflow_uri": Setting("", "MLflow tracking URI; empty means a local file store <run folder>/mlruns"),
     "track.experiment": Setting("fedcomp", "MLflow experiment name"),
+    # checkpoint and resume (issue 11; fedcomp/checkpoint.py, fedcomp/client_state.py)
+    "output.checkpoint": Setting(True, "after every round, write checkpoint.npz to the run folder (atomically)"),
+    "output.resume": Setting(False, "continue from the run folder's checkpoint (set by fedcomp run --resume)"),
+    "client.state": Setting("auto", "where clients keep state between rounds: memory, disk (<run folder>/"
+                            "client-state, survives a crash) or auto (disk when the run has a folder)",
+                            choices=("auto", "memory", "disk")),
 }
 
 DIRECTIONS = ("up", "down")

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedcomp.checkpoint import write_atomic
 from fedcomp.meter import TransferMeter
 from fedcomp.plots import plot_accuracy_vs_mb
 from fedcomp.trackers import open_trackers
@@ -65,24 +66,27 @@ class RunRecorder:
     """
 
     def __init__(self, run_dir: str | Path, config: Mapping[str, Any], meter: TransferMeter | None,
-                 model_bytes: int = 0) -> None:
+                 model_bytes: int = 0,
+                 restored: tuple[list[dict[str, Any]], dict[str, float] | None] | None = None) -> None:
+        """``restored``: the rows and initial evaluation of a resumed run's checkpoint; rounds.jsonl
+        is rewritten to hold exactly those rows (a row written after the checkpoint is dropped)."""
         self.run_dir = Path(run_dir)
         self.meter = meter
         self.model_bytes = model_bytes
         self.config = dict(config)
         self.started = time.perf_counter()
-        self.initial: dict[str, float] | None = None
-        self.rows: list[dict[str, Any]] = []
+        self.rows, self.initial = restored if restored is not None else ([], None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-        (self.run_dir / "rounds.jsonl").write_text("")
+        if restored is None:
+            (self.run_dir / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        write_atomic(self.run_dir / "rounds.jsonl", "".join(json.dumps(row) + "\n" for row in self.rows).encode())
         self.trackers = open_trackers(self.config, self.run_dir)  # track.* settings; none by default
 
     def initial_evaluation(self, metrics: Mapping[str, float]) -> None:
         self.initial = {"accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
 
-    def round_done(self, round: int, metrics: Mapping[str, float], partition_of: Mapping[int, int],
-                   round_seconds: float, client_timings: Mapping[str, float] | None = None,
+    def round_done(self, round: int, metrics: Mapping[str, float], round_seconds: float,
+                   client_timings: Mapping[str, float] | None = None,
                    extra: Mapping[str, float] | None = None) -> dict[str, Any]:
         """Append the row of ``round`` to rounds.jsonl and return it.
 
@@ -101,8 +105,7 @@ class RunRecorder:
         row["round_seconds"] = round_seconds
         row["wall_seconds"] = time.perf_counter() - self.started
         if self.meter is not None:
-            row["clients"] = [{"partition_id": partition_of.get(c["client"]), **c}
-                              for c in self.meter.per_client(round)]
+            row["clients"] = [{"partition_id": c.pop("client"), **c} for c in self.meter.per_client(round)]
         self.rows.append(row)
         with (self.run_dir / "rounds.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")

@@ -19,6 +19,7 @@ three hooks:
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -76,6 +77,25 @@ class DifferentialFedAvg(FedAvg):
         """The plain model of a global record: FSFL scales folded into the weights."""
         return effective(super().model_tensors(arrays))
 
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """`FedAvg.state_dict` plus the server residual, the model version, the replay history and the
+        version each client holds."""
+        arrays, meta = super().state_dict()
+        arrays |= {f"residual/{k}": v for k, v in self.server_state.items()}
+        arrays |= {f"history/{version}": np.frombuffer(payload, np.uint8) for version, payload, _ in self.history}
+        meta |= {"version": self.version, "history": [[version, dense] for version, _, dense in self.history],
+                 "client_version": {str(k): v for k, v in self.client_version.items()}}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
+        """Continue from what `state_dict` returned after ``server_round``."""
+        super().load_state_dict(arrays, meta, server_round)
+        self.server_state = {k[len("residual/"):]: v for k, v in arrays.items() if k.startswith("residual/")}
+        self.version = int(meta["version"])
+        self.history = deque(((int(v), arrays[f"history/{v}"].tobytes(), int(dense)) for v, dense in meta["history"]),
+                             maxlen=self.settings.history)
+        self.client_version = {int(k): int(v) for k, v in meta["client_version"].items()}
+
     # ---- hooks ---------------------------------------------------------------------
 
     def train_messages(self, server_round: int, nodes: list[int], config: ConfigRecord) -> list[Message]:
@@ -87,7 +107,7 @@ class DifferentialFedAvg(FedAvg):
         contents: dict[int, tuple[Encoded, RecordDict, int]] = {}
         messages = []
         for node in nodes:
-            partition = self.partition_of.get(node, node)
+            partition = self.client_of(node)
             held = self.client_version.get(partition, 0)
             self.client_version[partition] = UNKNOWN  # until its reply says otherwise
             if held not in contents:
@@ -96,7 +116,7 @@ class DifferentialFedAvg(FedAvg):
                 contents[held] = (encoded, content, content_size(content))
             encoded, content, shared = contents[held]
             msg = Message(content, node, MessageType.TRAIN)
-            self.meter.record(server_round, "down", node, "train", encoded.payload_bytes,
+            self.meter.record(server_round, "down", partition, "train", encoded.payload_bytes,
                               serialized_size(msg, shared), encoded.dense_bytes)
             messages.append(msg)
         return messages

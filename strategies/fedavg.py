@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -32,7 +32,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedcomp.errors import ConfigError, PayloadError
-from fedcomp.meter import TransferMeter
+from fedcomp.meter import TransferMeter, TransferRecord
 from fedcomp.params import ParamManifest
 from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_bytes, record_tensors
 from fedcomp.updates import bound_update
@@ -102,14 +102,11 @@ class FedAvg(Strategy):
         self.on_client_update = on_client_update
         self.max_update_norm, self.norm_action = max_update_norm, norm_action
         self.partition_of: dict[int, int] = {}
+        self.resumed_from = 0  # the checkpointed round this strategy continued from (0: a fresh run)
         self.client_timings: dict[int, dict[str, float]] = {}
         self._global: dict[str, np.ndarray] = {}
 
     # ---- what serve() reads (strategies.server_app.Observed) ------------------------
-
-    def partitions(self) -> dict[int, int]:
-        """Node id -> partition id of every node that answered the setup query."""
-        return dict(self.partition_of)
 
     def initial_arrays(self, model_tensors: dict[str, np.ndarray]) -> ArrayRecord:
         """The record the first round starts from, given the seed-built model's tensors.
@@ -133,6 +130,31 @@ class FedAvg(Strategy):
     def round_timings(self, server_round: int) -> dict[str, float]:
         """Mean and max of the clients' reported timings in ``server_round`` (empty if none)."""
         return dict(self.client_timings.get(server_round, {}))
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What this strategy needs to continue a run after a crash (`fedcomp.checkpoint`).
+
+        Returns
+        -------
+        tuple
+            Arrays, and JSON-serialisable values: here the meter's records. Node ids are not
+            kept: a resumed run has new ones and maps them to partitions again.
+        """
+        return {}, {"meter": self.meter.as_rows()}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
+        """Continue from what `state_dict` returned after ``server_round``.
+
+        Parameters
+        ----------
+        arrays, meta : dict
+            `state_dict`'s two parts, as saved.
+        server_round : int
+            The last completed round; the next one this strategy configures is ``server_round + 1``.
+        """
+        self.meter.records = [TransferRecord(**row) for row in meta["meter"]]
+        self.partition_of = {}
+        self.resumed_from = server_round
 
     # ---- Flower hooks --------------------------------------------------------------
 
@@ -254,22 +276,35 @@ class FedAvg(Strategy):
         nodes = sorted(grid.get_node_ids())
         ask = [Message(RecordDict({CONFIG: ConfigRecord({"fedcomp-setup": 1})}), node, MessageType.QUERY)
                for node in nodes]
-        for msg in ask:
-            self.meter.record(0, "down", msg.metadata.dst_node_id, "setup", 0, serialized_size(msg), 0)
+        replies = list(grid.send_and_receive(ask))
         mapping: dict[int, int] = {}
         failures: list[str] = []
-        for reply in grid.send_and_receive(ask):
+        for reply in replies:
             node = reply.metadata.src_node_id
-            self.meter.record(0, "up", node, "setup", 0, serialized_size(reply), 0)
             if reply.has_error():
                 failures.append(reply.error.reason)
                 log(WARNING, "node %d did not answer the setup query: %s", node, reply.error.reason)
                 continue
             mapping[node] = int(reply.content[METRICS][PARTITION_ID])
+        if not self.resumed_from:  # a resumed run's setup query is not part of the experiment
+            for msg in ask:
+                self.meter.record(0, "down", mapping.get(msg.metadata.dst_node_id, msg.metadata.dst_node_id),
+                                  "setup", 0, serialized_size(msg), 0)
+            for reply in replies:
+                self.meter.record(0, "up", mapping.get(reply.metadata.src_node_id, reply.metadata.src_node_id),
+                                  "setup", 0, serialized_size(reply), 0)
         if not mapping:
             reason = failures[0] if failures else "no node is connected"
             raise ConfigError(f"no client node can take part in this run: {reason}")
         return mapping
+
+    def client_of(self, node: int) -> int:
+        """The id the meter and the logs use for ``node``: its partition id (the node id before setup).
+
+        Partition ids, unlike Flower's node ids, are the same in every run of a config, so
+        that metered figures repeat across runs, resumes and engines.
+        """
+        return self.partition_of.get(node, node)
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -280,8 +315,8 @@ class FedAvg(Strategy):
         shared = content_size(content)
         messages = [Message(content, node, message_type) for node in nodes]
         for msg in messages:
-            self.meter.record(server_round, "down", msg.metadata.dst_node_id, kind, encoded.payload_bytes,
-                              serialized_size(msg, shared), encoded.dense_bytes)
+            self.meter.record(server_round, "down", self.client_of(msg.metadata.dst_node_id), kind,
+                              encoded.payload_bytes, serialized_size(msg, shared), encoded.dense_bytes)
         return messages
 
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
@@ -305,13 +340,14 @@ class FedAvg(Strategy):
                     bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
                     if bad:
                         raise ValueError(f"non-finite values (NaN or inf) in {bad[:3]}")
-                    usable = ClientResult(self.partition_of.get(node, node), examples, tensors, metrics)
+                    usable = ClientResult(self.client_of(node), examples, tensors, metrics)
                 except (KeyError, TypeError, ValueError, PayloadError) as err:
                     reason = f"dropped its reply: {err}"
-            self.meter.record(server_round, "up", node, kind, record_bytes(record), serialized_size(reply),
-                              float32_bytes(usable.tensors) if usable else 0)
+            self.meter.record(server_round, "up", self.client_of(node), kind, record_bytes(record),
+                              serialized_size(reply), float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
-                log(WARNING, "round %d: node %d failed: %s", server_round, node, reason)
+                log(WARNING, "round %d: node %d (partition %d) failed: %s", server_round, node,
+                    self.client_of(node), reason)
                 continue
             received.append(usable)
         received.sort(key=lambda r: r.partition)

@@ -8,10 +8,15 @@ fedcomp's meter. No Ray, no network.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies.server_app import build_strategy, serve
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
@@ -74,3 +79,16 @@ class LoopbackGrid(Grid):
             self.bytes_up[node] = self.bytes_up.get(node, 0) + size
             replies.append(reply)
         return replies
+
+
+def run_loopback(config: Mapping[str, Any], client_app: ClientApp) -> Path:
+    """One whole run of ``config`` (resolved settings) in this process: fedcomp's `serve` and
+    ``client_app`` over a `LoopbackGrid` of ``num_clients`` nodes; returns the run folder.
+
+    The same ServerApp code, ClientApp and Flower messages as a simulation, without Ray:
+    for benchmarks and tests that need many runs or a process to kill.
+    """
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    grid = LoopbackGrid(client_app, {10_000 + 17 * i: i for i in range(int(config["num_clients"]))}, config)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(config))
+    return serve(grid, context, build_strategy)

@@ -1,7 +1,9 @@
 """The fedcomp ServerApp: builds the run from its settings and drives a strategy round by round.
 
-After every round it evaluates the global model on the central test set and appends a row
-to the run's ``rounds.jsonl``; at the end it writes ``summary.json`` and the plot.
+After every round it evaluates the global model on the central test set, appends a row
+to the run's ``rounds.jsonl`` and replaces the run's checkpoint (`fedcomp.checkpoint`); at
+the end it writes ``summary.json`` and the plot. With ``output.resume`` it continues from
+the run folder's checkpoint instead of starting at round 1.
 `serve` holds all of that for any Flower strategy, so that a baseline (Flower's stock
 FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 """
@@ -10,15 +12,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from logging import INFO, WARNING
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
 
+from fedcomp import checkpoint
 from fedcomp.channels import dense_record, record_tensors
+from fedcomp.client_state import prune, state_root
 from fedcomp.config import from_run_config
 from fedcomp.experiment import eval_loader, run_model
 from fedcomp.fantastic4.edge import EdgeEvaluator
@@ -43,13 +49,48 @@ class Observed(Protocol):
 
     meter: TransferMeter
 
-    def partitions(self) -> Mapping[int, int]: ...
-
     def initial_arrays(self, model_tensors: dict[str, np.ndarray]) -> ArrayRecord: ...
 
     def model_tensors(self, arrays: ArrayRecord) -> dict[str, np.ndarray]: ...
 
     def round_timings(self, server_round: int) -> dict[str, float]: ...
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None: ...
+
+
+class Continued(Strategy):
+    """``inner`` continued after round ``done``: Flower's loop counts rounds from 1, ``inner`` sees the run's.
+
+    Parameters
+    ----------
+    inner : Strategy
+        The strategy, its state restored to the end of round ``done``.
+    done : int
+        The last completed round.
+    """
+
+    def __init__(self, inner: Strategy, done: int) -> None:
+        self.inner, self.done = inner, done
+
+    def summary(self) -> None:
+        log(INFO, "\t├──> resumed after round %d", self.done)
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round + self.done, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        return self.inner.aggregate_train(server_round + self.done, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round + self.done, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.done, replies)
 
 
 class UpdateDump:
@@ -69,8 +110,9 @@ class UpdateDump:
 def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
     """Run ``build_strategy``'s strategy for the configured rounds; write the run's files into the returned folder.
 
-    An `Observed` strategy gets its bytes and client timings recorded; ``round_seconds``
-    is the wall time from the end of one round's central evaluation to the end of the next.
+    An `Observed` strategy gets its bytes and client timings recorded and is checkpointed
+    after every round; ``round_seconds`` is the wall time from the end of one round's
+    central evaluation to the end of the next.
     """
     config = from_run_config(context.run_config)
     run_dir = Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
@@ -78,8 +120,12 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
     initial = state_arrays(model)
     strategy = build_strategy(config, model)
     observed = strategy if isinstance(strategy, Observed) else None
+    restored = checkpoint.load(run_dir) if config["output.resume"] and observed else None
+    if config["output.resume"] and restored is None:
+        log(WARNING, "%s has no checkpoint: the run starts at round 1", run_dir)
     recorder = RunRecorder(run_dir, config, observed.meter if observed else None,
-                           ParamManifest.from_model(model).dense_bytes)
+                           ParamManifest.from_model(model).dense_bytes,
+                           (restored.rows, restored.initial) if restored else None)
     test = eval_loader(config)
     # FantastIC4 edge client: checked at start-up, f4_* metrics in round_end
     edge = EdgeEvaluator.from_config(config)
@@ -95,14 +141,30 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
             recorder.initial_evaluation(metrics)
         else:
             f4 = edge.evaluate(model) if edge is not None and edge.due(server_round, int(config["rounds"])) else {}
-            recorder.round_done(server_round, metrics, observed.partitions() if observed else {},
-                                now - clock["t"], observed.round_timings(server_round) if observed else None, f4)
+            recorder.round_done(server_round, metrics, now - clock["t"],
+                                observed.round_timings(server_round) if observed else None, f4)
+        if server_round and observed and config["output.checkpoint"]:
+            arrays_state, meta = observed.state_dict()
+            checkpoint.save(run_dir, checkpoint.Checkpoint(server_round, record_tensors(arrays), arrays_state, meta,
+                                                           recorder.rows, recorder.initial, checkpoint.rng_states()))
         clock["t"] = time.perf_counter() if edge is not None else now  # edge evaluation is not round time
         return MetricRecord({"accuracy": metrics["accuracy"], "loss": metrics["loss"]})
 
     start = observed.initial_arrays(initial) if observed else dense_record(initial)
-    strategy.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]),
-                   train_config=ConfigRecord(), evaluate_fn=round_end)
+    runner, evaluate_fn, done = strategy, round_end, 0
+    if restored is not None:
+        done = restored.round
+        observed.load_state_dict(restored.strategy_arrays, restored.strategy_meta, done)
+        start = dense_record(restored.global_tensors)
+        clients = state_root(config, {})
+        if clients is not None and clients.is_dir():
+            prune(clients, done)
+        runner = Continued(strategy, done)
+        evaluate_fn = lambda r, arrays: round_end(r + done, arrays) if r else None  # noqa: E731
+        checkpoint.restore_rng(restored.rng)
+        log(INFO, "resuming %s after round %d of %d", run_dir, done, int(config["rounds"]))
+    runner.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]) - done,
+                 train_config=ConfigRecord(), evaluate_fn=evaluate_fn)
     recorder.finish()
     save_final_model(run_dir, model, config)  # issue 9: output.save_model
     return run_dir

@@ -19,7 +19,7 @@ def write_run(run_dir: Path, settings: Mapping[str, Any], accuracies: Sequence[f
     recorder.initial_evaluation({"accuracy": 0.1, "loss": 2.3})
     for rnd, acc in enumerate(accuracies, start=1):
         for client in range(clients):
-            meter.record(rnd, "down", 100 + client, "train", bytes_down, bytes_down + 50, 4000)
-            meter.record(rnd, "up", 100 + client, "train", bytes_up + client, bytes_up + client + 50, 4000)
-        recorder.round_done(rnd, {"accuracy": acc, "loss": 1.0 - acc}, {100 + c: c for c in range(clients)}, 0.1)
+            meter.record(rnd, "down", client, "train", bytes_down, bytes_down + 50, 4000)
+            meter.record(rnd, "up", client, "train", bytes_up + client, bytes_up + client + 50, 4000)
+        recorder.round_done(rnd, {"accuracy": acc, "loss": 1.0 - acc}, 0.1)
     return recorder.finish()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from clients.client_app import GLOBAL_KEY, RESIDUAL_KEY, SYNC_KEY
+from fedcomp.client_state import MEMORY_KEY, MemoryState
 from clients.client_app import app as client_app
 from fedcomp.channels import payload_record, record_payloads
 from fedcomp.compression import decompress
@@ -38,8 +38,16 @@ def one_round(strategy, grid, arrays, server_round):
     return messages, replies, (new if new is not None else arrays), metrics
 
 
+def client_state(grid, node) -> dict[str, np.ndarray]:
+    return MemoryState(grid.contexts[node].state).load(0)
+
+
 def client_global(grid, node) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in grid.contexts[node].state[GLOBAL_KEY].items()}
+    return {k[len("global/"):]: v for k, v in client_state(grid, node).items() if k.startswith("global/")}
+
+
+def partition(grid, node) -> int:
+    return grid.contexts[node].node_config["partition-id"]
 
 
 @pytest.mark.parametrize("history", [20, 1])
@@ -59,7 +67,7 @@ def test_sampled_clients_hold_the_server_model_bit_for_bit(task_identity, histor
             assert held.keys() == server_global.keys()
             for name, values in server_global.items():
                 assert np.array_equal(held[name].view(np.int32), values.view(np.int32)), (server_round, name)
-            assert int(grid.contexts[node].state[SYNC_KEY]["version"]) == server_round - 1
+            assert client_state(grid, node)["version"][0] == server_round - 1
             record = msg.content["arrays"]
             kinds.add("none" if not len(record.keys()) else "full" if msg.content["config"]["fedcomp-base"] < 0
                       else f"replay{len(record.keys()) > 1}")
@@ -102,15 +110,16 @@ def test_metered_bytes_equal_the_bytes_carried(task_identity):
         messages, replies, arrays, _ = one_round(strategy, grid, arrays, server_round)
         for msg in messages:
             node = msg.metadata.dst_node_id
-            record = strategy.meter.select(round=server_round, direction="down", client=node)[0]
+            record = strategy.meter.select(round=server_round, direction="down", client=partition(grid, node))[0]
             assert record.payload_bytes == sum(len(a.data) for a in msg.content["arrays"].values())
         for reply in replies:
             node = reply.metadata.src_node_id
-            record = strategy.meter.select(round=server_round, direction="up", client=node)[0]
+            record = strategy.meter.select(round=server_round, direction="up", client=partition(grid, node))[0]
             assert record.payload_bytes == sum(len(a.data) for a in reply.content["arrays"].values()) > 0
     for direction, moved in (("down", grid.bytes_down), ("up", grid.bytes_up)):
         for node, total in moved.items():
-            metered = sum(r.message_bytes for r in strategy.meter.select(direction=direction, client=node))
+            metered = sum(r.message_bytes for r in strategy.meter.select(direction=direction,
+                                                                         client=partition(grid, node)))
             assert metered == total  # setup query included: the loopback counted every message
 
 
@@ -167,13 +176,13 @@ def test_server_error_feedback_conserves_the_aggregate(task_identity):
         assert np.any(strategy.server_state[f"residual/{name}"] != 0)
 
 
-def test_client_error_feedback_state_lives_in_context_state(task_identity):
+def test_client_error_feedback_state_is_kept_between_rounds(task_identity):
     config, model, strategy, grid, arrays = make_run(BIDIR)
     one_round(strategy, grid, arrays, 1)
-    for context in grid.contexts.values():
-        residual = context.state[RESIDUAL_KEY]
-        assert residual["rounds"].numpy().reshape(-1)[0] == 1
-        assert any(np.any(residual[k].numpy() != 0) for k in residual.keys() if k.startswith("residual/"))
+    for node in grid.contexts:
+        state = client_state(grid, node)
+        assert state["residual/rounds"].reshape(-1)[0] == 1
+        assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/residual/"))
 
 
 def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
@@ -181,7 +190,7 @@ def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
     for server_round in (1, 2):
         _, _, arrays, _ = one_round(strategy, grid, arrays, server_round)
     victim = sorted(grid.contexts)[0]
-    del grid.contexts[victim].state[GLOBAL_KEY]  # the node lost its state (a restarted SuperNode)
+    del grid.contexts[victim].state[MEMORY_KEY]  # the node lost its state (a restarted SuperNode)
     _, replies, arrays, _ = one_round(strategy, grid, arrays, 3)
     failed = [r for r in replies if r.has_error()]
     assert len(failed) == 1 and "version" in failed[0].error.reason
@@ -189,7 +198,7 @@ def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
     to_victim = next(m for m in messages if m.metadata.dst_node_id == victim)
     assert to_victim.content["config"]["fedcomp-base"] == -1  # the full model
     assert not any(r.has_error() for r in replies)
-    full = strategy.meter.select(round=4, direction="down", client=victim)[0]
+    full = strategy.meter.select(round=4, direction="down", client=partition(grid, victim))[0]
     assert full.payload_bytes > ParamManifest.from_model(model).dense_bytes
 
 

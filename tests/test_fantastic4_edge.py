@@ -73,8 +73,8 @@ def test_edge_rounds_every_n_and_the_last():
 
 def test_recorder_writes_f4_metrics_per_round_and_their_final_values(tmp_path):
     recorder = RunRecorder(tmp_path, resolve({}), meter=None)
-    recorder.round_done(1, {"accuracy": 0.5, "loss": 1.0}, {}, 0.1, {"f4_accuracy": 0.4, "f4_model_bytes": 10})
-    recorder.round_done(2, {"accuracy": 0.6, "loss": 0.9}, {}, 0.1)
+    recorder.round_done(1, {"accuracy": 0.5, "loss": 1.0}, 0.1, {"f4_accuracy": 0.4, "f4_model_bytes": 10})
+    recorder.round_done(2, {"accuracy": 0.6, "loss": 0.9}, 0.1)
     rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert rows[0]["f4_accuracy"] == 0.4 and "f4_accuracy" not in rows[1]
     summary = recorder.finish()

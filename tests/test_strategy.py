@@ -45,7 +45,8 @@ def test_train_round_is_metered_exactly(setup):
         assert rec.payload_bytes == expected_payload
         assert rec.dense_bytes == manifest.dense_bytes == 4 * sum(p.numel() for p in model.parameters())
         assert rec.payload_bytes - rec.dense_bytes == 128 * len(manifest)  # only the .npy headers on top
-        moved = (grid.bytes_down if rec.direction == "down" else grid.bytes_up)[rec.client]
+        node = next(n for n, pid in NODES.items() if pid == rec.client)  # the meter counts by partition
+        moved = (grid.bytes_down if rec.direction == "down" else grid.bytes_up)[node]
         setup_bytes = sum(r.message_bytes for r in strategy.meter.select(round=0, direction=rec.direction,
                                                                          client=rec.client))
         assert rec.message_bytes == moved - setup_bytes  # what the loopback really serialised
