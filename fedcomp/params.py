@@ -7,6 +7,7 @@ size it reads by what the model really holds.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -44,11 +45,13 @@ class ParamManifest:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {t.name: i for i, t in enumerate(self.tensors)}
+
     def index(self, name: str) -> int:
-        for i, t in enumerate(self.tensors):
-            if t.name == name:
-                return i
-        raise KeyError(name)
+        """The position of tensor ``name`` (KeyError if the manifest has none)."""
+        return self._positions[name]
 
     def __len__(self) -> int:
         return len(self.tensors)

@@ -52,14 +52,15 @@ def keep_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     flat = values.reshape(-1)
     if k >= flat.numel():
         return values.clone()
-    keep = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
-    if k > 0:
-        magnitude = flat.abs()
-        kth = kth_smallest(magnitude, flat.numel() - k + 1)  # the k-th largest magnitude
-        keep = magnitude > kth
-        ties = torch.nonzero(magnitude == kth).reshape(-1)
-        keep[ties[: k - int(keep.sum())]] = True
-    return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(values.shape)
+    if k <= 0:
+        return torch.zeros_like(values)
+    magnitude = flat.abs()
+    kth = kth_smallest(magnitude, flat.numel() - k + 1)  # the k-th largest magnitude
+    keep = magnitude > kth
+    short = k - int(keep.sum())  # how many of the entries equal to the k-th largest are kept
+    if short:
+        keep[torch.nonzero(magnitude == kth).reshape(-1)[:short]] = True
+    return torch.where(keep, flat, 0.0).reshape(values.shape)
 
 
 def _check_fraction(fraction: float) -> float:
@@ -154,7 +155,7 @@ class StatisticsThreshold:
         for k, v in out.items():
             if _eligible(v, self.include_1d):
                 threshold = float(np.float32(self.threshold(v)))
-                out[k] = torch.where(v.abs() <= threshold, torch.zeros((), device=v.device), v)
+                out[k] = torch.where(v.abs() <= threshold, 0.0, v)
         return _back(out, update)
 
 
@@ -174,7 +175,7 @@ class StructuredFilters:
                 rows = v.reshape(v.shape[0], -1)
                 per_filter = exact_sum(rows.abs(), dim=1) / rows.shape[1]
                 weak = per_filter < self.gain * (float(exact_sum(per_filter)) / per_filter.numel())
-                out[k] = torch.where(weak.reshape((-1,) + (1,) * (v.ndim - 1)), torch.zeros((), device=v.device), v)
+                out[k] = torch.where(weak.reshape((-1,) + (1,) * (v.ndim - 1)), 0.0, v)
         return _back(out, update)
 
 

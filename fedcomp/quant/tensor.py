@@ -8,7 +8,6 @@ by the same float32 arithmetic and agree bit for bit.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -74,7 +73,7 @@ class QuantizedTensor:
         """The same tensor with numpy symbols (itself when they already are)."""
         if isinstance(self.symbols, np.ndarray):
             return self
-        return dataclasses.replace(self, symbols=to_numpy(self.symbols))
+        return QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
 
 
 def dequantize(symbols: Array, kind: QuantKind, params: tuple = (), codebook: np.ndarray | None = None) -> Array:
@@ -83,7 +82,8 @@ def dequantize(symbols: Array, kind: QuantKind, params: tuple = (), codebook: np
     Numpy symbols give a numpy array, tensor symbols a tensor on their device: the same
     float32 arithmetic either way, so the sender's reconstruction and the receiver's agree.
     """
-    s = wrap(symbols).to(torch.int32)
+    s = wrap(symbols)
+    s = s if s.dtype == torch.int32 else s.to(torch.int32)
     if kind == QuantKind.FLOAT32:
         out = s.view(torch.float32).clone()
     elif kind in (QuantKind.UNIFORM_QP, QuantKind.UNIFORM_STEP):
