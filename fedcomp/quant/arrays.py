@@ -68,15 +68,15 @@ def finite_peak(values: torch.Tensor) -> float:
     return peak
 
 
-def kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+def kth_smallest(values: torch.Tensor, k: int) -> float:
     """The ``k``-th smallest entry (1-based) of a 1-D tensor: the same value on every device.
 
     On the CPU numpy's introselect (faster than torch's selection); a sort on an accelerator,
     where one large selection is slow.
     """
     if values.device.type == "cpu":
-        return torch.from_numpy(np.partition(values.numpy(), k - 1)[k - 1 : k]).reshape(())
-    return torch.sort(values).values[k - 1]
+        return float(np.partition(values.numpy(), k - 1)[k - 1])
+    return float(torch.sort(values).values[k - 1])
 
 
 def exact_sum(values: torch.Tensor, dim: int | None = None) -> torch.Tensor:

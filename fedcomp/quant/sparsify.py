@@ -56,10 +56,11 @@ def keep_largest(values: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(values)
     magnitude = flat.abs()
     kth = kth_smallest(magnitude, flat.numel() - k + 1)  # the k-th largest magnitude
-    keep = magnitude > kth
-    short = k - int(keep.sum())  # how many of the entries equal to the k-th largest are kept
-    if short:
-        keep[torch.nonzero(magnitude == kth).reshape(-1)[:short]] = True
+    keep = magnitude >= kth
+    extra = int(keep.sum()) - k  # entries equal to the k-th largest beyond k: the last ones go
+    if extra:
+        ties = torch.nonzero(magnitude == kth).reshape(-1)
+        keep[ties[ties.numel() - extra:]] = False
     return torch.where(keep, flat, 0.0).reshape(values.shape)
 
 
