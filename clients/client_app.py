@@ -32,7 +32,8 @@ from fedcomp.compression import decompress
 from fedcomp.config import from_run_config
 from fedcomp.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
-from fedcomp.params import load_arrays, state_arrays
+from fedcomp.params import load_arrays, state_arrays, state_tensors
+from fedcomp.quant.arrays import as_tensor, to_numpy
 from fedcomp.qat import QATSettings, local_train, relevance_batch
 from fedcomp.relevance import weight_relevance
 from fedcomp.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
@@ -111,7 +112,7 @@ def train_step(msg: Message, context: Context) -> Message:
                                                                      loader, _part(held, RESIDUAL))
         kept = {GLOBAL + k: v for k, v in global_tensors.items()} if settings.bidirectional else {}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
-                                  **{RESIDUAL + k: v for k, v in residual.items()}})
+                                  **{RESIDUAL + k: to_numpy(v) for k, v in residual.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
@@ -180,8 +181,8 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
     train_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    local = state_arrays(model)
-    weight_update = {k: local[k] - global_tensors[k] for k in sent_weights}
+    local = state_tensors(model)  # on the training device: the update reaches the host only as symbols
+    weight_update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
     if joint:
         weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
     relevance = None

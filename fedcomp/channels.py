@@ -22,9 +22,10 @@ from flwr.app import Array, ArrayRecord
 from fedcomp.compression import CompressionSpec, Compressor, decompress
 from fedcomp.errors import PayloadError
 from fedcomp.params import ParamManifest
+from fedcomp.quant.arrays import Array as AnyArray  # flwr.app.Array is the record entry
 from fedcomp.quant.tensor import QuantizedTensor
 
-State = dict[str, np.ndarray]
+State = dict[str, AnyArray]  # numpy on the host; a payload channel fed device tensors keeps its residual there
 PAYLOAD_STYPE = "fedcomp/payload"
 #: Most payloads one record may carry (a catch-up replay is bounded by ``sync.history``).
 MAX_PAYLOADS = 1024
@@ -168,9 +169,11 @@ class PayloadChannel:
             compressor.load_state_dict(state)
         return compressor
 
-    def prepare(self, tensors: Mapping[str, np.ndarray], state: State | None = None,
+    def prepare(self, tensors: Mapping[str, AnyArray], state: State | None = None,
                 relevance: Mapping[str, np.ndarray] | None = None) -> tuple[list[QuantizedTensor], State]:
         """Quantized tensors (error feedback applied) and the sender's new state; see :meth:`pack`.
+
+        ``tensors`` may be device tensors: the work runs there, and only the symbols come to the host.
 
         ``relevance``: per-weight relevances for ECQx (:func:`fedcomp.relevance.weight_relevance`).
         """

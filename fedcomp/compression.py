@@ -7,8 +7,14 @@ what the receiver will reconstruct; :func:`decompress` is the receiver's side::
 
     spec = CompressionSpec.from_dict({"scheme": "topk-uniform-ans", "fraction": 0.01})
     comp = Compressor(spec, manifest)
-    payload, reconstruction = comp.compress(update)    # update: name -> float32 array
+    payload, reconstruction = comp.compress(update)    # update: name -> float32 array or tensor
     assert all((decompress(payload, manifest)[k] == v).all() for k, v in reconstruction.items())
+
+An update may be numpy arrays or torch tensors on any device (the GPU that trained the
+model): error feedback, sparsification and quantization run where the update lives, the
+residual stays there, and only the int32 symbols move to the host for the entropy coder
+(one torch implementation serves both forms, :mod:`fedcomp.quant.arrays`; the payload is
+the same bytes either way). ECQ, ECQx and EC2T are numpy: their values go to the host.
 
 Spec keys (defaults in :class:`CompressionSpec`): ``quantizer`` (none | uniform | stc |
 ecq | ecqx | ec2t), ``qp``, ``qp_density``, ``step``, ``bits``, ``dead_zone``, ``gamma``,
@@ -29,11 +35,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
+import torch
 
 from fedcomp.codec.base import Codec, codec_names, get_codec
 from fedcomp.codec.wire import decode_payload, encode_payload
 from fedcomp.errors import ConfigError
 from fedcomp.params import ParamManifest
+from fedcomp.quant.arrays import Array, as_tensor
 from fedcomp.quant.base import Quantizer
 from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
 from fedcomp.quant.feedback import ErrorFeedback
@@ -348,38 +356,38 @@ class Compressor:
     def quantizer(self, quantizer: Quantizer | None) -> None:
         self.main.quantizer = quantizer
 
-    def _check(self, update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _check(self, update: Mapping[str, Array]) -> dict[str, torch.Tensor]:
         names = set(self.manifest.names)
         out = {}
         for name in sorted(update, key=lambda n: self.manifest.index(n) if n in names else -1):
             if name not in names:
                 raise ValueError(f"update tensor {name!r} is not in the parameter manifest")
-            values = np.asarray(update[name], dtype=np.float32)
+            values = as_tensor(update[name])
             expected = self.manifest[self.manifest.index(name)].shape
-            if values.shape != tuple(expected):
-                raise ValueError(f"update tensor {name!r} has shape {values.shape}, manifest says {expected}")
+            if tuple(values.shape) != tuple(expected):
+                raise ValueError(f"update tensor {name!r} has shape {tuple(values.shape)}, manifest says {expected}")
             out[name] = values
         return out
 
-    def _groups(self, update: Mapping[str, np.ndarray]) -> list[tuple[_Pipeline, dict[str, np.ndarray]]]:
-        groups: dict[int, dict[str, np.ndarray]] = {}
+    def _groups(self, update: Mapping[str, torch.Tensor]) -> list[tuple[_Pipeline, dict[str, torch.Tensor]]]:
+        groups: dict[int, dict[str, torch.Tensor]] = {}
         for name, values in update.items():
             groups.setdefault(id(self.routes.get(name, self.main)), {})[name] = values
         return [(p, groups[id(p)]) for p in self.pipelines if id(p) in groups]
 
     def quantize(
-        self, update: Mapping[str, np.ndarray], relevance: Mapping[str, np.ndarray] | None = None
+        self, update: Mapping[str, Array], relevance: Mapping[str, np.ndarray] | None = None
     ) -> list[QuantizedTensor]:
-        """Sparsify and quantize (no error feedback, no coding): the symbols to send, in manifest order.
+        """Sparsify and quantize (no error feedback, no coding): the symbols to send (on the host), in manifest order.
 
         ``relevance`` (per-weight, same shapes) goes to relevance-aware quantizers.
         """
         out: dict[str, QuantizedTensor] = {}
-        for pipeline, group in self._groups(update):
-            out.update({t.name: t for t in self._quantize_group(pipeline, group, relevance or {})})
+        for pipeline, group in self._groups(self._check(update)):
+            out.update({t.name: t.host() for t in self._quantize_group(pipeline, group, relevance or {})})
         return [out[name] for name in update]
 
-    def _quantize_group(self, pipeline: _Pipeline, update: Mapping[str, np.ndarray],
+    def _quantize_group(self, pipeline: _Pipeline, update: Mapping[str, torch.Tensor],
                         relevance: Mapping[str, np.ndarray]) -> list[QuantizedTensor]:
         if pipeline.sparsifier is not None:
             rng = np.random.default_rng([pipeline.spec.seed, self.rounds])
@@ -389,12 +397,13 @@ class Compressor:
         return [pipeline.quantizer.quantize(v, name, relevance.get(name)) for name, v in update.items()]
 
     def prepare(
-        self, update: Mapping[str, np.ndarray], relevance: Mapping[str, np.ndarray] | None = None
+        self, update: Mapping[str, Array], relevance: Mapping[str, np.ndarray] | None = None
     ) -> list[QuantizedTensor]:
         """Error feedback, sparsify and quantize ``update`` (a subset of the manifest); updates the residuals.
 
-        Returns the quantized tensors in manifest order; :meth:`encode` codes them, alone or
-        together with tensors prepared by another call (one payload for a two-stage sender).
+        Runs where the update's tensors are; returns the quantized tensors (symbols on the
+        host) in manifest order; :meth:`encode` codes them, alone or together with tensors
+        prepared by another call (one payload for a two-stage sender).
         ``relevance``: optional per-weight relevances for relevance-aware quantizers.
         """
         update = self._check(update)
@@ -404,7 +413,7 @@ class Compressor:
             tensors = self._quantize_group(pipeline, corrected, relevance or {})
             if pipeline.feedback:
                 pipeline.feedback.record(corrected, {t.name: t.dequantize() for t in tensors})
-            quantized.update({t.name: t for t in tensors})
+            quantized.update({t.name: t.host() for t in tensors})
         self.rounds += 1
         return [quantized[name] for name in update]
 
@@ -429,18 +438,20 @@ class Compressor:
         return self.encode(self.prepare(update, relevance), flags)
 
     @property
-    def residual(self) -> dict[str, np.ndarray]:
-        """The error-feedback residuals of every tensor that has one."""
-        return {k: v for p in self.pipelines if p.feedback for k, v in p.feedback.residual.items()}
+    def residual(self) -> dict[str, Array]:
+        """The error-feedback residuals of every tensor that has one: numpy copies on the host,
+        tensors on an accelerator stay there."""
+        return {k: v for p in self.pipelines if p.feedback for k, v in p.feedback.state_dict().items()}
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays: ``residual/<name>`` per tensor and ``rounds``."""
-        state = {f"residual/{k}": v.copy() for k, v in self.residual.items()}
+    def state_dict(self) -> dict[str, Array]:
+        """``residual/<name>`` per tensor (numpy copies on the host; tensors on an accelerator stay
+        there) and ``rounds`` (numpy)."""
+        state = {f"residual/{k}": v for k, v in self.residual.items()}
         state["rounds"] = np.array(self.rounds, dtype=np.int64)
         return state
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore what :meth:`state_dict` saved (residuals as numpy arrays or tensors)."""
         self.rounds = int(np.asarray(state.get("rounds", 0)).reshape(-1)[0])
         residual = self._check({k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")})
         for pipeline in self.pipelines:
@@ -450,7 +461,7 @@ class Compressor:
             pipeline = self.routes.get(name, self.main)
             if pipeline.feedback is None:
                 raise ConfigError(f"state holds a residual for {name!r} but its spec has error_feedback = false")
-            pipeline.feedback.residual[name] = np.array(values, dtype=np.float32)
+            pipeline.feedback.residual[name] = values
 
 
 def decompress(payload: bytes, manifest: ParamManifest) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ size it reads by what the model really holds.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
@@ -44,11 +45,13 @@ class ParamManifest:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:
+        return {t.name: i for i, t in enumerate(self.tensors)}
+
     def index(self, name: str) -> int:
-        for i, t in enumerate(self.tensors):
-            if t.name == name:
-                return i
-        raise KeyError(name)
+        """The position of tensor ``name`` (KeyError if the manifest has none)."""
+        return self._positions[name]
 
     def __len__(self) -> int:
         return len(self.tensors)
@@ -74,11 +77,16 @@ def exchanged_keys(model: torch.nn.Module) -> list[str]:
     return [k for k, v in model.state_dict().items() if v.is_floating_point()]
 
 
-def state_arrays(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """The model's exchanged tensors as float32 numpy arrays (copies), in state-dict order."""
+def state_tensors(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """The model's exchanged tensors as float32 tensors (copies) on the model's device, in state-dict order."""
     state = model.state_dict()
     keys = exchanged_keys(model) if keys is None else list(keys)
-    return {k: state[k].detach().cpu().numpy().astype(np.float32, copy=True) for k in keys}
+    return {k: state[k].detach().to(torch.float32, copy=True) for k in keys}
+
+
+def state_arrays(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The model's exchanged tensors as float32 numpy arrays (copies), in state-dict order."""
+    return {k: v.cpu().numpy() for k, v in state_tensors(model, keys).items()}
 
 
 def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:

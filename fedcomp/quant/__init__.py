@@ -1,4 +1,4 @@
-"""Quantizers, sparsifiers and error feedback on plain numpy tensors (no Flower, no Ray)."""
+"""Quantizers, sparsifiers and error feedback on numpy arrays or torch tensors on any device (no Flower, no Ray)."""
 
 from fedcomp.quant.base import Quantizer, round_to_symbols
 from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
+import torch
 
+from fedcomp.quant.arrays import Array, finite_peak, like, wrap
 from fedcomp.quant.tensor import MAX_SYMBOL, QuantizedTensor
 
 
@@ -18,22 +19,23 @@ class Quantizer(Protocol):
     """Anything that turns a float tensor into symbols plus reconstruction parameters."""
 
     def quantize(
-        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+        self, values: Array, name: str = "", relevance: Array | None = None
     ) -> QuantizedTensor: ...
 
 
-def round_to_symbols(values: np.ndarray, step: float, dead_zone: float = 0.0) -> np.ndarray:
-    """``round(values / step)`` as int32, clipped to +-MAX_SYMBOL.
+def round_to_symbols(values: Array, step: float, dead_zone: float = 0.0) -> Array:
+    """``round(values / step)`` as int32, clipped to +-MAX_SYMBOL, where ``values`` are (numpy or device).
 
     ``dead_zone`` widens only the zero bin: values with ``|x| < (0.5 + dead_zone) * step``
     become 0, the other levels are unchanged. Non-finite input raises ``ValueError``
     (a NaN update is a bug upstream, not something to transmit silently).
     """
-    x = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        raise ValueError("cannot quantize non-finite values (NaN or inf in the update)")
-    scaled = x / step
-    symbols = np.rint(scaled)
+    x = wrap(values)
+    peak = finite_peak(x)
+    scaled = x.to(torch.float64) / step
+    symbols = torch.round(scaled)  # half to even, as numpy's rint
     if dead_zone > 0:
-        symbols[np.abs(scaled) < 0.5 + dead_zone] = 0
-    return np.clip(symbols, -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
+        symbols[scaled.abs() < 0.5 + dead_zone] = 0
+    if peak / step >= MAX_SYMBOL:
+        symbols = symbols.clamp(-MAX_SYMBOL, MAX_SYMBOL)
+    return like(symbols.to(torch.int32), values)

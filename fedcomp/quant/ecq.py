@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedcomp.quant.arrays import Array, to_numpy
 from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 
 #: Smallest probability kept for a centroid no value chose (it then never wins: I is huge).
@@ -27,8 +28,8 @@ _TINY = 1e-12
 _BETA_FLOOR = 1e-6
 
 
-def _finite(values: np.ndarray) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float32)
+def _finite(values: Array) -> np.ndarray:
+    x = np.asarray(to_numpy(values), dtype=np.float32)  # ECQ is numpy: a device tensor comes to the host
     if not np.all(np.isfinite(x)):
         raise ValueError("cannot quantize non-finite values (NaN or inf in the update)")
     return x

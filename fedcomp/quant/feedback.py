@@ -2,40 +2,43 @@
 
 Per sender: ``U' = U + R``, transmit ``P = Q(U')``, keep ``R = U' - deQ(P)``. Then the
 sum of everything delivered plus the current residual equals the sum of the true updates.
-The residual is a dict of plain float32 arrays so it can live in Flower's ``context.state``.
+The residual lives where the update does (float32 tensors, on the GPU that trained a
+model); a residual loaded from the host (numpy) is moved to the update's device when used.
 """
 
 from __future__ import annotations
 
 from typing import Mapping
 
-import numpy as np
+import torch
+
+from fedcomp.quant.arrays import Array, as_tensor, at_rest
 
 
 class ErrorFeedback:
     """The residual memory of one sender (a client upstream or the server downstream)."""
 
     def __init__(self) -> None:
-        self.residual: dict[str, np.ndarray] = {}
+        self.residual: dict[str, Array] = {}
 
-    def corrected(self, update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``U + R`` for every tensor of ``update`` (R = 0 where none is held yet)."""
+    def corrected(self, update: Mapping[str, Array]) -> dict[str, torch.Tensor]:
+        """``U + R`` for every tensor of ``update`` (R = 0 where none is held yet), on the update's device."""
         out = {}
         for name, values in update.items():
-            values = np.asarray(values, dtype=np.float32)
+            values = as_tensor(values)
             held = self.residual.get(name)
-            out[name] = values + held if held is not None else values.copy()
+            out[name] = values + as_tensor(held, values.device) if held is not None else values.clone()
         return out
 
-    def record(self, corrected: Mapping[str, np.ndarray], delivered: Mapping[str, np.ndarray]) -> None:
+    def record(self, corrected: Mapping[str, torch.Tensor], delivered: Mapping[str, Array]) -> None:
         """Keep ``R = U' - delivered`` for the tensors just sent."""
         for name, values in corrected.items():
-            self.residual[name] = (values - delivered[name]).astype(np.float32)
+            self.residual[name] = values - as_tensor(delivered[name], values.device)
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The residual as plain float32 arrays (copies)."""
-        return {name: r.copy() for name, r in self.residual.items()}
+    def state_dict(self) -> dict[str, Array]:
+        """The residual: float32 numpy copies on the host, tensors on an accelerator."""
+        return {name: at_rest(as_tensor(r)) for name, r in self.residual.items()}
 
-    def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
-        """Restore a residual saved by :meth:`state_dict`."""
-        self.residual = {name: np.array(r, dtype=np.float32) for name, r in state.items()}
+    def load_state_dict(self, state: Mapping[str, Array]) -> None:
+        """Restore a residual saved by :meth:`state_dict` (numpy arrays or tensors)."""
+        self.residual = {name: as_tensor(r) for name, r in state.items()}

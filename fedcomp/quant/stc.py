@@ -9,7 +9,9 @@ so it travels as a plain UNIFORM_STEP tensor. Compose with :class:`~fedcomp.quan
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from fedcomp.quant.arrays import Array, as_tensor, exact_sum, finite_peak, like
 from fedcomp.quant.tensor import QuantizedTensor, QuantKind
 
 
@@ -17,15 +19,17 @@ class STCQuantizer:
     """Ternarize the non-zeros of an already sparsified tensor to ``+-mean|kept|``."""
 
     def quantize(
-        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+        self, values: Array, name: str = "", relevance: Array | None = None
     ) -> QuantizedTensor:
-        """Symbols are ``sign(x)``; the step is the float32 mean magnitude of the non-zeros."""
-        values = np.asarray(values, dtype=np.float32)
-        if not np.all(np.isfinite(values)):
-            raise ValueError("cannot quantize non-finite values (NaN or inf in the update)")
-        kept = values[values != 0]
-        step = float(np.float32(np.abs(kept, dtype=np.float64).mean())) if kept.size else 1.0
+        """Symbols are ``sign(x)``; the step is the float32 mean magnitude of the non-zeros.
+
+        Computed where ``values`` are; the mean is an order-independent sum, so every device
+        gives the same step.
+        """
+        x = as_tensor(values)
+        finite_peak(x)
+        kept = int(torch.count_nonzero(x))
+        step = float(np.float32(float(exact_sum(x.abs())) / kept)) if kept else 1.0
         if step == 0.0:  # only subnormal-small survivors; keep the format valid
             step = float(np.finfo(np.float32).tiny)
-        symbols = np.sign(values).astype(np.int32)
-        return QuantizedTensor(name, symbols, QuantKind.UNIFORM_STEP, (step,))
+        return QuantizedTensor(name, like(torch.sign(x).to(torch.int32), values), QuantKind.UNIFORM_STEP, (step,))

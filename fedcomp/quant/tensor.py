@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 import numpy as np
+import torch
+
+from fedcomp.quant.arrays import Array, as_tensor, like, to_numpy, wrap
 
 
 class QuantKind(IntEnum):
@@ -44,13 +47,16 @@ def qp_step(qp: int, qp_density: int = 2) -> float:
 class QuantizedTensor:
     """Int32 symbols (in the tensor's shape) plus how to reconstruct them.
 
+    A quantizer fed a device tensor leaves the symbols on that device (a torch tensor);
+    :meth:`host` moves them to a numpy array, which is what codecs take.
+
     ``params`` depends on ``kind``: ``()`` for FLOAT32, ``(qp, qp_density)`` for
     UNIFORM_QP, ``(step,)`` for UNIFORM_STEP, ``(offset,)`` for CODEBOOK (values in
     ``codebook``), ``(pos, neg)`` for TERNARY. Floats are float32-representable.
     """
 
     name: str
-    symbols: np.ndarray
+    symbols: Array
     kind: QuantKind
     params: tuple = ()
     codebook: np.ndarray | None = field(default=None)
@@ -59,34 +65,44 @@ class QuantizedTensor:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.symbols.shape)
 
-    def dequantize(self) -> np.ndarray:
-        """The float32 values these symbols stand for (same shape)."""
+    def dequantize(self) -> Array:
+        """The float32 values these symbols stand for (same shape, where the symbols are)."""
         return dequantize(self.symbols, self.kind, self.params, self.codebook)
 
+    def host(self) -> "QuantizedTensor":
+        """The same tensor with numpy symbols (itself when they already are)."""
+        if isinstance(self.symbols, np.ndarray):
+            return self
+        return QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
 
-def dequantize(
-    symbols: np.ndarray, kind: QuantKind, params: tuple = (), codebook: np.ndarray | None = None
-) -> np.ndarray:
-    """Reconstruct float32 values from int32 ``symbols`` for quantization ``kind``."""
-    symbols = np.asarray(symbols, dtype=np.int32)
+
+def dequantize(symbols: Array, kind: QuantKind, params: tuple = (), codebook: np.ndarray | None = None) -> Array:
+    """Reconstruct float32 values from int32 ``symbols`` for quantization ``kind``.
+
+    Numpy symbols give a numpy array, tensor symbols a tensor on their device: the same
+    float32 arithmetic either way, so the sender's reconstruction and the receiver's agree.
+    """
+    s = wrap(symbols)
+    s = s if s.dtype == torch.int32 else s.to(torch.int32)
     if kind == QuantKind.FLOAT32:
-        return symbols.view(np.float32).copy()
-    if kind == QuantKind.UNIFORM_QP:
-        return symbols.astype(np.float32) * np.float32(qp_step(*params))
-    if kind == QuantKind.UNIFORM_STEP:
-        return symbols.astype(np.float32) * np.float32(params[0])
-    if kind == QuantKind.CODEBOOK:
-        return np.asarray(codebook, dtype=np.float32)[symbols.astype(np.int64) - int(params[0])]
-    if kind == QuantKind.TERNARY:
-        pos, neg = (np.float32(p) for p in params)
-        out = np.zeros(symbols.shape, dtype=np.float32)
-        out[symbols > 0] = pos
-        out[symbols < 0] = -neg
-        return out
-    raise ValueError(f"unknown quantization kind {kind!r}")
+        out = s.view(torch.float32).clone()
+    elif kind in (QuantKind.UNIFORM_QP, QuantKind.UNIFORM_STEP):
+        step = qp_step(*params) if kind == QuantKind.UNIFORM_QP else params[0]
+        out = s.to(torch.float32) * float(np.float32(step))
+    elif kind == QuantKind.CODEBOOK:
+        book = wrap(np.asarray(codebook, dtype=np.float32)).to(s.device)
+        out = book[s.to(torch.int64) - int(params[0])]
+    elif kind == QuantKind.TERNARY:
+        pos, neg = (float(np.float32(p)) for p in params)
+        out = torch.zeros(s.shape, dtype=torch.float32, device=s.device)
+        out[s > 0] = pos
+        out[s < 0] = -neg
+    else:
+        raise ValueError(f"unknown quantization kind {kind!r}")
+    return like(out, symbols)
 
 
-def float32_tensor(name: str, values: np.ndarray) -> QuantizedTensor:
-    """Lossless passthrough: the float32 bit patterns as symbols."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    return QuantizedTensor(name, values.view(np.int32).copy(), QuantKind.FLOAT32)
+def float32_tensor(name: str, values: Array) -> QuantizedTensor:
+    """Lossless passthrough: the float32 bit patterns as symbols (where ``values`` are)."""
+    bits = as_tensor(values).contiguous().view(torch.int32).clone()
+    return QuantizedTensor(name, like(bits, values), QuantKind.FLOAT32)

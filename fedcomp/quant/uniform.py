@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedcomp.quant.arrays import Array, wrap
 from fedcomp.quant.base import round_to_symbols
 from fedcomp.quant.tensor import QuantizedTensor, QuantKind, qp_step
 
@@ -43,26 +44,27 @@ class UniformQuantizer:
         if qp is not None:
             qp_step(qp, qp_density)  # validates the density
 
-    def step_for(self, values: np.ndarray) -> float:
+    def step_for(self, values: Array) -> float:
         """The step this quantizer uses for ``values`` (float32-representable)."""
         if self.qp is not None:
             return qp_step(self.qp, self.qp_density)
         if self.step is not None:
             return self.step
         levels = 2 ** (self.bits - 1) - 1
-        peak = float(np.max(np.abs(values))) if np.size(values) else 0.0
+        x = wrap(values)
+        peak = float(x.abs().max()) if x.numel() else 0.0
         step = float(np.float32(peak / levels)) if peak > 0 else 1.0
         return step if step > 0 else float(np.finfo(np.float32).tiny)
 
     def quantize(
-        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+        self, values: Array, name: str = "", relevance: Array | None = None
     ) -> QuantizedTensor:
-        """Quantize ``values``; ``relevance`` is ignored."""
+        """Quantize ``values`` where they are (numpy or a device tensor); ``relevance`` is ignored."""
         step = self.step_for(values)
         symbols = round_to_symbols(values, step, self.dead_zone)
         if self.bits is not None:
             levels = 2 ** (self.bits - 1) - 1
-            np.clip(symbols, -levels, levels, out=symbols)
+            symbols = symbols.clip(-levels, levels)
         if self.qp is not None:
             return QuantizedTensor(name, symbols, QuantKind.UNIFORM_QP, (self.qp, self.qp_density))
         return QuantizedTensor(name, symbols, QuantKind.UNIFORM_STEP, (step,))
