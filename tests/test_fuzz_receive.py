@@ -214,7 +214,8 @@ def test_fuzzed_payloads_are_rejected_by_the_strategy_and_the_round_completes(ta
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == BATCH  # one line per fuzzed reply, nothing else
         for node, reason in bad.items():
-            line = f"round {server_round}: node {node} failed: dropped its reply: PayloadError: {reason}"
+            line = (f"round {server_round}: node {node} (partition {strategy.client_of(node)}) failed: "
+                    f"dropped its reply: PayloadError: {reason}")
             assert line in warnings, line
         rejected += len(bad)
         # the good replies are aggregated as if the fuzzed ones had never been sent
