@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fraction": args.fraction, "faults.client_failure_rate": args.failure,
                 "faults.corrupt_payload_rate": args.corrupt, "faults.slow_client_rate": args.slow,
                 "faults.slow_seconds": args.slow_seconds, "server.round_timeout": args.timeout,
-                "output.preset": args.preset}
+                "output.preset": args.preset, "client.state": "memory"}  # held in this process: measured
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip() or "?"
     config, grid, rows, summary, seconds = soak(settings)
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         f"The real ServerApp loop and ClientApp, {args.clients} clients, preset `{args.preset}`, "
         f"fraction {args.fraction}, {args.rounds} rounds, over the in-process LoopbackGrid (no Ray: "
         "every message is serialised and inflated as over a SuperLink; one process holds the server "
-        "and all clients, so its memory is the whole run's). Injected per client and round: failure "
+        "and all clients, and the clients keep their state in memory (`client.state=memory`), so its "
+        "memory is the whole run's). Injected per client and round: failure "
         f"{args.failure}, corrupted payload {args.corrupt}, slow {args.slow} ({args.slow_seconds} s against "
         f"`server.round_timeout` = {args.timeout} s). Memory is read from /proc/self/status when each "
         f"round's training starts. Run time {seconds:.0f} s.",
