@@ -236,7 +236,16 @@ class FedAvg(Strategy):
         return {k: self._global[k] + update[k] for k in update}
 
     def received(self, results: list[ClientResult]) -> None:
-        """Sees a round's usable training replies, whether or not there are enough to aggregate (here: nothing)."""
+        """Sees a round's usable training replies, whether or not there are enough to aggregate.
+
+        Called before `aggregate`, and also in a round left below ``server.min_results``; this
+        class needs nothing from it.
+
+        Parameters
+        ----------
+        results : list of ClientResult
+            The round's usable training replies, in partition order.
+        """
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """The next global model from the usable replies: the example-weighted mean.
