@@ -24,7 +24,9 @@ from fedcomp.quant.arrays import exact_sum
 from fedcomp.quant.sparsify import keep_largest
 from fedcomp.updates import UpdateSettings
 
-COMPRESSED = [name for name in PRESETS if not UpdateSettings.from_config(resolve(preset(name))).up.lossless_dense]
+SETTINGS = {name: UpdateSettings.from_config(resolve(preset(name))) for name in PRESETS}
+COMPRESSED_CHANNELS = [(name, direction) for name, settings in SETTINGS.items() for direction in ("up", "down")
+                       if not getattr(settings, direction).lossless_dense]
 
 
 def _updates(manifest: ParamManifest, rounds: int) -> list[dict[str, np.ndarray]]:
@@ -53,12 +55,9 @@ def _run(channel, updates, as_tensors: bool) -> tuple[list[bytes], dict]:
     return payloads, state
 
 
-@pytest.mark.parametrize("name", COMPRESSED)
-@pytest.mark.parametrize("direction", ["up", "down"])
+@pytest.mark.parametrize("name,direction", COMPRESSED_CHANNELS)
 def test_every_preset_channel_codes_tensors_and_arrays_to_the_same_bytes(name, direction):
-    settings = UpdateSettings.from_config(resolve(preset(name)))
-    if (settings.up if direction == "up" else settings.down).lossless_dense:
-        pytest.skip(f"{name} sends {direction} dense")
+    settings = SETTINGS[name]
     model = build_model("cnn", 10, (1, 8, 8))
     manifest = settings.manifest(model)
     updates = _updates(manifest, 4)
@@ -135,15 +134,15 @@ def test_symbols_come_back_in_the_form_they_went_in():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("name", COMPRESSED)
-def test_on_cuda_every_preset_codes_the_same_bytes_as_on_the_cpu(name):
-    settings = UpdateSettings.from_config(resolve(preset(name)))
+@pytest.mark.parametrize("name,direction", COMPRESSED_CHANNELS)
+def test_on_cuda_every_preset_codes_the_same_bytes_as_on_the_cpu(name, direction):
+    settings = SETTINGS[name]
     manifest = settings.manifest(build_model("cnn", 10, (1, 8, 8)))
     updates = _updates(manifest, 3)
-    cpu, _ = _run(settings.channel("up", manifest, 3), updates, as_tensors=False)
+    cpu, _ = _run(settings.channel(direction, manifest, 3), updates, as_tensors=False)
     state, cuda = {}, []
     for update in updates:
-        encoded, state = settings.channel("up", manifest, 3).encode(
+        encoded, state = settings.channel(direction, manifest, 3).encode(
             {k: torch.from_numpy(v).cuda() for k, v in update.items()}, state)
         cuda.append(encoded.record["p0"].data)
     assert cpu == cuda

@@ -227,7 +227,8 @@ def test_malformed_replies_of_every_shape_are_dropped(setup, shape, caplog):
     grid.tamper[bad_node] = malformed
     with caplog.at_level("WARNING"):
         new_arrays, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
-    assert caplog.text.count("failed: dropped its reply") == caplog.text.count(f"node {bad_node} (partition {NODES[bad_node]}) failed") == 1
+    dropped = f"node {bad_node} (partition {NODES[bad_node]}) failed: dropped its reply"
+    assert caplog.text.count("failed: dropped its reply") == caplog.text.count(dropped) == 1
     good = [p for n, p in NODES.items() if n != bad_node]
     assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
     assert all(np.all(np.isfinite(v)) for v in record_tensors(new_arrays).values())
