@@ -23,7 +23,7 @@ import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -48,19 +48,32 @@ class Checkpoint:
     rng: Arrays
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old content or the new, whole."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old content or the new, whole.
+
+    ``durable`` also fsyncs the file and its folder, so that the new content survives a power
+    loss; without it, it survives the process being killed (the page cache holds it).
+    """
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(temporary, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray], durable: bool = True) -> None:
+    """`write_atomic` of ``arrays`` as an ``.npz`` file."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue(), durable)
 
 
 def rng_states() -> Arrays:
@@ -91,9 +104,7 @@ def save(run_dir: Path, checkpoint: Checkpoint) -> None:
               **{f"strategy/{k}": v for k, v in checkpoint.strategy_arrays.items()},
               **{f"rng/{k}": v for k, v in checkpoint.rng.items()},
               "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_atomic(Path(run_dir) / CHECKPOINT, buffer.getvalue())
+    write_npz_atomic(Path(run_dir) / CHECKPOINT, arrays)
 
 
 def load(run_dir: Path) -> Checkpoint | None:

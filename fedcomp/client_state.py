@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
+from fedcomp.checkpoint import write_npz_atomic
 from fedcomp.errors import ConfigError
 
 State = dict[str, np.ndarray]
@@ -88,11 +89,8 @@ class DiskState:
     def save(self, server_round: int, state: Mapping[str, np.ndarray]) -> None:
         """Write ``state`` for ``server_round`` (atomically: a crash leaves the old file or the new one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.path(server_round)
-        temporary = target.with_suffix(".tmp")
-        with temporary.open("wb") as f:
-            np.savez(f, **state)
-        os.replace(temporary, target)
+        # not durable: a file per client and round, and a kill -9 loses nothing the page cache holds
+        write_npz_atomic(self.path(server_round), state, durable=False)
         for old in self.rounds()[:-KEEP]:
             self.path(old).unlink(missing_ok=True)
 

@@ -10,7 +10,6 @@ FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from logging import INFO, WARNING
@@ -107,13 +106,8 @@ class UpdateDump:
 
     def __call__(self, server_round: int, updates: dict[int, dict[str, np.ndarray]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"r{server_round:04d}.npz"
-        temporary = path.with_name(path.name + ".tmp")
-        with temporary.open("wb") as f:
-            np.savez(f, **{f"c{p}/{name}": v for p, update in updates.items() for name, v in update.items()})
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
+        checkpoint.write_npz_atomic(self.folder / f"r{server_round:04d}.npz",
+                                    {f"c{p}/{name}": v for p, update in updates.items() for name, v in update.items()})
 
 
 def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path:
