@@ -7,14 +7,18 @@ own, so `stop_all` finds them by the token even when they left the process group
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 from fedcomp.errors import FedcompError
+
+log = logging.getLogger(__name__)
 
 TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
 
@@ -70,26 +74,45 @@ def processes_with_token(token: str) -> list[int]:
     return processes_with_env(TOKEN_VARIABLE, token)
 
 
-def stop_all(processes: list[subprocess.Popen], token: str | None) -> None:
-    """Terminate the run's process groups, then anything else still carrying the run's token
-    (with ``token`` None: the given processes' groups only)."""
+def kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> list[int]:
+    """SIGKILL every PID ``find`` returns, then whatever it finds next, until it finds none; the PIDs
+    still found after ``timeout`` seconds ([] when all are gone).
+
+    One pass is not enough: a process not yet killed may start another (Ray's raylet starts its
+    agents and workers), and a killed one stays in ``/proc`` until the kernel has torn it down.
+    """
+    deadline = time.monotonic() + timeout
+    while found := find():
+        if time.monotonic() >= deadline:
+            return found
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    return []
+
+
+def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float = 10.0) -> None:
+    """Terminate the run's process groups, wait up to ``grace`` seconds, then kill anything still
+    carrying the run's token (with ``token`` None: the given processes' groups only); returns
+    once they are gone."""
     for process in processes:
         if process.poll() is None:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + grace
     def stragglers() -> list[int]:
         return processes_with_token(token) if token is not None else []
 
     while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or stragglers()):
         time.sleep(0.2)
-    for pid in stragglers():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    left = kill_until_gone(stragglers)
+    if left:
+        log.warning("processes %s of the run survived SIGKILL for 10 s", left)
     for process in processes:
         try:
             process.wait(timeout=5)

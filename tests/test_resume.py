@@ -156,7 +156,7 @@ def fedcomp_run(args: list[str], mark: str) -> subprocess.Popen:
 def test_fedcomp_run_killed_with_every_process_resumes_under_ray(tmp_path):
     """The real thing: ``fedcomp run`` on Ray, every process of it SIGKILLed in round 3, then
     ``fedcomp run --resume``; the results equal an uninterrupted run's."""
-    from fedcomp.processes import processes_with_env
+    from fedcomp.processes import kill_until_gone, processes_with_env
 
     args = ["--preset", "fsfl-bidir", "--set", "num_clients=4", "--set", "rounds=5", "--set", "fraction=0.5"]
     whole = fedcomp_run([*args, "--out", str(tmp_path / "whole")], "whole")
@@ -166,8 +166,8 @@ def test_fedcomp_run_killed_with_every_process_resumes_under_ray(tmp_path):
     while len(read_rounds(broken)) < 2 and process.poll() is None:
         time.sleep(0.1)
     time.sleep(0.5)
-    for pid in processes_with_env("FEDCOMP_TEST_RUN", "broken"):  # the machine dies: every process at once
-        os.kill(pid, signal.SIGKILL)
+    # the machine dies: every process at once, and none is left for the tests that follow
+    assert kill_until_gone(lambda: processes_with_env("FEDCOMP_TEST_RUN", "broken")) == []
     process.wait()
     assert not (broken / "summary.json").exists()
     finish(fedcomp_run(["--resume", str(broken)], "resumed"))

@@ -20,11 +20,18 @@ SMALL = {"num_clients": 3, "rounds": 2, "seed": 3}
 
 
 def ray_processes() -> list[str]:
-    """Live Ray and SuperLink processes. Zombies are left out: a killed run's workers whose parent
-    died wait for a PID 1 that reaps them (a container's may not); they run nothing and hold nothing."""
-    out = subprocess.run(["ps", "-eo", "stat=,args="], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if not line.lstrip().startswith("Z")
-            and ("ray::" in line or "raylet" in line or "flower-superlink" in line)]
+    """Live Ray and SuperLink processes, each with the test mark and run token it carries, if any, to
+    tell which run left it. Zombies are left out: a killed run's workers whose parent died wait for
+    a PID 1 that reaps them (a container's may not); they run nothing and hold nothing."""
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout.splitlines()
+    found = []
+    for line in out:
+        pid, stat, args = (line.split(None, 2) + ["", ""])[:3]
+        if not stat.startswith("Z") and ("ray::" in args or "raylet" in args or "flower-superlink" in args):
+            marks = [v.decode(errors="replace") for v in _environ(Path(f"/proc/{pid}"))
+                     if v.startswith((b"FEDCOMP_TEST_RUN=", TOKEN_VARIABLE.encode()))]
+            found.append(f"{stat} {args[:60]} {marks}")
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +84,14 @@ def test_nothing_is_left_running(finished_run):
 
 
 def _has(proc: Path, needle: bytes) -> bool:
+    return any(needle in variable for variable in _environ(proc))
+
+
+def _environ(proc: Path) -> list[bytes]:
     try:
-        return needle in (proc / "environ").read_bytes()
+        return (proc / "environ").read_bytes().split(b"\0")
     except OSError:
-        return False
+        return []
 
 
 @pytest.mark.slow
