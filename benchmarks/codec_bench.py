@@ -26,7 +26,6 @@ import argparse
 import lzma
 import platform
 import re
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -42,6 +41,7 @@ from fedcomp.codec.deepcabac import available as deepcabac_available
 from fedcomp.codec.wire import encode_payload
 from fedcomp.compression import SCHEMES, CompressionSpec, Compressor
 from fedcomp.params import ParamManifest
+from fedcomp.provenance import source_commit
 
 try:
     import zstandard
@@ -228,11 +228,7 @@ def summary_row(label: str, stats: dict[str, dict[str, float]]) -> str:
 
 
 def environment() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
+    commit = source_commit()
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     import constriction  # noqa: F401  (version via metadata)

@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,6 +41,7 @@ from fedcomp.compare import compare_runs  # noqa: E402
 from fedcomp.config import resolve  # noqa: E402
 from fedcomp.plots import plot_accuracy_vs_mb  # noqa: E402
 from fedcomp.presets import PRESETS, preset  # noqa: E402
+from fedcomp.provenance import source_commit  # noqa: E402
 from fedcomp.results import MB, read_rounds  # noqa: E402
 
 MAIN_PRESETS = ["fedavg", "topk-ef", "stc", "nnc", "fsfl", "fsfl-bidir", "fsfl-partial"]
@@ -144,8 +144,7 @@ def main() -> None:
     for label, settings in ABLATION.items():
         add("ablation", label, settings, "iid", seeds[:ABLATION_SEEDS])
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = source_commit()
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, _ in enumerate(pool.map(run_once, jobs), 1):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from fedcomp.config import resolve  # noqa: E402
 from fedcomp.experiment import client_loader, run_model  # noqa: E402
 from fedcomp.params import load_arrays, state_arrays  # noqa: E402
 from fedcomp.presets import preset  # noqa: E402
+from fedcomp.provenance import source_commit  # noqa: E402
 from fedcomp.training import TrainSettings, train  # noqa: E402
 from fedcomp.updates import UpdateSettings  # noqa: E402
 
@@ -40,8 +40,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compress_share.md"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = source_commit()
     config = resolve()
     model = run_model(config)
     start = state_arrays(model)

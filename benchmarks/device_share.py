@@ -32,7 +32,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from fedcomp.errors import ConfigError  # noqa: E402
 from fedcomp.models import build_model  # noqa: E402
 from fedcomp.params import ParamManifest, load_arrays, state_arrays, state_tensors  # noqa: E402
 from fedcomp.presets import preset  # noqa: E402
+from fedcomp.provenance import source_commit  # noqa: E402
 from fedcomp.quant.arrays import as_tensor  # noqa: E402
 from fedcomp.training import TrainSettings, train  # noqa: E402
 
@@ -134,11 +134,6 @@ def measure(model_name: str, presets: list[str], device: torch.device, samples: 
     return out
 
 
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip() or "unknown"
-
-
 def _device_words(device: torch.device) -> str:
     if device.type == "cuda":
         return f"CUDA `{torch.cuda.get_device_name(device)}`"
@@ -151,7 +146,7 @@ def report(results: dict[str, dict], missing: dict[str, str], device: torch.devi
     ms = lambda values: 1000 * statistics.median(values)  # noqa: E731
     frameworks = sorted({m.split(".")[0] for m in sys.modules} & set(FRAMEWORKS))
     lines = ["# Compression share of a client round: numpy path against torch path", "",
-             f"Measured at commit `{_commit()}` by `benchmarks/device_share.py --device {args.device} "
+             f"Measured at commit `{source_commit()}` by `benchmarks/device_share.py --device {args.device} "
              f"--reps {args.reps} --samples {args.samples}` on {words}; torch {torch.__version__}, "
              f"Python {platform.python_version()}, "
              "one torch thread. Medians over the repetitions, training and compression interleaved in one process.",

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,15 +37,10 @@ from fedcomp.fantastic4.cost import PROFILES, REFERENCE_LAYERS, network_cost
 from fedcomp.fantastic4.formats import FORMATS
 from fedcomp.models import build_model
 from fedcomp.models.small import he_initialised
+from fedcomp.provenance import source_commit
 from fedcomp.training import TrainSettings, evaluate, train
 
 RESULTS = Path(__file__).parent / "results" / "fantastic4.md"
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent)
-    return out.stdout.strip() or "unknown"
 
 
 def gsc_mlp() -> nn.Module:
@@ -150,7 +144,8 @@ def main() -> None:
     lines = [
         "# FantastIC4 emulator benchmark",
         "",
-        f"Commit `{commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or 'cpu'}, "
+        f"Commit `{source_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.processor() or 'cpu'}, "
         f"torch {torch.__version__}, one thread for both sides, batch {args.batch}, median of 3 x {args.repeats} "
         f"interleaved timings. Written by `benchmarks/fantastic4_bench.py`.",
         "",

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedcomp.config import resolve
 from fedcomp.experiment import client_indices, run_model
 from fedcomp.params import ParamManifest, state_arrays
+from fedcomp.provenance import source_commit
 from fedcomp.results import default_run_dir, read_rounds
 from fedcomp.simulation import SimulationError, run_simulation
 from fedcomp.channels import dense_record
@@ -245,8 +245,7 @@ def render(runs: list[Run], hooks: Mapping[str, list[float]], config: Mapping[st
     repeats = sorted({run.repeat for run in runs})
     pair_ratios = ", ".join(f"{run_median['ours', r] / run_median['stock', r]:.3f}" for r in repeats)
     hook = {name: percentiles(values)[50] * 1e3 for name, values in hooks.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    commit = source_commit()
     lines = [
         "# Per-round overhead: fedcomp FedAvg vs Flower's stock FedAvg",
         "",

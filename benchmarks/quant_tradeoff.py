@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from fedcomp.compression import CompressionSpec, Compressor, decompress
 from fedcomp.data import labels_of, load_dataset, partition
 from fedcomp.models import build_model
 from fedcomp.params import ParamManifest, load_arrays, state_arrays
+from fedcomp.provenance import source_commit
 from fedcomp.qat import QATSettings, compressed_sizes, qat_train, quantize_model, relevance_batch
 from fedcomp.quant import QuantKind
 from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
@@ -46,14 +46,6 @@ from fedcomp.training import TrainSettings, evaluate, train
 RESULTS = Path(__file__).parent / "results" / "quant_tradeoff.md"
 GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.4)
 MODEL_LR = {"mlp": 0.1, "cnn": 0.05}
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 @dataclass
@@ -392,7 +384,7 @@ def main() -> None:
                     "epoch, both directions compressed with the same spec (ans, error feedback on both sides), "
                     "bytes are payload bytes (up + the downstream payload once per client); FedAvg sends float32 "
                     "both ways.")
-    args.commit = commit()  # at the start: the code that ran, whatever is committed meanwhile
+    args.commit = source_commit()  # at the start: the code that ran, whatever is committed meanwhile
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     if args.assemble:  # sections measured by separate processes (run side by side on a shared machine)

@@ -31,7 +31,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -47,6 +46,7 @@ from fedcomp.config import resolve
 from fedcomp.deploy import run_deployment
 from fedcomp.presets import preset
 from fedcomp.experiment import eval_loader, run_model
+from fedcomp.provenance import source_commit
 from fedcomp.results import default_run_dir, read_rounds
 from fedcomp.simulation import run_simulation
 from fedcomp.training import evaluate
@@ -252,8 +252,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+    commit = source_commit()
     runs = default_run_dir("scale")
     scale = []
     plan = [("default", n, "auto") for n in args.clients] + [

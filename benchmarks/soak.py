@@ -25,7 +25,6 @@ import gc
 import json
 import logging
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from clients.client_app import app as client_app
 from fedcomp.config import resolve
 from fedcomp.faults import FaultPlan
 from fedcomp.presets import PRESETS
+from fedcomp.provenance import source_commit
 from fedcomp.results import read_rounds
 from strategies.loopback import LoopbackGrid
 from strategies.server_app import build_strategy, serve
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 "faults.corrupt_payload_rate": args.corrupt, "faults.slow_client_rate": args.slow,
                 "faults.slow_seconds": args.slow_seconds, "server.round_timeout": args.timeout,
                 "output.preset": args.preset, "client.state": "memory"}  # held in this process: measured
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "?"
+    commit = source_commit()
     config, grid, rows, summary, seconds = soak(settings)
     samples = grid.samples
     final = {"round": args.rounds + 1, "rss_mb": proc_status_mb("VmRSS"), "hwm_mb": proc_status_mb("VmHWM"),

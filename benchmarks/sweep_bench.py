@@ -22,12 +22,12 @@ import base64
 import os
 import shutil
 import statistics
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fedcomp.frontier import aggregate, bytes_to_target, pareto, run_points, target_accuracy
+from fedcomp.provenance import source_commit
 from fedcomp.report import build_report, frontier_plot, load_runs
 from fedcomp.results import MB
 from fedcomp.simulation import run_simulation
@@ -50,11 +50,6 @@ def workload(args: argparse.Namespace) -> str:
     text = f"{args.clients} clients, {args.rounds} rounds"
     return text + (" (the default workload)" if (args.clients, args.rounds) == (10, 20) else
                    " (the default workload is 10 clients and 20 rounds; shortened to fit this machine)")
-
-
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip() or "unknown"
 
 
 def timed_sweep(the_plan: SweepPlan, folder: Path, jobs: int, cpus: int, separate: bool) -> tuple[float, dict]:
@@ -123,7 +118,7 @@ def main() -> None:
                   f"--timing-knobs {args.timing_knobs} --timing-seeds {args.timing_seeds}") + f" --name {args.name}`")
     header = [
         "# Sweep: parallel vs one after another" if not args.frontier_only else "# Sweep: accuracy-vs-bytes frontier",
-        "", f"Commit `{git_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {command}.", "",
+        "", f"Commit `{source_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {command}.", "",
         f"Sweep: {n} runs = 3 schemes x 4 knob values x 3 seeds: {what}.",
         f"Workload: digits, {workload(args)}.", ""]
     if args.frontier_only:
@@ -166,7 +161,7 @@ def main() -> None:
                   f"actor start-up, so the full {n}-run sequential leg did not fit the time available")
     lines = [
         "# Sweep: parallel vs one after another", "",
-        f"Commit `{git_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"Commit `{source_commit()}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"`python benchmarks/sweep_bench.py --rounds {args.rounds} --clients {args.clients} --jobs {args.jobs} "
         f"--timing-knobs {args.timing_knobs} --timing-seeds {args.timing_seeds}`.",
         f"Machine: {os.cpu_count()} CPUs shared with other work (load average {load_before[0]:.1f} before the timed "

@@ -21,6 +21,7 @@ from fedcomp.errors import FedcompError
 log = logging.getLogger(__name__)
 
 TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
+KILL_TIMEOUT = 10.0  # seconds SIGKILLed processes get to leave /proc
 
 
 class LaunchError(FedcompError):
@@ -74,7 +75,7 @@ def processes_with_token(token: str) -> list[int]:
     return processes_with_env(TOKEN_VARIABLE, token)
 
 
-def kill_until_gone(find: Callable[[], list[int]], timeout: float = 10.0) -> list[int]:
+def kill_until_gone(find: Callable[[], list[int]], timeout: float = KILL_TIMEOUT) -> list[int]:
     """SIGKILL every PID ``find`` returns, then whatever it finds next, until it finds none; the PIDs
     still found after ``timeout`` seconds ([] when all are gone).
 
@@ -110,9 +111,9 @@ def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float 
 
     while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or stragglers()):
         time.sleep(0.2)
-    left = kill_until_gone(stragglers)
+    left = kill_until_gone(stragglers, KILL_TIMEOUT)
     if left:
-        log.warning("processes %s of the run survived SIGKILL for 10 s", left)
+        log.warning("processes %s of the run survived SIGKILL for %.0f s", left, KILL_TIMEOUT)
     for process in processes:
         try:
             process.wait(timeout=5)
