@@ -36,12 +36,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fedcomp.codec import get_codec
-from fedcomp.codec.deepcabac import available as deepcabac_available
-from fedcomp.codec.wire import encode_payload
-from fedcomp.compression import SCHEMES, CompressionSpec, Compressor
-from fedcomp.params import ParamManifest
-from fedcomp.provenance import source_commit
+from fedcomp.compress.codec import get_codec
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.codec.wire import encode_payload
+from fedcomp.compress.compression import SCHEMES, CompressionSpec, Compressor
+from fedcomp.compress.params import ParamManifest
+from fedcomp.records.provenance import source_commit
 
 try:
     import zstandard

@@ -37,12 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.compare import compare_runs  # noqa: E402
-from fedcomp.config import resolve  # noqa: E402
-from fedcomp.plots import plot_accuracy_vs_mb  # noqa: E402
-from fedcomp.presets import PRESETS, preset  # noqa: E402
-from fedcomp.provenance import source_commit  # noqa: E402
-from fedcomp.results import MB, read_rounds  # noqa: E402
+from fedcomp.analysis.compare import compare_runs  # noqa: E402
+from fedcomp.run.config import resolve  # noqa: E402
+from fedcomp.records.plots import plot_accuracy_vs_mb  # noqa: E402
+from fedcomp.run.presets import PRESETS, preset  # noqa: E402
+from fedcomp.records.provenance import source_commit  # noqa: E402
+from fedcomp.records.results import MB, read_rounds  # noqa: E402
 
 MAIN_PRESETS = ["fedavg", "topk-ef", "stc", "nnc", "fsfl", "fsfl-bidir", "fsfl-partial"]
 PARTITIONS = {"iid": {}, "dir0.5": {"partition": "dirichlet", "data.alpha": 0.5}}

@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.config import resolve  # noqa: E402
-from fedcomp.experiment import client_loader, run_model  # noqa: E402
-from fedcomp.params import load_arrays, state_arrays  # noqa: E402
-from fedcomp.presets import preset  # noqa: E402
-from fedcomp.provenance import source_commit  # noqa: E402
-from fedcomp.training import TrainSettings, train  # noqa: E402
-from fedcomp.updates import UpdateSettings  # noqa: E402
+from fedcomp.run.config import resolve  # noqa: E402
+from fedcomp.run.experiment import client_loader, run_model  # noqa: E402
+from fedcomp.compress.params import load_arrays, state_arrays  # noqa: E402
+from fedcomp.run.presets import preset  # noqa: E402
+from fedcomp.records.provenance import source_commit  # noqa: E402
+from fedcomp.local.training import TrainSettings, train  # noqa: E402
+from fedcomp.exchange.updates import UpdateSettings  # noqa: E402
 
 PRESETS = ["topk-ef", "stc", "nnc", "fsfl", "fsfl-bidir", "ecqx", "ec2t"]
 

@@ -42,16 +42,16 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.compression import Compressor  # noqa: E402
-from fedcomp.config import direction_spec, resolve  # noqa: E402
-from fedcomp.device import resolve_device  # noqa: E402
+from fedcomp.compress.compression import Compressor  # noqa: E402
+from fedcomp.run.config import direction_spec, resolve  # noqa: E402
+from fedcomp.run.device import resolve_device  # noqa: E402
 from fedcomp.errors import ConfigError  # noqa: E402
 from fedcomp.models import build_model  # noqa: E402
-from fedcomp.params import ParamManifest, load_arrays, state_arrays, state_tensors  # noqa: E402
-from fedcomp.presets import preset  # noqa: E402
-from fedcomp.provenance import source_commit  # noqa: E402
-from fedcomp.quant.arrays import as_tensor  # noqa: E402
-from fedcomp.training import TrainSettings, train  # noqa: E402
+from fedcomp.compress.params import ParamManifest, load_arrays, state_arrays, state_tensors  # noqa: E402
+from fedcomp.run.presets import preset  # noqa: E402
+from fedcomp.records.provenance import source_commit  # noqa: E402
+from fedcomp.compress.quant.arrays import as_tensor  # noqa: E402
+from fedcomp.local.training import TrainSettings, train  # noqa: E402
 
 MODELS = ["resnet20", "resnet18"]
 PRESETS = ["topk-ef", "stc", "nnc", "fsfl-bidir"]

@@ -37,8 +37,8 @@ from fedcomp.fantastic4.cost import PROFILES, REFERENCE_LAYERS, network_cost
 from fedcomp.fantastic4.formats import FORMATS
 from fedcomp.models import build_model
 from fedcomp.models.small import he_initialised
-from fedcomp.provenance import source_commit
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.records.provenance import source_commit
+from fedcomp.local.training import TrainSettings, evaluate, train
 
 RESULTS = Path(__file__).parent / "results" / "fantastic4.md"
 

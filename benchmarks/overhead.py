@@ -34,15 +34,15 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as StockFedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedcomp.config import resolve
-from fedcomp.experiment import client_indices, run_model
-from fedcomp.params import ParamManifest, state_arrays
-from fedcomp.provenance import source_commit
-from fedcomp.results import default_run_dir, read_rounds
-from fedcomp.simulation import SimulationError, run_simulation
-from fedcomp.channels import dense_record
+from fedcomp.run.config import resolve
+from fedcomp.run.experiment import client_indices, run_model
+from fedcomp.compress.params import ParamManifest, state_arrays
+from fedcomp.records.provenance import source_commit
+from fedcomp.records.results import default_run_dir, read_rounds
+from fedcomp.launch.simulation import SimulationError, run_simulation
+from fedcomp.exchange.channels import dense_record
 from strategies.fedavg import FedAvg
-from fedcomp.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
+from fedcomp.exchange.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
 ROOT = Path(__file__).resolve().parent.parent

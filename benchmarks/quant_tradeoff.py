@@ -32,16 +32,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fedcomp.compression import CompressionSpec, Compressor, decompress
+from fedcomp.compress.compression import CompressionSpec, Compressor, decompress
 from fedcomp.data import labels_of, load_dataset, partition
 from fedcomp.models import build_model
-from fedcomp.params import ParamManifest, load_arrays, state_arrays
-from fedcomp.provenance import source_commit
-from fedcomp.qat import QATSettings, compressed_sizes, qat_train, quantize_model, relevance_batch
-from fedcomp.quant import QuantKind
-from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
-from fedcomp.relevance import weight_relevance
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.compress.params import ParamManifest, load_arrays, state_arrays
+from fedcomp.records.provenance import source_commit
+from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train, quantize_model, relevance_batch
+from fedcomp.compress.quant import QuantKind
+from fedcomp.compress.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
+from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.training import TrainSettings, evaluate, train
 
 RESULTS = Path(__file__).parent / "results" / "quant_tradeoff.md"
 GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.4)
@@ -249,7 +249,7 @@ PRESET_NAMES = ("fedavg", "ecqx", "ec2t", "fsfl-ecqx-bidir", "fsfl-bidir")
 def preset_runs(run_root: Path, names: tuple[str, ...] = PRESET_NAMES) -> list[dict]:
     """Each preset as a whole fedcomp run (real strategy and ClientApp, loopback grid; see comm_savings.py)."""
     from benchmarks.comm_savings import run_once
-    from fedcomp.presets import PRESETS
+    from fedcomp.run.presets import PRESETS
 
     rows = []
     for name in names:

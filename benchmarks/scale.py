@@ -42,14 +42,14 @@ from typing import Any, Callable
 
 import torch
 
-from fedcomp.config import resolve
-from fedcomp.deploy import run_deployment
-from fedcomp.presets import preset
-from fedcomp.experiment import eval_loader, run_model
-from fedcomp.provenance import source_commit
-from fedcomp.results import default_run_dir, read_rounds
-from fedcomp.simulation import run_simulation
-from fedcomp.training import evaluate
+from fedcomp.run.config import resolve
+from fedcomp.launch.deploy import run_deployment
+from fedcomp.run.presets import preset
+from fedcomp.run.experiment import eval_loader, run_model
+from fedcomp.records.provenance import source_commit
+from fedcomp.records.results import default_run_dir, read_rounds
+from fedcomp.launch.simulation import run_simulation
+from fedcomp.local.training import evaluate
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "scale.md"

@@ -38,11 +38,11 @@ from flwr.app import Context, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app as client_app
-from fedcomp.config import resolve
-from fedcomp.faults import FaultPlan
-from fedcomp.presets import PRESETS
-from fedcomp.provenance import source_commit
-from fedcomp.results import read_rounds
+from fedcomp.run.config import resolve
+from fedcomp.exchange.faults import FaultPlan
+from fedcomp.run.presets import PRESETS
+from fedcomp.records.provenance import source_commit
+from fedcomp.records.results import read_rounds
 from strategies.loopback import LoopbackGrid
 from strategies.server_app import build_strategy, serve
 
@@ -243,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "What grows with the round number is the run's own record (the traced run below gives the bytes):",
         "",
-        f"- the meter's records, one per message, {records_per_round:.1f} per round (`fedcomp/meter.py`, "
+        f"- the meter's records, one per message, {records_per_round:.1f} per round (`fedcomp/records/meter.py`, "
         "`strategies/metering.py`): they are the run's data, summed for every row and summary.json;",
-        f"- the recorder's rows, one per round, about {row_bytes:.0f} bytes each as JSON (`fedcomp/results.py`, "
+        f"- the recorder's rows, one per round, about {row_bytes:.0f} bytes each as JSON "
+        f"(`fedcomp/records/results.py`, "
         "and the client timings in them, `strategies/fedavg.py`): it keeps them for summary.json and the plot;",
         "- Flower's `Strategy.start` keeps each round's aggregated metrics in its `Result` (`metricrecord.py`).",
         "",

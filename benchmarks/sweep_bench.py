@@ -26,12 +26,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fedcomp.frontier import aggregate, bytes_to_target, pareto, run_points, target_accuracy
-from fedcomp.provenance import source_commit
-from fedcomp.report import build_report, frontier_plot, load_runs
-from fedcomp.results import MB
-from fedcomp.simulation import run_simulation
-from fedcomp.sweep import SweepPlan, expand, run_sweep
+from fedcomp.analysis.frontier import aggregate, bytes_to_target, pareto, run_points, target_accuracy
+from fedcomp.records.provenance import source_commit
+from fedcomp.analysis.report import build_report, frontier_plot, load_runs
+from fedcomp.records.results import MB
+from fedcomp.launch.simulation import run_simulation
+from fedcomp.analysis.sweep import SweepPlan, expand, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -11,7 +11,7 @@ the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional ru
 server's ``arrays`` carry the coded payloads that bring this client's model to ``W_t``, and
 the client checks the result against the server's digest before it trains. What a client
 keeps between rounds (its copy of the global model and its version, its residual) is
-saved at the end of each round it trains in, in memory or on disk (`fedcomp.client_state`,
+saved at the end of each round it trains in, in memory or on disk (`fedcomp.exchange.client_state`,
 setting ``client.state``).
 """
 
@@ -25,22 +25,22 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.channels import DenseChannel, max_payload_bytes, record_payloads
-from fedcomp.codec.wire import FLAG_FULL_MODEL, decode_payload
-from fedcomp.client_state import State, open_state
-from fedcomp.compression import decompress
-from fedcomp.config import from_run_config
-from fedcomp.faults import FaultPlan, InjectedFault, corrupt
-from fedcomp.experiment import client_indices, client_loader, local_seed, run_model
-from fedcomp.params import load_arrays, state_arrays, state_tensors
-from fedcomp.quant.arrays import as_tensor, to_numpy
-from fedcomp.qat import QATSettings, local_train, relevance_batch
-from fedcomp.relevance import weight_relevance
-from fedcomp.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
+from fedcomp.exchange.channels import DenseChannel, max_payload_bytes, record_payloads
+from fedcomp.compress.codec.wire import FLAG_FULL_MODEL, decode_payload
+from fedcomp.exchange.client_state import State, open_state
+from fedcomp.compress.compression import decompress
+from fedcomp.run.config import from_run_config
+from fedcomp.exchange.faults import FaultPlan, InjectedFault, corrupt
+from fedcomp.run.experiment import client_indices, client_loader, local_seed, run_model
+from fedcomp.compress.params import load_arrays, state_arrays, state_tensors
+from fedcomp.compress.quant.arrays import as_tensor, to_numpy
+from fedcomp.local.qat import QATSettings, local_train, relevance_batch
+from fedcomp.local.relevance import weight_relevance
+from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
                               NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
-from fedcomp.scaling import effective, is_scale
-from fedcomp.training import TrainSettings, evaluate, train
-from fedcomp.updates import Tensors, UpdateSettings, apply_update, model_digest
+from fedcomp.local.scaling import effective, is_scale
+from fedcomp.local.training import TrainSettings, evaluate, train
+from fedcomp.exchange.updates import Tensors, UpdateSettings, apply_update, model_digest
 
 app = ClientApp()
 

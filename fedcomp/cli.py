@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedcomp.config import load_toml, parse_assignment, resolve
+from fedcomp.run.config import load_toml, parse_assignment, resolve
 from fedcomp.errors import ConfigError, FedcompError
-from fedcomp.presets import PRESETS, preset
+from fedcomp.run.presets import PRESETS, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedcomp: federated-learning simulations that measure communication.")
@@ -34,10 +34,10 @@ def preflight(config: dict) -> None:
     """Load the dataset, build the model, split the data among the clients and try the compression and
     the edge device once here, so that bad data, a partial group the model lacks, a codec not installed
     or a model the edge device cannot run fails before Ray starts."""
-    from fedcomp.experiment import check_run
+    from fedcomp.run.experiment import check_run
     from fedcomp.fantastic4.edge import preflight as edge_preflight
-    from fedcomp.trackers import enabled
-    from fedcomp.updates import UpdateSettings
+    from fedcomp.records.trackers import enabled
+    from fedcomp.exchange.updates import UpdateSettings
 
     enabled(config)  # a tracker whose package is missing fails here, not inside the simulation
     if os.getcwd() not in sys.path:  # python:module:function plugins next to the user, as in the simulation
@@ -64,7 +64,7 @@ def run(
         "--resume", help="continue the killed run in this folder from its last completed round")] = None,
 ) -> None:
     """Run one simulation on Flower's Simulation Engine (Ray) and write its results."""
-    from fedcomp.simulation import run_simulation
+    from fedcomp.launch.simulation import run_simulation
 
     if resume is not None:
         if preset_name != "default" or config_file or assignments or out:
@@ -91,7 +91,7 @@ def resume_config(run_dir: Path) -> dict:
 
 def execute(config: dict, out: Optional[Path], preset_name: str, engine: Callable[..., dict]) -> dict:
     """Run ``config`` with ``engine`` (``run_simulation`` or ``run_deployment``), showing progress; its summary."""
-    from fedcomp.results import MB, default_run_dir
+    from fedcomp.records.results import MB, default_run_dir
 
     preflight(config)
     run_dir = out or default_run_dir(preset_name)
@@ -123,7 +123,7 @@ def compare(
     = None,
 ) -> None:
     """A markdown table of several runs' summaries and one plot of their accuracy-vs-MB curves."""
-    from fedcomp.compare import compare_runs
+    from fedcomp.analysis.compare import compare_runs
 
     typer.echo(compare_runs(run_dirs, out))
 
@@ -142,8 +142,8 @@ def deploy_local(
     TLS with certificates made for the run and SuperNode authentication (keys registered
     with the Flower CLI) are on by default. Every process started is stopped at the end.
     """
-    from fedcomp.deploy import run_deployment
-    from fedcomp.results import MB
+    from fedcomp.launch.deploy import run_deployment
+    from fedcomp.records.results import MB
 
     config = build_config(preset_name, config_file, assignments or [])
     summary = execute(config, out, preset_name, partial(run_deployment, tls=not insecure))
@@ -174,9 +174,9 @@ def qat(
     from torch.utils.data import DataLoader
 
     from fedcomp.errors import ConfigError
-    from fedcomp.experiment import eval_loader, run_dataset, run_model
-    from fedcomp.qat import QATSettings, compressed_sizes, qat_train
-    from fedcomp.training import TrainSettings, evaluate, train
+    from fedcomp.run.experiment import eval_loader, run_dataset, run_model
+    from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train
+    from fedcomp.local.training import TrainSettings, evaluate, train
 
     config = build_config(preset_name, None, assignments or [])
     try:
@@ -231,8 +231,8 @@ def sweep(
     """Run a grid/list of settings, several runs at a time on one SuperLink; finished runs are skipped."""
     from datetime import datetime
 
-    from fedcomp.config import parse_assignment
-    from fedcomp.sweep import SweepPlan, expand, load_sweep_file, merge_plans, parse_grid, run_sweep
+    from fedcomp.run.config import parse_assignment
+    from fedcomp.analysis.sweep import SweepPlan, expand, load_sweep_file, merge_plans, parse_grid, run_sweep
 
     plan = load_sweep_file(sweep_file) if sweep_file else SweepPlan()
     if preset_name:
@@ -263,7 +263,7 @@ def sweep(
     console.print(f"{len(index['runs']) - len(failed)} of {len(index['runs'])} runs finished "
                   f"({index['wall_seconds']:.1f} s this time); index {sweep_dir / 'sweep.json'}")
     if report and len(failed) < len(index["runs"]):
-        from fedcomp.report import build_report
+        from fedcomp.analysis.report import build_report
 
         console.print(f"report {build_report(sweep_dir)}")
     if failed:
@@ -284,7 +284,7 @@ def report_command(
     within: Annotated[float, typer.Option(help="target = baseline accuracy minus this (0.01 = 1 pp)")] = 0.01,
 ) -> None:
     """Write one self-contained HTML report (plots embedded, opens offline) of a run or sweep."""
-    from fedcomp.report import build_report
+    from fedcomp.analysis.report import build_report
 
     typer.echo(build_report(path, out, metric, scheme or None, baseline, within))
 
@@ -299,9 +299,9 @@ def f4(
 ) -> None:
     """Evaluate a saved model on the emulated FantastIC4: accuracy, and a per-layer cost table."""
     from fedcomp.errors import ModelError
-    from fedcomp.experiment import run_dataset
+    from fedcomp.run.experiment import run_dataset
     from fedcomp.fantastic4.edge import EdgeEvaluator, compile_and_cost, edge_metrics, layer_table, summary_line
-    from fedcomp.saved_model import load_model
+    from fedcomp.records.saved_model import load_model
 
     config = resolve({"dataset": dataset, "edge.fantastic4": True, "edge.target": target},
                      dict(parse_assignment(a) for a in sets or []))

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedcomp.channels import Encoded, PayloadChannel, dense_record, payload_record
-from fedcomp.codec.wire import FLAG_FULL_MODEL
-from fedcomp.compression import CompressionSpec
+from fedcomp.exchange.channels import Encoded, PayloadChannel, dense_record, payload_record
+from fedcomp.compress.codec.wire import FLAG_FULL_MODEL
+from fedcomp.compress.compression import CompressionSpec
 from fedcomp.errors import PayloadError
-from fedcomp.params import ParamManifest
-from fedcomp.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
-from fedcomp.scaling import effective, is_scale
-from fedcomp.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
+from fedcomp.compress.params import ParamManifest
+from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
+from fedcomp.local.scaling import effective, is_scale
+from fedcomp.exchange.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
 from strategies.fedavg import ClientResult, FedAvg
 from strategies.metering import content_size, serialized_size
 

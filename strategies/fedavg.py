@@ -32,11 +32,12 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedcomp.errors import ConfigError, PayloadError
-from fedcomp.meter import TransferMeter, TransferRecord
-from fedcomp.params import ParamManifest
-from fedcomp.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_bytes, record_tensors
-from fedcomp.updates import bound_update
-from fedcomp.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TIMINGS
+from fedcomp.records.meter import TransferMeter, TransferRecord
+from fedcomp.compress.params import ParamManifest
+from fedcomp.exchange.channels import (Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_bytes,
+                                      record_tensors)
+from fedcomp.exchange.updates import bound_update
+from fedcomp.exchange.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TIMINGS
 from strategies.metering import content_size, serialized_size
 
 
@@ -140,7 +141,7 @@ class FedAvg(Strategy):
         return dict(self.client_timings.get(server_round, {}))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """What this strategy needs to continue a run after a crash (`fedcomp.checkpoint`).
+        """What this strategy needs to continue a run after a crash (`fedcomp.records.checkpoint`).
 
         Returns
         -------

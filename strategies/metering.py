@@ -1,4 +1,4 @@
-"""Measuring Flower messages for the `fedcomp.meter.TransferMeter`."""
+"""Measuring Flower messages for the `fedcomp.records.meter.TransferMeter`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The fedcomp ServerApp: builds the run from its settings and drives a strategy round by round.
 
 After every round it evaluates the global model on the central test set, appends a row
-to the run's ``rounds.jsonl`` and replaces the run's checkpoint (`fedcomp.checkpoint`); at
+to the run's ``rounds.jsonl`` and replaces the run's checkpoint (`fedcomp.records.checkpoint`); at
 the end it writes ``summary.json`` and the plot. With ``output.resume`` it continues from
 the run folder's checkpoint instead of starting at round 1.
 `serve` holds all of that for any Flower strategy, so that a baseline (Flower's stock
@@ -22,18 +22,18 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedcomp import checkpoint
-from fedcomp.channels import dense_record, record_tensors
-from fedcomp.client_state import prune, state_root
-from fedcomp.config import from_run_config
-from fedcomp.experiment import eval_loader, run_model
+from fedcomp.records import checkpoint
+from fedcomp.exchange.channels import dense_record, record_tensors
+from fedcomp.exchange.client_state import prune, state_root
+from fedcomp.run.config import from_run_config
+from fedcomp.run.experiment import eval_loader, run_model
 from fedcomp.fantastic4.edge import EdgeEvaluator
-from fedcomp.saved_model import save_final_model
-from fedcomp.meter import TransferMeter
-from fedcomp.params import ParamManifest, load_arrays, state_arrays
-from fedcomp.results import RunRecorder, run_folder
-from fedcomp.training import evaluate
-from fedcomp.updates import UpdateSettings
+from fedcomp.records.saved_model import save_final_model
+from fedcomp.records.meter import TransferMeter
+from fedcomp.compress.params import ParamManifest, load_arrays, state_arrays
+from fedcomp.records.results import RunRecorder, run_folder
+from fedcomp.local.training import evaluate
+from fedcomp.exchange.updates import UpdateSettings
 from strategies.differential import DifferentialFedAvg
 from strategies.fedavg import FedAvg
 

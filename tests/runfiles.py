@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fedcomp.config import resolve
-from fedcomp.meter import TransferMeter
-from fedcomp.results import RunRecorder
+from fedcomp.run.config import resolve
+from fedcomp.records.meter import TransferMeter
+from fedcomp.records.results import RunRecorder
 
 
 def write_run(run_dir: Path, settings: Mapping[str, Any], accuracies: Sequence[float], bytes_up: int,

@@ -3,9 +3,9 @@
 from flwr.app import ConfigRecord, Message
 
 from clients.client_app import app as client_app
-from fedcomp.config import resolve
-from fedcomp.experiment import run_model
-from fedcomp.params import state_arrays
+from fedcomp.run.config import resolve
+from fedcomp.run.experiment import run_model
+from fedcomp.compress.params import state_arrays
 from strategies.loopback import LoopbackGrid
 from strategies.server_app import build_strategy
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcomp.codec import get_codec
-from fedcomp.codec.ans import _token_of, from_tokens, to_tokens
-from fedcomp.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.codec import get_codec
+from fedcomp.compress.codec.ans import _token_of, from_tokens, to_tokens
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
 from fedcomp.errors import ConfigError
 
 CODECS = ["ans", "raw", "float32"] + (["deepcabac"] if deepcabac_available() else [])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedcomp.compare import compare_runs
+from fedcomp.analysis.compare import compare_runs
 from fedcomp.errors import FedcompError
 
 

@@ -3,10 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcomp.codec.deepcabac import available as deepcabac_available
-from fedcomp.compression import SCHEMES, CompressionSpec, Compressor, decompress
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.compression import SCHEMES, CompressionSpec, Compressor, decompress
 from fedcomp.errors import ConfigError, PayloadError
-from fedcomp.params import ParamManifest
+from fedcomp.compress.params import ParamManifest
 
 CODECS = ["ans", "raw", "float32"] + (["deepcabac"] if deepcabac_available() else [])
 SCHEME_NAMES = [s for s in SCHEMES if deepcabac_available() or SCHEMES[s]["codec"] != "deepcabac"]
@@ -152,8 +152,8 @@ def test_decompress_rejects_garbage():
 
 
 def test_flags_and_relevance_reach_the_wire_and_the_quantizer():
-    from fedcomp.codec import FLAG_FULL_MODEL, decode_payload
-    from fedcomp.quant import UniformQuantizer
+    from fedcomp.compress.codec import FLAG_FULL_MODEL, decode_payload
+    from fedcomp.compress.quant import UniformQuantizer
 
     seen = {}
 

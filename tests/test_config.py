@@ -4,9 +4,9 @@ import tomllib
 
 import pytest
 
-from fedcomp.config import SETTINGS, defaults, flatten, load_toml, parse_assignment, resolve, validate_value
+from fedcomp.run.config import SETTINGS, defaults, flatten, load_toml, parse_assignment, resolve, validate_value
 from fedcomp.errors import ConfigError
-from fedcomp.presets import PRESETS, preset
+from fedcomp.run.presets import PRESETS, preset
 from conftest import ROOT
 
 
@@ -81,7 +81,7 @@ def test_every_preset_resolves():
 
 
 def test_flwr_run_config_naming_a_preset_applies_it_beneath_the_changed_keys():
-    from fedcomp.config import from_run_config
+    from fedcomp.run.config import from_run_config
 
     run_config = {**defaults(), "preset": "fsfl-bidir", "rounds": 3}
     config = from_run_config(run_config)

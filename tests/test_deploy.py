@@ -10,11 +10,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedcomp.config import resolve
-from fedcomp.deploy import (make_certificates, make_node_key, node_statuses, register_node, run_deployment,
+from fedcomp.run.config import resolve
+from fedcomp.launch.deploy import (make_certificates, make_node_key, node_statuses, register_node, run_deployment,
                             start_superlink, start_supernode)
-from fedcomp.presets import preset
-from fedcomp.simulation import launched, run_simulation
+from fedcomp.run.presets import preset
+from fedcomp.launch.simulation import launched, run_simulation
 
 PRESET = "topk-ef"  # a compressed preset (issue 6): sparse differential updates with error feedback
 SMALL = {"num_clients": 3, "rounds": 2, "seed": 5}

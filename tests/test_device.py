@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from fedcomp.config import resolve
-from fedcomp.device import resolve_device
+from fedcomp.run.config import resolve
+from fedcomp.run.device import resolve_device
 from fedcomp.errors import ConfigError
-from fedcomp.experiment import client_indices, client_loader, eval_loader, local_seed, run_dataset, run_model
-from fedcomp.simulation import federation_args
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.run.experiment import client_indices, client_loader, eval_loader, local_seed, run_dataset, run_model
+from fedcomp.launch.simulation import federation_args
+from fedcomp.local.training import TrainSettings, evaluate, train
 from conftest import ROOT
 
 NO_CUDA = not torch.cuda.is_available()
@@ -120,7 +120,7 @@ class PlainDigits(Dataset):
 
 
 def test_datasets_without_resident_tensors_keep_the_per_sample_loader():
-    from fedcomp.experiment import _loader
+    from fedcomp.run.experiment import _loader
 
     test = run_dataset(resolve({})).test
     loader = _loader(PlainDigits(test), np.arange(10), 4, torch.device("cpu"), None)

@@ -1,7 +1,7 @@
 """Compression where the update lives: torch tensors give the same payloads as numpy arrays.
 
 The sparsifiers, uniform/STC quantizers and error feedback are one torch implementation
-(fedcomp.quant.arrays); these tests pin that an update given as tensors (the ClientApp's
+(fedcomp.compress.quant.arrays); these tests pin that an update given as tensors (the ClientApp's
 path, on the training device) and the same update given as numpy arrays produce the same
 payload bytes and the same residual, round after round, for every preset's channels, and
 that the reductions behind the symbols do not depend on the order of the values.
@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from fedcomp.compression import SCHEMES, CompressionSpec, Compressor
-from fedcomp.config import resolve
+from fedcomp.compress.compression import SCHEMES, CompressionSpec, Compressor
+from fedcomp.run.config import resolve
 from fedcomp.models import build_model
-from fedcomp.params import ParamManifest, TensorSpec
-from fedcomp.presets import PRESETS, preset
-from fedcomp.quant import QuantKind, UniformQuantizer, dequantize
-from fedcomp.quant.arrays import exact_sum
-from fedcomp.quant.sparsify import keep_largest
-from fedcomp.updates import UpdateSettings
+from fedcomp.compress.params import ParamManifest, TensorSpec
+from fedcomp.run.presets import PRESETS, preset
+from fedcomp.compress.quant import QuantKind, UniformQuantizer, dequantize
+from fedcomp.compress.quant.arrays import exact_sum
+from fedcomp.compress.quant.sparsify import keep_largest
+from fedcomp.exchange.updates import UpdateSettings
 
 SETTINGS = {name: UpdateSettings.from_config(resolve(preset(name))) for name in PRESETS}
 COMPRESSED_CHANNELS = [(name, direction) for name, settings in SETTINGS.items() for direction in ("up", "down")

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fedcomp.client_state import MEMORY_KEY, MemoryState
+from fedcomp.exchange.client_state import MEMORY_KEY, MemoryState
 from clients.client_app import app as client_app
-from fedcomp.channels import payload_record, record_payloads
-from fedcomp.compression import decompress
-from fedcomp.config import resolve
-from fedcomp.experiment import run_model
-from fedcomp.params import ParamManifest, state_arrays
-from fedcomp.scaling import is_scale
-from fedcomp.updates import UpdateSettings
+from fedcomp.exchange.channels import payload_record, record_payloads
+from fedcomp.compress.compression import decompress
+from fedcomp.run.config import resolve
+from fedcomp.run.experiment import run_model
+from fedcomp.compress.params import ParamManifest, state_arrays
+from fedcomp.local.scaling import is_scale
+from fedcomp.exchange.updates import UpdateSettings
 from strategies.loopback import LoopbackGrid
 from strategies.differential import DifferentialFedAvg
 from strategies.server_app import build_strategy

@@ -11,8 +11,8 @@ from fedcomp.errors import ModelError
 from fedcomp.fantastic4.compile import compile_model, grid_of, split
 from fedcomp.fantastic4.engine import dense_reference
 from fedcomp.models import build_model
-from fedcomp.quant.tensor import QuantizedTensor, QuantKind
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.compress.quant.tensor import QuantizedTensor, QuantKind
+from fedcomp.local.training import TrainSettings, evaluate, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,14 +9,14 @@ from torch.utils.data import DataLoader
 from typer.testing import CliRunner
 
 from fedcomp.cli import app
-from fedcomp.config import resolve
+from fedcomp.run.config import resolve
 from fedcomp.errors import ConfigError, ModelError
-from fedcomp.experiment import run_dataset, run_model
+from fedcomp.run.experiment import run_dataset, run_model
 from fedcomp.fantastic4.edge import METRICS, EdgeEvaluator
-from fedcomp.params import state_arrays
-from fedcomp.results import RunRecorder
-from fedcomp.saved_model import load_model, save_final_model, save_model
-from fedcomp.training import TrainSettings, train
+from fedcomp.compress.params import state_arrays
+from fedcomp.records.results import RunRecorder
+from fedcomp.records.saved_model import load_model, save_final_model, save_model
+from fedcomp.local.training import TrainSettings, train
 
 EDGE = {"model": "mlp", "edge.fantastic4": True}
 
@@ -121,7 +121,7 @@ def test_f4_command_rejects_a_file_whose_tensors_do_not_fit_its_model(tmp_path, 
 
 @pytest.mark.slow
 def test_a_run_with_the_edge_client_records_f4_metrics_and_saves_its_model(tmp_path):
-    from fedcomp.simulation import run_simulation
+    from fedcomp.launch.simulation import run_simulation
 
     config = resolve({**EDGE, "num_clients": 3, "rounds": 2, "seed": 1, "edge.every": 2, "output.save_model": True})
     summary = run_simulation(config, tmp_path)

@@ -8,9 +8,9 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from clients.client_app import app as client_app
-from fedcomp.config import resolve
-from fedcomp.faults import FaultPlan
-from fedcomp.updates import bound_update
+from fedcomp.run.config import resolve
+from fedcomp.exchange.faults import FaultPlan
+from fedcomp.exchange.updates import bound_update
 from strategies.loopback import LoopbackGrid
 from strategies.server_app import build_strategy, serve
 

@@ -5,7 +5,7 @@ import statistics
 import pytest
 
 from fedcomp.errors import FedcompError
-from fedcomp.frontier import aggregate, bytes_to_target, pareto, run_points, split_keys, target_accuracy
+from fedcomp.analysis.frontier import aggregate, bytes_to_target, pareto, run_points, split_keys, target_accuracy
 
 
 def run(preset, fraction, seed, nbytes, acc, lr=0.05):

@@ -19,15 +19,15 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from clients.client_app import app as client_app
-from fedcomp.channels import MAX_PAYLOADS, PAYLOAD_STYPE, max_payload_bytes, payload_record, record_tensors
-from fedcomp.codec import wire
-from fedcomp.codec.wire import _varint
-from fedcomp.config import resolve
+from fedcomp.exchange.channels import MAX_PAYLOADS, PAYLOAD_STYPE, max_payload_bytes, payload_record, record_tensors
+from fedcomp.compress.codec import wire
+from fedcomp.compress.codec.wire import _varint
+from fedcomp.run.config import resolve
 from fedcomp.errors import PayloadError
-from fedcomp.experiment import run_model
-from fedcomp.params import state_arrays
-from fedcomp.presets import PRESETS
-from fedcomp.quant.tensor import QuantKind
+from fedcomp.run.experiment import run_model
+from fedcomp.compress.params import state_arrays
+from fedcomp.run.presets import PRESETS
+from fedcomp.compress.quant.tensor import QuantKind
 from strategies.loopback import LoopbackGrid, wire_round_trip
 from strategies.server_app import build_strategy
 

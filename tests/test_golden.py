@@ -3,7 +3,7 @@
 The bytes in tests/golden/ were written by tests/golden/make_golden.py. Decoding them must
 give exactly the committed tensors, and encoding those tensors must give exactly the
 committed bytes. A change to how version 1 codes its bytes fails here and must bump
-``fedcomp.codec.wire.VERSION`` (then regenerate the files under the new version's name).
+``fedcomp.compress.codec.wire.VERSION`` (then regenerate the files under the new version's name).
 """
 
 from pathlib import Path
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcomp.codec import decode_payload, encode_payload, get_codec
-from fedcomp.codec.deepcabac import available as deepcabac_available
-from fedcomp.codec.wire import VERSION
-from fedcomp.quant import QuantizedTensor, QuantKind
+from fedcomp.compress.codec import decode_payload, encode_payload, get_codec
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.codec.wire import VERSION
+from fedcomp.compress.quant import QuantizedTensor, QuantKind
 from golden.make_golden import MANIFEST  # the manifest the golden files were written for
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

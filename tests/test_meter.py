@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedcomp.meter import TransferMeter
+from fedcomp.records.meter import TransferMeter
 
 
 def test_totals_are_sums_of_records():

@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fedcomp.config import resolve
+from fedcomp.run.config import resolve
 from fedcomp.data import labels_of, load_dataset
 from fedcomp.data.tables import hold_out
 from fedcomp.errors import ConfigError, DatasetError, ModelError
-from fedcomp.experiment import check_run, client_indices, client_loader, run_dataset, run_model
+from fedcomp.run.experiment import check_run, client_indices, client_loader, run_dataset, run_model
 from fedcomp.models import build_model
 
 # --- tables -------------------------------------------------------------------------------
@@ -348,7 +348,7 @@ def test_clients_table_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_simulation_on_per_client_tables(tmp_path: Path) -> None:
     """The whole path through Flower and Ray: three clients, each with its own csv file."""
-    from fedcomp.simulation import run_simulation
+    from fedcomp.launch.simulation import run_simulation
 
     root = write_client_tables(tmp_path / "clients", rows=(40, 60, 30))
     config = config_for(f"clients:{root}", num_clients=3, rounds=2, **{"data.features": "a", "eval.federated": True})

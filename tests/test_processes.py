@@ -5,7 +5,7 @@ import subprocess
 import sys
 import uuid
 
-from fedcomp.processes import TOKEN_VARIABLE, kill_until_gone, processes_with_env, stop_all
+from fedcomp.launch.processes import TOKEN_VARIABLE, kill_until_gone, processes_with_env, stop_all
 
 # a parent that keeps starting children in new sessions (as Ray's raylet starts its agents)
 SPAWNER = ("import subprocess, time\n"

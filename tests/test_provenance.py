@@ -3,7 +3,7 @@
 import subprocess
 
 from conftest import ROOT
-from fedcomp.provenance import source_commit
+from fedcomp.records.provenance import source_commit
 
 
 def test_source_commit_is_the_checkouts_head():

@@ -7,10 +7,10 @@ from torch.utils.data import DataLoader
 
 from fedcomp.data import load_dataset
 from fedcomp.models import build_model
-from fedcomp.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names, relevance_batch
-from fedcomp.quant.ecq import ECQQuantizer, ECQxQuantizer
-from fedcomp.relevance import weight_relevance
-from fedcomp.training import TrainSettings, evaluate, train
+from fedcomp.local.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names, relevance_batch
+from fedcomp.compress.quant.ecq import ECQQuantizer, ECQxQuantizer
+from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.training import TrainSettings, evaluate, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,8 +120,8 @@ def test_qat_command_trains_saves_and_rejects_bad_input(tmp_path):
 
 
 def test_local_train_follows_the_run_settings(digits):
-    from fedcomp.config import resolve
-    from fedcomp.qat import local_train
+    from fedcomp.run.config import resolve
+    from fedcomp.local.qat import local_train
 
     bundle, train_loader, _ = digits
     plain = resolve({})

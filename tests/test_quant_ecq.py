@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from fedcomp.codec import decode_payload, encode_payload, get_codec
-from fedcomp.codec.deepcabac import available as deepcabac_available
-from fedcomp.compression import CompressionSpec, Compressor, decompress
+from fedcomp.compress.codec import decode_payload, encode_payload, get_codec
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.compression import CompressionSpec, Compressor, decompress
 from fedcomp.errors import ConfigError
-from fedcomp.params import ParamManifest
-from fedcomp.quant import QuantKind
-from fedcomp.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer, envelope_assign, grid_range
+from fedcomp.compress.params import ParamManifest
+from fedcomp.compress.quant import QuantKind
+from fedcomp.compress.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer, envelope_assign, grid_range
 
 CODECS = ["ans", "raw"] + (["deepcabac"] if deepcabac_available() else [])
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from fedcomp.quant import RandomK, StatisticsThreshold, StructuredFilters, TopK
-from fedcomp.quant.sparsify import keep_count
+from fedcomp.compress.quant import RandomK, StatisticsThreshold, StructuredFilters, TopK
+from fedcomp.compress.quant.sparsify import keep_count
 
 
 def _update(seed=0):

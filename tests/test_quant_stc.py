@@ -1,6 +1,6 @@
 import numpy as np
 
-from fedcomp.quant import QuantKind, STCQuantizer, TopK
+from fedcomp.compress.quant import QuantKind, STCQuantizer, TopK
 
 
 def test_stc_ternarizes_to_mean_of_kept():

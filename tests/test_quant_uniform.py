@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedcomp.quant import QuantKind, UniformQuantizer, qp_step
+from fedcomp.compress.quant import QuantKind, UniformQuantizer, qp_step
 
 
 def reference_step(qp: int, density: int) -> float:

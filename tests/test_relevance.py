@@ -1,10 +1,10 @@
-"""LRP weight relevances (fedcomp.relevance) against a hand computation."""
+"""LRP weight relevances (fedcomp.local.relevance) against a hand computation."""
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedcomp.relevance import weight_relevance
+from fedcomp.local.relevance import weight_relevance
 
 EPS = 1e-6
 

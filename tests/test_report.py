@@ -6,10 +6,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from fedcomp.compare import compare_runs
+from fedcomp.analysis.compare import compare_runs
 from fedcomp.errors import FedcompError
-from fedcomp.report import build_report
-from fedcomp.sweep import SweepPlan, run_sweep
+from fedcomp.analysis.report import build_report
+from fedcomp.analysis.sweep import SweepPlan, run_sweep
 from runfiles import write_run
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from browser import find_browser, open_page
-from fedcomp.report import build_report
+from fedcomp.analysis.report import build_report
 from runfiles import write_run
 
 BROWSER = find_browser()

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from fedcomp import checkpoint
-from fedcomp.client_state import DiskState, prune
-from fedcomp.config import resolve
+from fedcomp.records import checkpoint
+from fedcomp.exchange.client_state import DiskState, prune
+from fedcomp.run.config import resolve
 from fedcomp.errors import ConfigError
-from fedcomp.results import read_rounds
+from fedcomp.records.results import read_rounds
 
 ROOT = Path(__file__).resolve().parent.parent
 # bidirectional FSFL with sampling (catch-up replays), error feedback both ways, and failing clients
@@ -26,7 +26,7 @@ SETTINGS = {"num_clients": 6, "rounds": 7, "fraction": 0.5, "up.scheme": "topk-u
             "faults.client_failure_rate": 0.2, "sync.history": 3}
 LOOPBACK = ("import json, sys\n"
             "from clients.client_app import app\n"
-            "from fedcomp.config import resolve\n"
+            "from fedcomp.run.config import resolve\n"
             "from strategies.loopback import run_loopback\n"
             "run_loopback(resolve(json.loads(sys.argv[1])), app)\n")
 
@@ -156,7 +156,7 @@ def fedcomp_run(args: list[str], mark: str) -> subprocess.Popen:
 def test_fedcomp_run_killed_with_every_process_resumes_under_ray(tmp_path):
     """The real thing: ``fedcomp run`` on Ray, every process of it SIGKILLed in round 3, then
     ``fedcomp run --resume``; the results equal an uninterrupted run's."""
-    from fedcomp.processes import kill_until_gone, processes_with_env
+    from fedcomp.launch.processes import kill_until_gone, processes_with_env
 
     args = ["--preset", "fsfl-bidir", "--set", "num_clients=4", "--set", "rounds=5", "--set", "fraction=0.5"]
     whole = fedcomp_run([*args, "--out", str(tmp_path / "whole")], "whole")

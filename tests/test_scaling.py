@@ -5,13 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from fedcomp.config import resolve
+from fedcomp.run.config import resolve
 from fedcomp.errors import ConfigError
-from fedcomp.params import state_arrays
-from fedcomp.partial import select
-from fedcomp.scaling import SCALE_SUFFIX, effective, fold, scale_specs, scaled_call, unit_scales
-from fedcomp.training import TrainSettings, train
-from fedcomp.updates import UpdateSettings, apply_update, model_digest, weighted_mean
+from fedcomp.compress.params import state_arrays
+from fedcomp.local.partial import select
+from fedcomp.local.scaling import SCALE_SUFFIX, effective, fold, scale_specs, scaled_call, unit_scales
+from fedcomp.local.training import TrainSettings, train
+from fedcomp.exchange.updates import UpdateSettings, apply_update, model_digest, weighted_mean
 
 
 def small_net() -> nn.Module:

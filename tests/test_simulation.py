@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcomp.config import resolve
-from fedcomp.presets import preset
-from fedcomp.simulation import TOKEN_VARIABLE, run_simulation
+from fedcomp.run.config import resolve
+from fedcomp.run.presets import preset
+from fedcomp.launch.simulation import TOKEN_VARIABLE, run_simulation
 from conftest import ROOT
 
 FEDCOMP = str(Path(sys.executable).parent / "fedcomp")
@@ -53,8 +53,8 @@ def test_simulation_writes_exact_results(finished_run):
     assert lines == rows
     config = json.loads((run_dir / "config.json").read_text())
     assert config["num_clients"] == 3 and config["output.dir"] == str(run_dir.resolve())
-    from fedcomp.experiment import run_model
-    from fedcomp.params import ParamManifest
+    from fedcomp.run.experiment import run_model
+    from fedcomp.compress.params import ParamManifest
 
     manifest = ParamManifest.from_model(run_model(config))
     per_message = manifest.dense_bytes + 128 * len(manifest)
@@ -137,7 +137,7 @@ def test_cli_bad_input_is_one_readable_error(args, fragment):
 
 
 def test_presets_lists_every_preset():
-    from fedcomp.presets import PRESETS
+    from fedcomp.run.presets import PRESETS
 
     done = subprocess.run([FEDCOMP, "presets"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0

@@ -7,12 +7,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from clients.client_app import app as client_app
-from fedcomp.config import resolve
-from fedcomp.experiment import client_indices, run_model
-from fedcomp.meter import TransferMeter
-from fedcomp.params import ParamManifest, state_arrays
+from fedcomp.run.config import resolve
+from fedcomp.run.experiment import client_indices, run_model
+from fedcomp.records.meter import TransferMeter
+from fedcomp.compress.params import ParamManifest, state_arrays
 from strategies.loopback import LoopbackGrid
-from fedcomp.channels import DenseChannel, dense_record, record_tensors
+from fedcomp.exchange.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
 
 NODES = {9_000_000_017: 2, 1_234: 0, 77_777_777: 1}  # node id -> partition id, deliberately unordered

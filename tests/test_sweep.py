@@ -7,8 +7,8 @@ import time
 import pytest
 
 from fedcomp.errors import ConfigError, FedcompError
-from fedcomp.sweep import (SweepPlan, expand, expand_run_dirs, load_index, load_sweep_file, merge_plans, parse_grid,
-                           run_name, run_sweep)
+from fedcomp.analysis.sweep import (SweepPlan, expand, expand_run_dirs, load_index, load_sweep_file, merge_plans,
+                                    parse_grid, run_name, run_sweep)
 from runfiles import write_run
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fedcomp.report import build_report
-from fedcomp.processes import processes_with_env
-from fedcomp.sweep import SweepPlan, load_index, run_sweep
+from fedcomp.analysis.report import build_report
+from fedcomp.launch.processes import processes_with_env
+from fedcomp.analysis.sweep import SweepPlan, load_index, run_sweep
 from test_report import check_report
 
 FEDCOMP = str(Path(sys.executable).parent / "fedcomp")

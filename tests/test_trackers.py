@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from fedcomp import trackers
-from fedcomp.config import resolve
+from fedcomp.records import trackers
+from fedcomp.run.config import resolve
 from fedcomp.errors import ConfigError
-from fedcomp.results import read_rounds
+from fedcomp.records.results import read_rounds
 from runfiles import write_run
 
 pytest.importorskip("tensorboard", reason="the `track` extra is not installed")

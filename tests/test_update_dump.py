@@ -7,7 +7,7 @@ from flwr.app import Context, RecordDict
 
 from benchmarks.codec_bench import load_updates
 from clients.client_app import app as client_app
-from fedcomp.config import resolve
+from fedcomp.run.config import resolve
 from strategies.loopback import LoopbackGrid
 from strategies.server_app import UpdateDump, build_strategy, serve
 

@@ -5,11 +5,11 @@ import zlib
 import numpy as np
 import pytest
 
-from fedcomp.codec import FLAG_FULL_MODEL, decode_payload, encode_payload, get_codec
-from fedcomp.codec.deepcabac import available as deepcabac_available
+from fedcomp.compress.codec import FLAG_FULL_MODEL, decode_payload, encode_payload, get_codec
+from fedcomp.compress.codec.deepcabac import available as deepcabac_available
 from fedcomp.errors import PayloadError
-from fedcomp.params import ParamManifest, TensorSpec
-from fedcomp.quant import QuantizedTensor, QuantKind, float32_tensor
+from fedcomp.compress.params import ParamManifest, TensorSpec
+from fedcomp.compress.quant import QuantizedTensor, QuantKind, float32_tensor
 
 CODECS = ["ans", "raw", "float32"] + (["deepcabac"] if deepcabac_available() else [])
 

@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader
 from fedcomp.errors import ModelError
 from fedcomp.fantastic4.engine import ACC_LIMIT, IntLayer, PreparedLayer, prepare, run
 from fedcomp.fantastic4.formats import WEIGHT_BITS
-from fedcomp.quant.base import Quantizer
-from fedcomp.quant.ecq import ECQQuantizer
+from fedcomp.compress.quant.base import Quantizer
+from fedcomp.compress.quant.ecq import ECQQuantizer
 
 MULTIPLIER_BITS = 16  # requantization multiplier width (cost.Architecture.requant_bits holds it and the shift)
 PASSTHROUGH = (nn.Dropout, nn.Identity)

@@ -26,7 +26,7 @@ METRICS = ("f4_accuracy", "f4_latency_us", "f4_energy_uj", "f4_model_bytes")
 
 @dataclass(frozen=True)
 class EdgeSettings:
-    """The ``edge.*`` settings (see `fedcomp.config` for their help)."""
+    """The ``edge.*`` settings (see `fedcomp.run.config` for their help)."""
 
     every: int
     target: str
@@ -81,7 +81,7 @@ class EdgeEvaluator:
         """The run's edge client, or None when ``edge.fantastic4`` is off."""
         if not config["edge.fantastic4"]:
             return None
-        from fedcomp.experiment import eval_loader, run_dataset
+        from fedcomp.run.experiment import eval_loader, run_dataset
 
         settings = EdgeSettings.from_config(config)
         train = run_dataset(config).train

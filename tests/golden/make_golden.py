@@ -3,7 +3,7 @@
 One payload per codec, carrying every quantized-tensor kind, and the tensors it carries as
 a plain ``.npz`` (symbols plus kind and parameters). `tests/test_golden.py` decodes the
 committed bytes and re-encodes their tensors: any change to how version 1 codes its bytes
-fails there and must bump ``fedcomp.codec.wire.VERSION``.
+fails there and must bump ``fedcomp.compress.codec.wire.VERSION``.
 
     python tests/golden/make_golden.py
 """
@@ -18,10 +18,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from fedcomp.codec import encode_payload, get_codec  # noqa: E402
-from fedcomp.codec.wire import VERSION  # noqa: E402
-from fedcomp.params import ParamManifest, TensorSpec  # noqa: E402
-from fedcomp.quant import QuantizedTensor, QuantKind, float32_tensor  # noqa: E402
+from fedcomp.compress.codec import encode_payload, get_codec  # noqa: E402
+from fedcomp.compress.codec.wire import VERSION  # noqa: E402
+from fedcomp.compress.params import ParamManifest, TensorSpec  # noqa: E402
+from fedcomp.compress.quant import QuantizedTensor, QuantKind, float32_tensor  # noqa: E402
 
 CODECS = ("ans", "raw", "float32", "deepcabac")
 MANIFEST = ParamManifest((

@@ -25,7 +25,7 @@ NEEDS_FILES = {"cifar10-resnet20"}  # a local CIFAR-10 copy, absent on a fresh m
 def short_run(settings: dict) -> list[dict]:
     """Per-round accuracy and payload bytes of a short loopback run of ``settings``."""
     from clients.client_app import app
-    from fedcomp.config import resolve
+    from fedcomp.run.config import resolve
     from strategies.loopback import run_loopback
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +37,7 @@ def short_run(settings: dict) -> list[dict]:
 
 
 def main() -> None:
-    from fedcomp.presets import PRESETS, preset
+    from fedcomp.run.presets import PRESETS, preset
 
     runs = {}
     for name in PRESETS:

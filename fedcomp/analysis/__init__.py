@@ -1,0 +1,1 @@
+"""Reading runs afterwards: sweeps, frontiers, reports and comparisons."""

@@ -1,6 +1,0 @@
-"""Entropy codecs behind one interface, and the wire format of a payload."""
-
-from fedcomp.codec.base import Codec, codec_names, get_codec
-from fedcomp.codec.wire import FLAG_FULL_MODEL, Payload, decode_payload, encode_payload
-
-__all__ = ["FLAG_FULL_MODEL", "Codec", "Payload", "codec_names", "decode_payload", "encode_payload", "get_codec"]

@@ -1,0 +1,1 @@
+"""Starting runs: the simulation, the local deployment and the processes they own."""

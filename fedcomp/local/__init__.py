@@ -1,0 +1,3 @@
+"""What a client does to its model: training, quantization-aware training, relevances, filter scales
+and partial updates. No Flower.
+"""

@@ -1,0 +1,108 @@
+"""Local training and evaluation loops (plain PyTorch, no Flower)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedcomp.local.scaling import freeze_batchnorm, scaled_call
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 1
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TrainSettings":
+        return cls(epochs=int(config["local_epochs"]), lr=float(config["lr"]),
+                   optimizer=str(config["train.optimizer"]), momentum=float(config["train.momentum"]),
+                   weight_decay=float(config["train.weight_decay"]))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device holding the model's parameters (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
+          trainable: Collection[str] | None = None, scales: Mapping[str, torch.Tensor] | None = None,
+          scale_lr: float = 0.05) -> dict[str, float]:
+    """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch.
+
+    ``trainable``: the parameter names to train (default all; the others stay frozen, and
+    BatchNorm layers none of whose tensors are trainable keep their running statistics).
+    ``scales``: FSFL filter scales (``fedcomp.local.scaling``): the forward pass uses ``s * W``;
+    those that require grad are trained in place with plain SGD at ``scale_lr``, and
+    BatchNorm statistics are then frozen.
+    """
+    model.train()
+    device = model_device(model)
+    names = set(trainable) if trainable is not None else None
+    params = [p for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)]
+    groups = [{"params": params}] if params else []
+    trained_scales = [s for s in (scales or {}).values() if s.requires_grad]
+    if trained_scales:
+        freeze_batchnorm(model)
+        groups.append({"params": trained_scales, "lr": scale_lr, "momentum": 0.0, "weight_decay": 0.0})
+    elif names is not None:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    n.startswith(f"{name}.") for n in names):
+                module.eval()
+    if not groups:
+        return {"train_loss": float("nan"), "train_accuracy": float("nan")}
+    training = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in training]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = make_optimizer(groups, settings)
+    loss_fn = nn.CrossEntropyLoss()
+    total_loss, correct, seen = 0.0, 0, 0
+    try:
+        for _ in range(settings.epochs):
+            # sums stay on the device (float64, as Python's float): no host sync per batch
+            total_loss, correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0, 0
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                logits = scaled_call(model, scales, x) if scales else model(x)
+                loss = loss_fn(logits, y)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.detach().double() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                seen += len(y)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return {"train_loss": float(total_loss) / max(seen, 1), "train_accuracy": int(correct) / max(seen, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``loader``."""
+    model.eval()
+    device = model_device(model)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        total_loss += float(loss_fn(logits, y))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "num_examples": seen}

@@ -1,0 +1,1 @@
+"""Settings, presets, the experiment (data and model of a run) and the compute device."""

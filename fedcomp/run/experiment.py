@@ -1,0 +1,160 @@
+"""What a run is made of, built from its settings: data, partitions, loaders and the model.
+
+Server and clients call the same functions with the same settings, so they agree on the
+split, the partitions and the model architecture without exchanging them. A client node
+may also pass its Flower node config: a SuperNode started with ``data-path=FOLDER`` under
+``dataset=clients:PATH`` reads that folder as its own data instead of its folder under PATH.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, TensorDataset
+
+from fedcomp.data import DataOptions, DatasetBundle, labels_of, load_dataset, partition
+from fedcomp.data.bundle import TensorExamples
+from fedcomp.data.clients import load_client_folder
+from fedcomp.run.device import resolve_device
+from fedcomp.errors import ConfigError
+from fedcomp.models import build_model
+
+DATA_PATH = "data-path"  # node-config key of a SuperNode's own client folder
+CLIENTS_PREFIX = "clients:"
+
+
+@lru_cache(maxsize=4)
+def dataset(name: str, options: DataOptions) -> DatasetBundle:
+    """The dataset of a run, loaded once per process."""
+    return load_dataset(name, options)
+
+
+@lru_cache(maxsize=4)
+def own_dataset(data_path: str, options: DataOptions) -> DatasetBundle:
+    """A node's own client folder (its ``data-path``), loaded once per process."""
+    return load_client_folder(Path(data_path).expanduser(), options)
+
+
+def _data_path(config: Mapping, node_config: Mapping | None) -> str | None:
+    path = (node_config or {}).get(DATA_PATH)
+    if path is None:
+        return None
+    if not str(config["dataset"]).startswith(CLIENTS_PREFIX):
+        raise ConfigError(f"this node has {DATA_PATH}={path} in its node config, which needs "
+                          f"dataset=clients:PATH; the run has dataset={config['dataset']}")
+    return str(path)
+
+
+def run_dataset(config: Mapping, node_config: Mapping | None = None) -> DatasetBundle:
+    """The run's dataset, or on a node with a ``data-path`` that node's own folder."""
+    options = DataOptions.from_config(config)
+    data_path = _data_path(config, node_config)
+    if data_path is not None:
+        return own_dataset(data_path, options)
+    return dataset(str(config["dataset"]), options)
+
+
+@lru_cache(maxsize=4)
+def _partitions(name: str, options: DataOptions, num_clients: int, scheme: str, alpha: float,
+                classes_per_client: int) -> tuple[np.ndarray, ...]:
+    bundle = dataset(name, options)
+    if name.startswith(CLIENTS_PREFIX):
+        if scheme not in ("iid", "natural"):
+            raise ConfigError(f"dataset {name} gives each client its own folder, so partition={scheme} does not "
+                              "apply; leave partition at its default or set it to natural")
+        scheme = "natural"
+    return tuple(partition(labels_of(bundle.train), num_clients, scheme=scheme, seed=options.seed, alpha=alpha,
+                           classes_per_client=classes_per_client, groups=bundle.groups,
+                           groups_from=bundle.groups_from))
+
+
+def client_indices(config: Mapping, partition_id: int, node_config: Mapping | None = None) -> np.ndarray:
+    """Indices into the training set (``run_dataset(config, node_config).train``) held by client ``partition_id``.
+
+    Under ``clients:PATH`` client ``i`` holds exactly the training examples of the ``i``-th
+    client folder; a node with a ``data-path`` holds all of its own folder.
+    """
+    if _data_path(config, node_config) is not None:
+        return np.arange(len(run_dataset(config, node_config).train))
+    parts = _partitions(str(config["dataset"]), DataOptions.from_config(config), int(config["num_clients"]),
+                        str(config["partition"]), float(config["data.alpha"]), int(config["data.classes_per_client"]))
+    if not 0 <= partition_id < len(parts):
+        raise ValueError(f"partition id {partition_id} is outside 0..{len(parts) - 1} (num_clients={len(parts)})")
+    return parts[partition_id]
+
+
+def run_device(config: Mapping) -> torch.device:
+    """The device this party trains and evaluates on (``sim.device`` resolved here)."""
+    return resolve_device(str(config["sim.device"]))
+
+
+@lru_cache(maxsize=8)
+def _resident(data: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """An in-memory dataset's examples and labels as tensors on ``device``, copied there once per process.
+
+    Only `TensorExamples` qualify (digits, tables, ``python:`` plugins returning one); other
+    datasets keep torch's per-sample loader.
+    """
+    if not isinstance(data, TensorExamples):
+        return None
+    return data.examples.to(device), torch.as_tensor(data.targets, dtype=torch.int64).to(device)
+
+
+def _loader(data: Dataset, indices: np.ndarray | None, batch_size: int, device: torch.device,
+            generator: torch.Generator | None) -> DataLoader:
+    """Batches of ``data[indices]`` (all of it when None), shuffled by ``generator`` when given.
+
+    A resident dataset is sliced a whole batch at a time on ``device`` (no per-sample Python
+    work, no host-to-device copy per batch); the batches are the ones torch's per-sample
+    loader gives for the same generator, so results do not depend on the path taken.
+    """
+    resident = _resident(data, device)
+    if resident is None:
+        subset = data if indices is None else Subset(data, indices.tolist())
+        return DataLoader(subset, batch_size=batch_size, shuffle=generator is not None, generator=generator)
+    images, targets = resident
+    if indices is not None:
+        position = torch.as_tensor(indices, dtype=torch.int64).to(device)
+        images, targets = images[position], targets[position]
+    tensors = TensorDataset(images, targets)
+    order = SequentialSampler(tensors) if generator is None else RandomSampler(tensors, generator=generator)
+    # the generator also seeds the loader's base seed, as in torch's loader: same draws, same batches
+    return DataLoader(tensors, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      generator=generator)
+
+
+def client_loader(config: Mapping, partition_id: int, server_round: int,
+                  node_config: Mapping | None = None) -> DataLoader:
+    """Shuffled loader over one client's partition; the shuffle is seeded by (seed, round, client)."""
+    generator = torch.Generator().manual_seed(local_seed(config, server_round, partition_id))
+    return _loader(run_dataset(config, node_config).train, client_indices(config, partition_id, node_config),
+                   int(config["batch_size"]), run_device(config), generator)
+
+
+def eval_loader(config: Mapping) -> DataLoader:
+    """Loader over the central test set, in order."""
+    return _loader(run_dataset(config).test, None, int(config["eval.batch_size"]), run_device(config), None)
+
+
+def local_seed(config: Mapping, server_round: int, partition_id: int) -> int:
+    """Seed of one client's local training in one round."""
+    return (int(config["seed"]) * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
+
+
+def run_model(config: Mapping, node_config: Mapping | None = None) -> torch.nn.Module:
+    """The run's model, initialised from the run's seed (identical on every party), on the run's device."""
+    bundle = run_dataset(config, node_config)
+    torch.manual_seed(int(config["seed"]))
+    return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape).to(run_device(config))
+
+
+def check_run(config: Mapping) -> torch.nn.Module:
+    """Load the data, build the model and split the data among the clients once, so that any
+    problem with them stops the run before anything starts; returns the model."""
+    model = run_model(config)
+    client_indices(config, 0)
+    return model
