@@ -181,8 +181,8 @@ def test_client_error_feedback_state_is_kept_between_rounds(task_identity):
     one_round(strategy, grid, arrays, 1)
     for node in grid.contexts:
         state = client_state(grid, node)
-        assert state["residual/rounds"].reshape(-1)[0] == 1
-        assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/residual/"))
+        assert state["rounds"].reshape(-1)[0] == 1
+        assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/"))
 
 
 def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):

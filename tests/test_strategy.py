@@ -14,6 +14,7 @@ from fedcomp.compress.params import ParamManifest, state_arrays
 from strategies.loopback import LoopbackGrid
 from fedcomp.exchange.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
+from strategies.sampling import Sampler
 
 NODES = {9_000_000_017: 2, 1_234: 0, 77_777_777: 1}  # node id -> partition id, deliberately unordered
 
@@ -24,7 +25,7 @@ def setup(task_identity):
     model = run_model(config)
     manifest = ParamManifest.from_model(model)
     grid = LoopbackGrid(client_app, NODES, config)
-    strategy = FedAvg(manifest, fraction_train=1.0, min_train_nodes=2, seed=0, meter=TransferMeter())
+    strategy = FedAvg(manifest, sampler=Sampler(fraction_train=1.0, min_train_nodes=2, seed=0), meter=TransferMeter())
     return config, model, manifest, grid, strategy
 
 
@@ -74,12 +75,12 @@ def test_aggregate_is_the_example_weighted_mean(setup):
 
 def test_sampling_is_seeded_by_partition_not_node_id(setup):
     config, model, manifest, grid, strategy = setup
-    strategy.fraction_train = 0.5
-    strategy.min_train_nodes = 1
+    strategy.sampler.fraction_train = 0.5
+    strategy.sampler.min_train_nodes = 1
     arrays = dense_record(state_arrays(model))
     chosen = [[NODES[m.metadata.dst_node_id] for m in strategy.configure_train(r, arrays, ConfigRecord(), grid)]
               for r in (1, 2, 3, 4)]
-    other = FedAvg(manifest, fraction_train=0.5, min_train_nodes=1, seed=0)
+    other = FedAvg(manifest, sampler=Sampler(fraction_train=0.5, min_train_nodes=1, seed=0))
     renamed = {node * 3 + 1: pid for node, pid in NODES.items()}  # different node ids, same partitions
     grid2 = LoopbackGrid(client_app, renamed, config)
     again = [[renamed[m.metadata.dst_node_id] for m in other.configure_train(r, arrays, ConfigRecord(), grid2)]
@@ -142,25 +143,25 @@ def test_malformed_dense_records_raise_payload_error():
 
 def test_setup_query_learns_partitions(setup):
     config, model, manifest, grid, strategy = setup
-    assert strategy.discover_partitions(grid) == NODES
+    assert strategy.sampler.discover(grid, strategy.meter) == NODES
     setup_records = strategy.meter.select(round=0)
     assert len(setup_records) == 2 * len(NODES)
     assert all(r.payload_bytes == 0 and r.message_bytes > 0 for r in setup_records)
 
 
 def test_metrics_are_example_weighted():
-    from strategies.fedavg import ClientResult, _weighted_metrics
+    from strategies.replies import ClientResult, weighted_metrics
 
     received = [ClientResult(0, 10, {}, MetricRecord({"loss": 1.0, "num-examples": 10})),
                 ClientResult(1, 30, {}, MetricRecord({"loss": 3.0, "num-examples": 30}))]
-    out = _weighted_metrics(received)
+    out = weighted_metrics(received)
     assert out["loss"] == pytest.approx(2.5)
     assert out["num-examples"] == 40
 
 
 def test_federated_evaluation_is_metered_and_weighted(setup):
     config, model, manifest, grid, strategy = setup
-    strategy.fraction_evaluate = 1.0
+    strategy.sampler.fraction_evaluate = 1.0
     arrays = dense_record(state_arrays(model))
     replies = grid.send_and_receive(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
     metrics = strategy.aggregate_evaluate(1, replies)
@@ -180,7 +181,7 @@ def test_a_run_no_node_can_join_fails_with_the_nodes_reason(task_identity):
     strategy = FedAvg(ParamManifest.from_model(run_model(config)))
     grid = LoopbackGrid(client_app, NODES, config)
     with pytest.raises(ConfigError, match="num-partitions=3 but the run has num_clients=5"):
-        strategy.discover_partitions(grid)
+        strategy.sampler.discover(grid, strategy.meter)
     assert len(strategy.meter.select(round=0, direction="up")) == 3  # error replies are messages too
 
 

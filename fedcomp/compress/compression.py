@@ -52,6 +52,8 @@ from fedcomp.compress.quant.uniform import UniformQuantizer
 
 SCOPES = ("tensor", "global")
 DEFAULT_QP = -32
+RESIDUAL_PREFIX = "residual/"  # a Compressor's state: residual/<tensor name> per residual ...
+ROUNDS_KEY = "rounds"  # ... and the number of updates compressed so far
 
 #: Named schemes: a preset or a user can name one in a single line ("scheme" key).
 SCHEMES: dict[str, dict[str, Any]] = {
@@ -446,14 +448,15 @@ class Compressor:
     def state_dict(self) -> dict[str, Array]:
         """``residual/<name>`` per tensor (numpy copies on the host; tensors on an accelerator stay
         there) and ``rounds`` (numpy)."""
-        state = {f"residual/{k}": v for k, v in self.residual.items()}
-        state["rounds"] = np.array(self.rounds, dtype=np.int64)
+        state = {RESIDUAL_PREFIX + k: v for k, v in self.residual.items()}
+        state[ROUNDS_KEY] = np.array(self.rounds, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         """Restore what :meth:`state_dict` saved (residuals as numpy arrays or tensors)."""
-        self.rounds = int(np.asarray(state.get("rounds", 0)).reshape(-1)[0])
-        residual = self._check({k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")})
+        self.rounds = int(np.asarray(state.get(ROUNDS_KEY, 0)).reshape(-1)[0])
+        residual = self._check({k[len(RESIDUAL_PREFIX):]: v for k, v in state.items()
+                                if k.startswith(RESIDUAL_PREFIX)})
         for pipeline in self.pipelines:
             if pipeline.feedback is not None:
                 pipeline.feedback.load_state_dict({})

@@ -10,14 +10,16 @@ every synchronised client's model equal to the server's bit for bit, which
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from fedcomp.exchange.channels import Channel, DenseChannel, PayloadChannel
 from fedcomp.compress.compression import CompressionSpec
+from fedcomp.errors import ReplyError
 from fedcomp.run.config import direction_spec
 from fedcomp.compress.params import ParamManifest, state_arrays
 from fedcomp.local.partial import select
@@ -116,20 +118,25 @@ def model_digest(tensors: Mapping[str, np.ndarray], manifest: ParamManifest) -> 
     return crc
 
 
-def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float]) -> Tensors:
-    """Per tensor, the weighted mean over the updates that carry it (float64 sum, float32 result)."""
+def weighted_mean(items: Sequence[Mapping[str, Any]], weights: Sequence[float],
+                  dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Per key, the weighted mean over the items that carry it: float64 sums, a ``dtype`` result.
+
+    The one weighted mean of fedcomp: of client models and updates (float32 tensors), and of
+    client metrics (scalars, ``dtype=np.float64``).
+    """
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
-    for update, weight in zip(updates, weights):
-        for name, values in update.items():
+    for item, weight in zip(items, weights):
+        for name, values in item.items():
             sums[name] = sums.get(name, 0.0) + weight * np.asarray(values, dtype=np.float64)
             totals[name] = totals.get(name, 0.0) + weight
-    return {name: (sums[name] / totals[name]).astype(np.float32) for name in sums}
+    return {name: (sums[name] / totals[name]).astype(dtype) for name in sums}
 
 
 def bound_update(update: Mapping[str, np.ndarray], max_norm: float, action: str) -> Tensors:
     """``update`` within an L2 bound over all its tensors: scaled down (``clip``) or refused
-    with ValueError (``refuse``); unchanged when ``max_norm`` is 0 or it is within the bound."""
+    with ReplyError (``refuse``); unchanged when ``max_norm`` is 0 or it is within the bound."""
     out = {k: np.asarray(v, dtype=np.float32) for k, v in update.items()}
     if max_norm <= 0:
         return out
@@ -137,6 +144,6 @@ def bound_update(update: Mapping[str, np.ndarray], max_norm: float, action: str)
     if norm <= max_norm:
         return out
     if action == "refuse":
-        raise ValueError(f"its update's L2 norm {norm:.4g} exceeds server.max_update_norm = {max_norm:g}")
+        raise ReplyError(f"its update's L2 norm {norm:.4g} exceeds server.max_update_norm = {max_norm:g}")
     factor = np.float32(max_norm / norm)
     return {k: (v * factor).astype(np.float32) for k, v in out.items()}
