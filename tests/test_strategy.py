@@ -234,3 +234,54 @@ def test_malformed_replies_of_every_shape_are_dropped(setup, shape, caplog):
     assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
     assert all(np.all(np.isfinite(v)) for v in record_tensors(new_arrays).values())
     assert len(strategy.meter.select(round=1, direction="up")) == 3
+
+
+def test_a_bug_in_a_hook_raises_instead_of_failing_the_client(setup, caplog):
+    """Only a payload or a reply that does not fit is the client's failure; a server bug is not caught."""
+    config, model, manifest, grid, strategy = setup
+
+    class Buggy(FedAvg):
+        def decode_reply(self, record):
+            return {"missing": super().decode_reply(record)["no such tensor"]}  # KeyError: the server's bug
+
+    buggy = Buggy(manifest, sampler=Sampler(seed=0))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(buggy.configure_train(1, arrays, ConfigRecord(), grid))
+    with caplog.at_level("WARNING"), pytest.raises(KeyError, match="no such tensor"):
+        buggy.aggregate_train(1, replies)
+    assert "failed" not in caplog.text
+
+
+def test_a_reply_above_the_norm_bound_is_refused_as_the_clients_failure(setup, caplog):
+    from strategies.replies import UpdateBound
+
+    config, model, manifest, grid, strategy = setup
+    bounded = FedAvg(manifest, sampler=Sampler(seed=0), bound=UpdateBound(1e-6, "refuse"))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(bounded.configure_train(1, arrays, ConfigRecord(), grid))
+    with caplog.at_level("WARNING"):
+        new_arrays, metrics = bounded.aggregate_train(1, replies)
+    assert new_arrays is None and metrics is None  # every update is far above 1e-6: no usable reply
+    assert caplog.text.count("failed: dropped its reply: ReplyError: its update's L2 norm") == len(NODES)
+
+
+def test_the_update_sink_sees_every_aggregated_round_whatever_aggregate_does(setup):
+    """on_client_update is called by the round loop, not by aggregate: an override cannot forget it."""
+    config, model, manifest, grid, strategy = setup
+    seen = {}
+
+    class FirstOnly(FedAvg):
+        def aggregate(self, server_round, results):
+            return results[0].tensors
+
+    first = FirstOnly(manifest, sampler=Sampler(seed=0), on_client_update=lambda r, u: seen.update({r: u}))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(first.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = list(replies)
+    new_arrays, _ = first.aggregate_train(1, replies)
+    assert sorted(seen[1]) == sorted(NODES.values())
+    local = DenseChannel().decode(next(r for r in replies if NODES[r.metadata.src_node_id] == 0).content["arrays"],
+                                  manifest)
+    base = record_tensors(arrays)
+    assert all(np.array_equal(seen[1][0][k], local[k] - base[k]) for k in manifest.names)
+    assert all(np.array_equal(record_tensors(new_arrays)[k], local[k]) for k in manifest.names)
