@@ -30,7 +30,8 @@ from fedcomp.compress.params import ParamManifest
 from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, FULL_MODEL, VERSION
 from fedcomp.local.scaling import effective, is_scale
 from fedcomp.exchange.updates import UpdateSettings, apply_update, model_digest, weighted_mean
-from strategies.fedavg import ClientResult, FedAvg
+from strategies.fedavg import FedAvg
+from strategies.replies import ClientResult
 from strategies.metering import content_size, meter_sent
 
 

@@ -28,7 +28,7 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -36,12 +36,12 @@ from flwr.supercore import log
 from fedcomp.errors import PayloadError
 from fedcomp.records.meter import TransferMeter, TransferRecord
 from fedcomp.compress.params import ParamManifest
-from fedcomp.exchange.channels import Channel, DenseChannel, Encoded, dense_record, float32_bytes, record_tensors
-from fedcomp.exchange.protocol import ARRAYS, CONFIG, SERVER_ROUND
+from fedcomp.exchange.channels import Channel, DenseChannel, dense_record, float32_bytes, record_tensors
+from fedcomp.exchange.protocol import ARRAYS, SERVER_ROUND
 from fedcomp.exchange.updates import weighted_mean
-from strategies.metering import content_size, meter_reply, meter_sent
-from strategies.replies import (CLIENT_FAULTS, ClientResult, UpdateBound, check_finite, example_count, reply_metrics,
-                                timing_summary, weighted_metrics)
+from strategies.metering import broadcast, meter_reply
+from strategies.replies import (CLIENT_FAULTS, ClientResult, UpdateBound, check_finite, example_count, log_missing,
+                                reply_metrics, timing_summary, weighted_metrics)
 from strategies.sampling import Sampler
 
 
@@ -142,6 +142,7 @@ class FedAvg(Strategy):
     # ---- Flower hooks --------------------------------------------------------------
 
     def summary(self) -> None:
+        """Flower's hook: log this strategy's sampling and channels."""
         log(INFO, "\t├──> fedcomp %s: fraction_train=%.2f, min_train_nodes=%d, fraction_evaluate=%.2f",
             type(self).__name__, self.sampler.fraction_train, self.sampler.min_train_nodes,
             self.sampler.fraction_evaluate)
@@ -149,6 +150,24 @@ class FedAvg(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        """Flower's hook: sample the round's nodes and build their training messages (`train_messages`).
+
+        Parameters
+        ----------
+        server_round : int
+            The current round.
+        arrays : ArrayRecord
+            The global model ``W_t``.
+        config : ConfigRecord
+            The round's configuration (``server-round`` is added).
+        grid : Grid
+            Where the nodes are.
+
+        Returns
+        -------
+        iterable of Message
+            One metered training message per sampled node.
+        """
         nodes = self._sample(grid, server_round, "train")
         self._global = record_tensors(arrays)
         config[SERVER_ROUND] = server_round
@@ -156,10 +175,25 @@ class FedAvg(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's hook: meter, check and decode the replies, then the next global model (`aggregate`).
+
+        Parameters
+        ----------
+        server_round : int
+            The current round.
+        replies : iterable of Message
+            The replies that came back within the round's timeout.
+
+        Returns
+        -------
+        tuple
+            The new global model and the example-weighted metrics, or ``(None, None)`` when fewer
+            than ``min_results`` replies were usable.
+        """
         replied: list[int] = []
         decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
         self.received(decoded)
-        timed_out = self._log_missing(server_round, replied)
+        timed_out = log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
         self.client_timings = {server_round: {
             **timing_summary(decoded), "clients_sampled": len(self._sent_to),
             "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
@@ -169,7 +203,9 @@ class FedAvg(Strategy):
                 "the global model is unchanged", server_round, len(decoded), self.min_results)
             return None, None
         if self.on_client_update is not None:
-            self.on_client_update(server_round, {r.partition: self._update(r.tensors) for r in decoded})
+            self.on_client_update(server_round, {r.partition: r.tensors if self.replies_are_updates else
+                                                 {k: v - self._global[k] for k, v in r.tensors.items()}
+                                                 for r in decoded})
         return dense_record(self.aggregate(server_round, decoded)), weighted_metrics(decoded)
 
     # ---- hooks a subclass may override (none of them has to call anything) -----------
@@ -192,7 +228,7 @@ class FedAvg(Strategy):
             One metered message per node.
         """
         encoded, _ = self.downstream.encode(self._global)
-        return self._broadcast(server_round, encoded, config, nodes, MessageType.TRAIN, "train")
+        return broadcast(self.meter, server_round, encoded, config, nodes, MessageType.TRAIN, self.sampler.client_of)
 
     def decode_reply(self, record: ArrayRecord | None) -> dict[str, np.ndarray]:
         """The tensors of one training reply's ``arrays`` record (before the norm bound).
@@ -243,17 +279,31 @@ class FedAvg(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        """Flower's hook: the global model to the nodes sampled for federated evaluation (none when off).
+
+        Parameters and Returns as for `configure_train`.
+        """
         nodes = self._sample(grid, server_round, "evaluate")
         if not nodes:
             return []
         config[SERVER_ROUND] = server_round
         encoded, _ = DenseChannel().encode(record_tensors(arrays))
-        return self._broadcast(server_round, encoded, config, nodes, MessageType.EVALUATE, "evaluate")
+        return broadcast(self.meter, server_round, encoded, config, nodes, MessageType.EVALUATE,
+                         self.sampler.client_of)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Flower's hook: the example-weighted metrics of the usable evaluation replies (None if there are none).
+
+        Parameters
+        ----------
+        server_round : int
+            The current round.
+        replies : iterable of Message
+            The evaluation replies.
+        """
         replied: list[int] = []
         received = self._receive(server_round, _tally(replies, replied), "evaluate", decode=False)
-        self._log_missing(server_round, replied)
+        log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
         return weighted_metrics(received) if received else None
 
     # ---- helpers -------------------------------------------------------------------
@@ -262,29 +312,6 @@ class FedAvg(Strategy):
         """The sampled nodes of ``phase``, remembered as the ones asked (a resumed run's setup is not metered)."""
         self._sent_to = self.sampler.nodes(grid, server_round, phase, None if self.resumed_from else self.meter)
         return self._sent_to
-
-    def _update(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The update a decoded reply stands for: itself, or ``local - global``."""
-        return tensors if self.replies_are_updates else {k: tensors[k] - self._global[k] for k in tensors}
-
-    def _broadcast(self, server_round: int, encoded: Encoded, config: ConfigRecord,
-                   nodes: list[int], message_type: str, kind: str) -> list[Message]:
-        """One message per node, all with the same content (measured once), each metered."""
-        content = RecordDict({ARRAYS: encoded.record, CONFIG: config})
-        shared = content_size(content)
-        messages = [Message(content, node, message_type) for node in nodes]
-        for msg in messages:
-            meter_sent(self.meter, server_round, self.sampler.client_of(msg.metadata.dst_node_id), kind, encoded,
-                       msg, shared)
-        return messages
-
-    def _log_missing(self, server_round: int, replied: list[int]) -> int:
-        """Log each node asked this phase that sent no reply (the grid's timeout passed); return how many."""
-        missing = sorted(set(self._sent_to) - set(replied), key=self.sampler.client_of)
-        for node in missing:
-            log(WARNING, "round %d: node %d (partition %d) failed: timed out, no reply within "
-                "server.round_timeout", server_round, node, self.sampler.client_of(node))
-        return len(missing)
 
     def _receive(self, server_round: int, replies: Iterable[Message], kind: str,
                  decode: bool) -> list[ClientResult]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedcomp.exchange.channels import Encoded, record_bytes
-from fedcomp.exchange.protocol import ARRAYS
+from fedcomp.exchange.protocol import ARRAYS, CONFIG
 from fedcomp.records.meter import TransferMeter
 
 
@@ -53,3 +53,16 @@ def meter_setup(meter: TransferMeter, asked: list[Message], replies: list[Messag
         meter.record(0, "down", client_of(msg.metadata.dst_node_id), "setup", 0, serialized_size(msg), 0)
     for reply in replies:
         meter.record(0, "up", client_of(reply.metadata.src_node_id), "setup", 0, serialized_size(reply), 0)
+
+
+def broadcast(meter: TransferMeter, server_round: int, encoded: Encoded, config: ConfigRecord, nodes: list[int],
+              message_type: str, client_of: Callable[[int], int]) -> list[Message]:
+    """One message of ``encoded`` and ``config`` per node, all with the same content (measured once), each
+    metered (kind ``train`` or ``evaluate``, after ``message_type``) under the client ``client_of`` names."""
+    content = RecordDict({ARRAYS: encoded.record, CONFIG: config})
+    shared = content_size(content)
+    kind = "train" if message_type == MessageType.TRAIN else "evaluate"
+    messages = [Message(content, node, message_type) for node in nodes]
+    for msg in messages:
+        meter_sent(meter, server_round, client_of(msg.metadata.dst_node_id), kind, encoded, msg, shared)
+    return messages

@@ -8,11 +8,14 @@ failure. Any other exception is a bug of the server and is not caught.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from logging import WARNING
 from typing import NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.supercore import log
 
 from fedcomp.errors import PayloadError, ReplyError
 from fedcomp.exchange.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID, TIMINGS
@@ -114,3 +117,12 @@ def weighted_metrics(received: list[ClientResult]) -> MetricRecord:
     means = weighted_mean([{k: r.metrics[k] for k in numeric} for r in received],
                           [float(r.examples) for r in received], np.float64)
     return MetricRecord({**{k: float(means[k]) for k in numeric}, NUM_EXAMPLES: sum(r.examples for r in received)})
+
+
+def log_missing(server_round: int, asked: list[int], replied: list[int], client_of: Callable[[int], int]) -> int:
+    """Log each node ``asked`` that sent no reply (the grid's timeout passed); return how many."""
+    missing = sorted(set(asked) - set(replied), key=client_of)
+    for node in missing:
+        log(WARNING, "round %d: node %d (partition %d) failed: timed out, no reply within "
+            "server.round_timeout", server_round, node, client_of(node))
+    return len(missing)
