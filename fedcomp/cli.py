@@ -206,7 +206,8 @@ def qat(
     sizes = compressed_sizes(result.tensors)
     dense = sum(p.numel() for p in model.parameters()) * 4
     best = min(sizes, key=sizes.get)
-    typer.echo(f"{settings.method} {settings.bits}-bit gamma {settings.gamma}: accuracy {before:.4f} (float) -> {after:.4f}, weight sparsity "
+    typer.echo(f"{settings.method} {settings.bits}-bit gamma {settings.gamma}: accuracy {before:.4f} (float) -> "
+               f"{after:.4f}, weight sparsity "
                f"{result.metrics['weight_sparsity']:.3f}, {sizes[best]} bytes with {best} "
                f"({dense / sizes[best]:.1f}x smaller than float32)")
     if out is not None:

@@ -76,7 +76,7 @@ def weight_relevance(
     was_training = model.training
     model.eval()
     device = model_device(model)
-    x = batch_x.detach().to(device).clone().requires_grad_(True)
+    x = batch_x.to(device).detach().clone().requires_grad_(True)
     batch_y = batch_y.to(device)
     try:
         with composite.context(model):

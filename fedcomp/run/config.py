@@ -4,7 +4,7 @@ Each subsystem declares its keys (type, default, check, help) beside what they c
 with `fedcomp.settings`: on the fields of its settings dataclass (`TrainSettings`,
 `QATSettings`, `CompressionSpec` for ``up.*``/``down.*``, `UpdateSettings`, `FaultPlan`,
 `EdgeSettings`, `DataOptions`) or in a module's ``SETTINGS`` table (what a run is made of,
-the device, the trackers, and below the apps' own keys). `SETTINGS` collects them all.
+the device, the trackers, and below the apps' own keys). `registry()` collects them all.
 
 A run's configuration is resolved in layers, later ones winning: the defaults, a preset
 (`fedcomp.run.presets`), a TOML file (nested tables flatten to dotted keys), and
@@ -16,18 +16,11 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
-from fedcomp.compress.compression import DIRECTIONS, direction_settings, direction_spec, scheme_settings
-from fedcomp.data.bundle import DataOptions
 from fedcomp.errors import ConfigError
-from fedcomp.exchange import faults, updates
-from fedcomp.fantastic4 import edge
-from fedcomp.local import qat, training
-from fedcomp.records import trackers
-from fedcomp.run import device, experiment
 from fedcomp.settings import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Setting, Value, collect, declared
 
 def _preset_names() -> list[str]:
@@ -71,17 +64,39 @@ APP_SETTINGS: dict[str, Setting] = {
                       choices=lambda: ["", *_preset_names()]),
 }
 
-#: Every setting, by key.
-SETTINGS: dict[str, Setting] = collect(
-    experiment.SETTINGS, declared(DataOptions), declared(training.TrainSettings), APP_SETTINGS, device.SETTINGS,
-    declared(updates.UpdateSettings), declared(faults.FaultPlan), qat.SETTINGS, declared(qat.QATSettings),
-    edge.SETTINGS, declared(edge.EdgeSettings), trackers.SETTINGS,
-    *(direction_settings(direction) for direction in DIRECTIONS))
+@cache
+def registry() -> dict[str, Setting]:
+    """Every setting, by key, collected from the modules that declare them.
+
+    Collected on first use, so that importing this module (the CLI's help, the list of
+    presets) does not import what the settings configure (torch, Flower, the datasets).
+    """
+    from fedcomp.compress.compression import DIRECTIONS, direction_settings
+    from fedcomp.data.bundle import DataOptions
+    from fedcomp.exchange.faults import FaultPlan
+    from fedcomp.exchange.updates import UpdateSettings
+    from fedcomp.fantastic4 import edge
+    from fedcomp.local import qat
+    from fedcomp.local.training import TrainSettings
+    from fedcomp.records import trackers
+    from fedcomp.run import device, experiment
+
+    return collect(experiment.SETTINGS, declared(DataOptions), declared(TrainSettings), APP_SETTINGS,
+                   device.SETTINGS, declared(UpdateSettings), declared(FaultPlan), qat.SETTINGS,
+                   declared(qat.QATSettings), edge.SETTINGS, declared(edge.EdgeSettings), trackers.SETTINGS,
+                   *(direction_settings(direction) for direction in DIRECTIONS))
+
+
+def __getattr__(name: str) -> Any:
+    """``SETTINGS``: the registry, collected on first use."""
+    if name == "SETTINGS":
+        return registry()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _coerce(key: str, value: Any) -> Value:
     """Bring ``value`` (from TOML, a CLI string or Flower's run_config) to the setting's type."""
-    setting = SETTINGS[key]
+    setting = registry()[key]
     kind = setting.kind
     if isinstance(value, str) and kind is not str:
         text = value.strip()
@@ -109,11 +124,12 @@ def _coerce(key: str, value: Any) -> Value:
 
 def validate_value(key: str, value: Any) -> Value:
     """Check one setting, returning its value in the setting's type; raise ConfigError otherwise."""
-    if key not in SETTINGS:
-        close = difflib.get_close_matches(key, SETTINGS, n=3)
+    settings = registry()
+    if key not in settings:
+        close = difflib.get_close_matches(key, settings, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown setting '{key}'.{hint} Valid settings: {', '.join(SETTINGS)}")
-    setting = SETTINGS[key]
+        raise ConfigError(f"unknown setting '{key}'.{hint} Valid settings: {', '.join(settings)}")
+    setting = settings[key]
     value = _coerce(key, value)
     if setting.choices is not None and not (setting.prefixes and str(value).startswith(setting.prefixes)):
         choices = list(setting.choices() if callable(setting.choices) else setting.choices)
@@ -127,7 +143,7 @@ def validate_value(key: str, value: Any) -> Value:
 
 def defaults() -> dict[str, Value]:
     """Every setting at its default."""
-    return {k: s.default for k, s in SETTINGS.items()}
+    return {k: s.default for k, s in registry().items()}
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -164,6 +180,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 def _expand_schemes(layer: Mapping[str, Any]) -> dict[str, Any]:
     """A layer naming ``<direction>.scheme`` first sets that scheme's keys, then its own explicit keys."""
+    from fedcomp.compress.compression import DIRECTIONS, scheme_settings
+
     out: dict[str, Any] = {}
     for direction in DIRECTIONS:
         if f"{direction}.scheme" in layer:
@@ -174,6 +192,8 @@ def _expand_schemes(layer: Mapping[str, Any]) -> dict[str, Any]:
 
 def _check_whole(config: Mapping[str, Any]) -> None:
     """Checks across settings: each direction's spec, and what FSFL and partial updates need."""
+    from fedcomp.compress.compression import direction_spec
+
     up, down = direction_spec(config, "up"), direction_spec(config, "down")
     if config["fsfl.mode"] != "off" and up.lossless_dense:
         raise ConfigError("fsfl.mode needs compressed upstream updates (set up.scheme, e.g. topk-uniform-ans)")
@@ -220,5 +240,5 @@ def _resolved(items: tuple[tuple[str, Any], ...]) -> dict[str, Value]:
     from fedcomp.run.presets import preset
 
     changed = {k: v for k, v in run_config.items()
-               if k != "preset" and (k not in SETTINGS or validate_value(k, v) != SETTINGS[k].default)}
+               if k != "preset" and (k not in registry() or validate_value(k, v) != registry()[k].default)}
     return resolve(preset(name), changed)
