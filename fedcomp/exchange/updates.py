@@ -18,12 +18,12 @@ import numpy as np
 from torch import nn
 
 from fedcomp.exchange.channels import Channel, DenseChannel, PayloadChannel
-from fedcomp.compress.compression import CompressionSpec
+from fedcomp.compress.compression import CompressionSpec, direction_spec
 from fedcomp.errors import ReplyError
-from fedcomp.run.config import direction_spec
 from fedcomp.compress.params import ParamManifest, state_arrays
 from fedcomp.local.partial import select
 from fedcomp.local.scaling import fold, is_scale, scale_specs, unit_scales
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, build, setting
 
 Tensors = dict[str, np.ndarray]
 
@@ -34,22 +34,25 @@ class UpdateSettings:
 
     up: CompressionSpec
     down: CompressionSpec
-    fsfl: str = "off"  # off | joint | compensate
-    fold: bool = True
-    scale_qp: int = -40
-    scale_lr: float = 0.05
-    scale_epochs: int = 1
-    partial: str = ""
-    server_lr: float = 1.0
-    history: int = 20
+    fsfl: str = setting("fsfl.mode", "off", "filter-wise scaling: off, joint (scales train with the weights) or "
+                        "compensate (scales train after sparsification, on the weights the server will reconstruct)",
+                        choices=("off", "joint", "compensate"))
+    fold: bool = setting("fsfl.fold", True, "fold the scales into the weights after every round (false: keep them)")
+    scale_qp: int = setting("fsfl.scale_qp", -40, "NNC qp of the dense scale updates (-40: step 2**-10)")
+    scale_lr: float = setting("fsfl.scale_lr", 0.05, "learning rate of the filter scales (SGD, no momentum)",
+                              check=POSITIVE)
+    scale_epochs: int = setting("fsfl.scale_epochs", 1, "local epochs of the scales-only pass (compensate mode)",
+                                check=POSITIVE)
+    partial: str = setting("partial.groups", "", "parameter groups clients train and send: scales, bias, bn, head, "
+                           "last:N or name globs, comma-separated (empty: the whole model)")
+    server_lr: float = setting("server.lr", 1.0, "server learning rate: the global step is server.lr x the "
+                               "aggregated update", check=POSITIVE)
+    history: int = setting("sync.history", 20, "downstream payloads the server keeps to replay to clients that "
+                           "missed rounds", check=NON_NEGATIVE)
 
     @classmethod
     def from_config(cls, config: Mapping) -> "UpdateSettings":
-        return cls(up=direction_spec(config, "up"), down=direction_spec(config, "down"),
-                   fsfl=str(config["fsfl.mode"]), fold=bool(config["fsfl.fold"]),
-                   scale_qp=int(config["fsfl.scale_qp"]), scale_lr=float(config["fsfl.scale_lr"]),
-                   scale_epochs=int(config["fsfl.scale_epochs"]), partial=str(config["partial.groups"]),
-                   server_lr=float(config["server.lr"]), history=int(config["sync.history"]))
+        return build(cls, config, up=direction_spec(config, "up"), down=direction_spec(config, "down"))
 
     @property
     def differential(self) -> bool:
