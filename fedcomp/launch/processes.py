@@ -3,6 +3,12 @@
 Each run gets a random token in its processes' environment (``FEDCOMP_RUN_TOKEN``). Every
 process started for the run inherits it, including those Flower and Ray spawn on their
 own, so `stop_all` finds them by the token even when they left the process group.
+
+The processes outlive a parent that dies without cleaning up (SIGKILL, the OOM killer): the
+SuperLink does not watch its parent. So each launch also starts a `watchdog`, a small process
+that polls its parent (the process that launched the run) and, once that parent is gone, stops
+everything carrying the run's token. It runs in its own session, so a signal to the parent's
+process group does not end it first, and it does not carry the token itself.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
 KILL_TIMEOUT = 10.0  # seconds SIGKILLed processes get to leave /proc
+WATCH_INTERVAL = 0.5  # seconds between the watchdog's looks at its parent
+ORPHAN_GRACE = 3.0  # seconds a dead parent's processes get to exit on SIGTERM before SIGKILL
 
 
 class LaunchError(FedcompError):
@@ -119,3 +128,31 @@ def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float 
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def start_watchdog(token: str) -> subprocess.Popen:
+    """Start the `watchdog` of this process's run ``token``: once this process is gone, it stops the run's
+    processes. The caller ends it (``terminate``) after stopping them itself."""
+    return subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), token], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+def watchdog(parent: int, token: str, interval: float = WATCH_INTERVAL, grace: float = ORPHAN_GRACE) -> list[int]:
+    """Wait until ``parent`` is no longer this process's parent (it died; the orphan was re-parented), then
+    SIGTERM every process carrying ``token``, SIGKILL what is left after ``grace`` seconds; return the PIDs
+    still alive after that ([] when all are gone)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    for pid in processes_with_token(token):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while processes_with_token(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return kill_until_gone(lambda: processes_with_token(token))
+
+
+if __name__ == "__main__":  # the watchdog process: python -m fedcomp.launch.processes PARENT_PID TOKEN
+    sys.exit(1 if watchdog(int(sys.argv[1]), sys.argv[2]) else 0)
