@@ -76,7 +76,7 @@ def test_the_watchdog_stops_the_run_when_its_launcher_is_killed():
     env = {**os.environ, MARK: mark, "PYTHONPATH": path}
     launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, token], env=env, start_new_session=True)
     try:
-        # the launcher, its watchdog, the spawner and the spawner's children
+        # the spawner and at least two of its children carry the token (the launcher and the watchdog do not)
         wait_for(lambda: len(processes_with_env(TOKEN_VARIABLE, token)) >= 3, 30, "the run starting")
         wait_for(lambda: any("fedcomp.launch.processes" in c for c in commands(marked(mark))), 30, "the watchdog")
         os.kill(launcher.pid, signal.SIGKILL)
