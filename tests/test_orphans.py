@@ -46,9 +46,22 @@ def commands(pids: list[int]) -> list[str]:
     out = []
     for pid in pids:
         try:
-            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip())
         except OSError:
             pass
+    return out
+
+
+def described(pids: list[int]) -> list[str]:
+    """Each PID's command, state, parent and whether it carries a run token (for failure messages)."""
+    out = []
+    for pid, command in zip(pids, commands(pids)):
+        try:
+            state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            token = TOKEN_VARIABLE.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        out.append(f"{pid} {command[:60]} state {state} parent {parent} token {token}")
     return out
 
 
@@ -57,7 +70,7 @@ def seconds_until_gone(mark: str, timeout: float) -> float:
     start = time.monotonic()
     while marked(mark):
         if time.monotonic() - start > timeout:
-            pytest.fail(f"alive {timeout:.0f} s after the parent was killed: {commands(marked(mark))}")
+            pytest.fail(f"alive {timeout:.0f} s after the parent was killed: {described(marked(mark))}")
         time.sleep(0.1)
     return time.monotonic() - start
 
@@ -110,7 +123,7 @@ def test_fedcomp_run_killed_with_sigkill_leaves_nothing_running(tmp_path):
     run_dir = tmp_path / "run"
     cli = subprocess.Popen([str(Path(sys.executable).parent / "fedcomp"), "run", "--set", "num_clients=3",
                             "--set", "rounds=50", "--out", str(run_dir)], cwd=ROOT, env={**os.environ, MARK: mark},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                           stdout=subprocess.DEVNULL, stderr=(tmp_path / "stderr").open("w"), start_new_session=True)
     try:
         wait_for(lambda: read_rounds(run_dir) or cli.poll() is not None, 300, "round 1")
         assert cli.poll() is None, f"fedcomp run exited with {cli.returncode} before round 1"
@@ -119,7 +132,10 @@ def test_fedcomp_run_killed_with_sigkill_leaves_nothing_running(tmp_path):
             assert name in running, f"{name} not among the run's processes: {running}"
         os.kill(cli.pid, signal.SIGKILL)
         cli.wait()
-        took = seconds_until_gone(mark, GONE_WITHIN)
+        try:
+            took = seconds_until_gone(mark, GONE_WITHIN)
+        finally:
+            print((tmp_path / "stderr").read_text()[-2000:])  # the watchdog's complaint, if any
         print(f"nothing of the run alive {took:.1f} s after SIGKILL")
     finally:
         kill_until_gone(lambda: marked(mark))

@@ -6,9 +6,9 @@ own, so `stop_all` finds them by the token even when they left the process group
 
 The processes outlive a parent that dies without cleaning up (SIGKILL, the OOM killer): the
 SuperLink does not watch its parent. So each launch also starts a `watchdog`, a small process
-that polls its parent (the process that launched the run) and, once that parent is gone, stops
-everything carrying the run's token. It runs in its own session, so a signal to the parent's
-process group does not end it first, and it does not carry the token itself.
+that polls its parent (the process that launched the run) and, once that parent is gone, kills
+everything carrying the run's token until none is left. It runs in its own session, so a signal
+to the parent's process group does not end it first, and it does not carry the token itself.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
 KILL_TIMEOUT = 10.0  # seconds SIGKILLed processes get to leave /proc
 WATCH_INTERVAL = 0.5  # seconds between the watchdog's looks at its parent
-ORPHAN_GRACE = 3.0  # seconds a dead parent's processes get to exit on SIGTERM before SIGKILL
+ORPHAN_KILL_TIMEOUT = 60.0  # seconds the watchdog keeps killing a dead parent's processes (it has nothing else to do)
 
 
 class LaunchError(FedcompError):
@@ -137,22 +137,23 @@ def start_watchdog(token: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, start_new_session=True)
 
 
-def watchdog(parent: int, token: str, interval: float = WATCH_INTERVAL, grace: float = ORPHAN_GRACE) -> list[int]:
+def watchdog(parent: int, token: str, interval: float = WATCH_INTERVAL, timeout: float = ORPHAN_KILL_TIMEOUT
+             ) -> list[int]:
     """Wait until ``parent`` is no longer this process's parent (it died; the orphan was re-parented), then
-    SIGTERM every process carrying ``token``, SIGKILL what is left after ``grace`` seconds; return the PIDs
-    still alive after that ([] when all are gone)."""
+    SIGKILL every process carrying ``token`` until none is left; return the PIDs still found after ``timeout``
+    seconds ([] when all are gone).
+
+    Nothing of the run is worth a graceful stop once the process that ran it is dead, and a SIGTERM would
+    give Ray's daemons time to start more processes while they shut down.
+    """
     while os.getppid() == parent:
         time.sleep(interval)
-    for pid in processes_with_token(token):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while processes_with_token(token) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return kill_until_gone(lambda: processes_with_token(token))
+    return kill_until_gone(lambda: processes_with_token(token), timeout)
 
 
 if __name__ == "__main__":  # the watchdog process: python -m fedcomp.launch.processes PARENT_PID TOKEN
-    sys.exit(1 if watchdog(int(sys.argv[1]), sys.argv[2]) else 0)
+    left = watchdog(int(sys.argv[1]), sys.argv[2])
+    if left:
+        print(f"fedcomp watchdog: processes {left} of a dead run survived SIGKILL for {ORPHAN_KILL_TIMEOUT:.0f} s",
+              file=sys.stderr)
+    sys.exit(1 if left else 0)
