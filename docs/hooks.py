@@ -55,8 +55,8 @@ def accepted(setting: Any) -> str:
     if setting.choices is not None:
         choices = list(setting.choices() if callable(setting.choices) else setting.choices)
         return ", ".join([_code(c) for c in choices] + [f"`{p}...`" for p in setting.prefixes])
-    if setting.requirement:
-        return _text(setting.requirement)
+    if setting.check is not None:
+        return _text(setting.check.requirement)
     return setting.kind.__name__
 
 

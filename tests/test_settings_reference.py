@@ -63,8 +63,8 @@ def test_accepted_values_name_every_choice_or_the_requirement(rows):
                 assert (f"`{choice}`" if choice else "(empty)") in accepts, (key, choice)
             for prefix in setting.prefixes:
                 assert f"`{prefix}...`" in accepts, (key, prefix)
-        elif setting.requirement:
-            assert html.unescape(accepts) == setting.requirement, key
+        elif setting.check is not None:
+            assert html.unescape(accepts) == setting.check.requirement, key
 
 
 def test_settings_are_grouped_under_their_prefix(hooks):
