@@ -295,7 +295,7 @@ class ECQQuantizer:
     def quantize(
         self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None, step: float | None = None
     ) -> QuantizedTensor:
-        """ECQ-quantize ``values`` into grid symbols (see the class docstring for the kind; ``step`` as in :meth:`assign`)."""
+        """ECQ-quantize ``values`` into grid symbols (the kind: see the class; ``step``: see :meth:`assign`)."""
         symbols, step = self.assign(values, relevance, step)
         if not self.codebook:
             return QuantizedTensor(name, symbols, QuantKind.UNIFORM_STEP, (step,))
