@@ -20,7 +20,7 @@ measured, so an interrupted run resumes where it stopped (``--fresh`` starts ove
 markdown is rewritten from the cache after every cell.
 
     PYTHONPATH=. .venv/bin/python benchmarks/reproduction.py --dataset digits
-    PYTHONPATH=. .venv/bin/python benchmarks/reproduction.py --dataset fashion-mnist --train-subset 12000
+    PYTHONPATH=. .venv/bin/python benchmarks/reproduction.py --dataset fashion-mnist --train-subset 10000
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
         "bytes": min(compressed_sizes(quantize_model(fresh(), ECQQuantizer(8, 0.0), None)).values()),
         "float32_bytes": 4 * sum(p.numel() for p in fresh().parameters())}, render)
     rel_x, rel_y = next(iter(DataLoader(relevance_set, batch_size=256)))
-    for bits in BITS:
+    for bits in BITS if "ptq" in args.sections else ():
         for gamma in GAMMAS:
             cell(cache, path, f"{prefix}/ptq/ecq/{bits}/{gamma}",
                  lambda bits=bits, gamma=gamma: ptq(fresh(), ECQQuantizer(bits, gamma), None, test_loader), render)
@@ -198,6 +198,8 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
                 relevance = weight_relevance(model, rel_x, rel_y)
                 return ptq(model, ECQxQuantizer(bits, gamma), relevance, test_loader)
             cell(cache, path, f"{prefix}/ptq/ecqx/{bits}/{gamma}", ecqx_ptq, render)
+    if "qat" not in args.sections:
+        return
     qat_settings = TrainSettings(epochs=args.qat_epochs, lr=0.01)
     for method in ("ecq", "ecqx"):
         for gamma in QAT_GAMMAS:
@@ -414,10 +416,11 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             "bidirectional" if np.mean(ratio) < 10 else "direction reproduced")
 
     commits = sorted(set(cache.get("_commits", {}).values()))
+    subset = f" (central sections on the first {args.train_subset} training examples)" if args.train_subset else ""
     text = [f"# The four papers' claims, reproduced beside their baselines ({ds})", "",
             f"Written by `benchmarks/reproduction.py` (cells measured at commit(s) {', '.join(commits) or '-'}; "
             f"this render at `{source_commit()}`). Dataset **{ds}**"
-            f"{f' (central sections on the first {args.train_subset} training examples)' if args.train_subset else ''}; "
+            f"{subset}; "
             f"seeds {seeds}; float training {args.epochs} "
             f"epochs; QAT {args.qat_epochs} epoch(s) from the float model; federated runs {args.rounds} rounds "
             f"through the loopback grid. ± is the standard deviation over seeds. A machine of 2 cores shared with "
@@ -444,7 +447,9 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--ec2t-gamma", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--sections", nargs="+", default=["central", "federated"])
+    parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "federated"],
+                        help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4, EC2T; "
+                             "federated: loopback runs")
     parser.add_argument("--fresh", action="store_true", help="discard the cached cells")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction")
     args = parser.parse_args()
@@ -454,7 +459,7 @@ def main() -> None:
     cache: Cache = {} if args.fresh or not path.exists() else json.loads(path.read_text())
     redraw = lambda: render(args, cache, args.seeds)  # noqa: E731
     for seed in args.seeds:
-        if "central" in args.sections:
+        if {"ptq", "qat"} & set(args.sections):
             central(args, cache, path, redraw, seed)
     for seed in args.seeds:
         if "federated" in args.sections:
