@@ -201,11 +201,12 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
     if "qat" not in args.sections:
         return
     qat_settings = TrainSettings(epochs=args.qat_epochs, lr=0.01)
-    for method in ("ecq", "ecqx"):
-        for gamma in QAT_GAMMAS:
-            cell(cache, path, f"{prefix}/qat/{method}/4/{gamma}",
-                 lambda method=method, gamma=gamma: qat(fresh(), loader(seed + 1), qat_settings, method, 4, gamma,
-                                                        test_loader), render)
+    for bits in args.qat_bits:
+        for method in ("ecq", "ecqx"):
+            for gamma in QAT_GAMMAS:
+                cell(cache, path, f"{prefix}/qat/{method}/{bits}/{gamma}",
+                     lambda bits=bits, method=method, gamma=gamma: qat(
+                         fresh(), loader(seed + 1), qat_settings, method, bits, gamma, test_loader), render)
 
     def device(qat_gamma: float | None):
         model = fresh()
@@ -318,17 +319,16 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             row("ECQx", f"{bits}-bit sparse network keeps accuracy", "'maintain or even improve'",
                 f"PTQ {bits} bit, best gamma of {list(GAMMAS)}", f"Δ vs float {spread(best)} points",
                 f"float {spread(float_acc)}", verdict)
-    for method in ("ecqx", "ecq"):
-        for g in QAT_GAMMAS:
-            acc = values(f"qat/{method}/4/{g}")
-            if acc:
-                d = (np.mean(acc) - np.mean(float_acc)) * 100
-                sp = values(f"qat/{method}/4/{g}", "sparsity")
-                row("ECQx" if method == "ecqx" else "ECQx (baseline ECQ)",
-                    "4-bit sparse network after QAT keeps accuracy",
-                    "'maintain or even improve'", f"{method.upper()} QAT 4 bit, gamma {g}, {args.qat_epochs} epoch(s)",
-                    f"{spread(acc)} at sparsity {spread(sp, 1.0, 2)}", f"float {spread(float_acc)}",
-                    "reproduced" if d >= -0.5 else "direction reproduced" if d >= -2 else "not reproduced")
+    for bits, method, g in [(b, m, g) for b in args.qat_bits for m in ("ecqx", "ecq") for g in QAT_GAMMAS]:
+        acc = values(f"qat/{method}/{bits}/{g}")
+        if acc:
+            d = (np.mean(acc) - np.mean(float_acc)) * 100
+            sp = values(f"qat/{method}/{bits}/{g}", "sparsity")
+            row("ECQx" if method == "ecqx" else "ECQx (baseline ECQ)",
+                f"{bits}-bit sparse network after QAT keeps accuracy", "'maintain or even improve'",
+                f"{method.upper()} QAT {bits} bit, gamma {g}, {args.qat_epochs} epoch(s)",
+                f"{spread(acc)} at sparsity {spread(sp, 1.0, 2)}", f"float {spread(float_acc)}",
+                "reproduced" if d >= -0.5 else "direction reproduced" if d >= -2 else "not reproduced")
     # ECQx vs ECQ at equal sparsity (PTQ): ECQ's curve interpolated at ECQx's sparsities
     for bits in BITS:
         diffs = []
@@ -343,17 +343,17 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             d = np.mean(diffs) * 100
             row("ECQx", "ECQx beats ECQ at equal sparsity", "(compared with previous work)",
                 f"PTQ {bits} bit, every gamma of {list(GAMMAS)}, ECQ's curve interpolated at ECQx's sparsity",
-                f"ECQx − ECQ {spread(diffs)} points ({len(diffs)} points)", "ECQ, same run",
+                f"ECQx − ECQ {spread(diffs)} points (n: gammas x seeds)", "ECQ, same run",
                 "reproduced" if d > 0.1 else "not reproduced (equal within noise)" if d > -0.3 else "not reproduced")
-    for g in QAT_GAMMAS:
-        ecqx, ecq = values(f"qat/ecqx/4/{g}"), values(f"qat/ecq/4/{g}")
+    for bits, g in [(b, g) for b in args.qat_bits for g in QAT_GAMMAS]:
+        ecqx, ecq = values(f"qat/ecqx/{bits}/{g}"), values(f"qat/ecq/{bits}/{g}")
         if ecqx and ecq:
-            sx, sq = values(f"qat/ecqx/4/{g}", "sparsity"), values(f"qat/ecq/4/{g}", "sparsity")
-            row("ECQx", "ECQx beats ECQ (QAT)", "(compared with previous work)", f"QAT 4 bit gamma {g}",
+            sx, sq = values(f"qat/ecqx/{bits}/{g}", "sparsity"), values(f"qat/ecq/{bits}/{g}", "sparsity")
+            row("ECQx", "ECQx beats ECQ (QAT)", "(compared with previous work)", f"QAT {bits} bit gamma {g}",
                 f"{spread(ecqx)} at sparsity {spread(sx, 1.0, 2)}",
                 f"ECQ {spread(ecq)} at sparsity {spread(sq, 1.0, 2)}",
                 "reproduced" if np.mean(ecqx) > np.mean(ecq) and np.mean(sx) >= np.mean(sq) - 0.02 else
-                "not reproduced: not at equal sparsity or not more accurate" )
+                "not reproduced: not at equal sparsity or not more accurate")
     ratios = []
     for s in seeds:
         fb = cache.get(f"{ds}/s{s}/float")
@@ -451,6 +451,7 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=None, help="central sections: first N training examples")
     parser.add_argument("--epochs", type=int, default=20, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-bits", type=int, nargs="+", default=[4], help="bit widths of the ECQ/ECQx QAT cells")
     parser.add_argument("--ec2t-gamma", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "federated", "fed-qat"],
