@@ -112,6 +112,10 @@ def cell(cache: Cache, path: Path, key: str, measure: Callable[[], Any], render:
         cache[key] = measure()
         print(f"{key}: {cache[key]} ({time.perf_counter() - started:.0f}s)", flush=True)
         cache.setdefault("_commits", {})[key] = source_commit()
+        if path.exists():  # keep what another process of this script added meanwhile
+            on_disk = json.loads(path.read_text())
+            commits = {**on_disk.get("_commits", {}), **cache["_commits"]}
+            cache.update({**on_disk, **cache, "_commits": commits})
         path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
         render()
     return cache[key]
