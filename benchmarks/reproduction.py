@@ -463,6 +463,7 @@ def main() -> None:
                         help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4, EC2T; "
                              "federated: FedAvg (and FSFL on digits) loopback runs; fed-qat: federated QAT")
     parser.add_argument("--fresh", action="store_true", help="discard the cached cells")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the report from the cache, measure nothing")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -470,6 +471,9 @@ def main() -> None:
     path = RESULTS / f"reproduction-{args.dataset}.json"
     cache: Cache = {} if args.fresh or not path.exists() else json.loads(path.read_text())
     redraw = lambda: render(args, cache, args.seeds)  # noqa: E731
+    if args.render_only:
+        redraw()
+        return
     for seed in args.seeds:
         if {"ptq", "qat"} & set(args.sections):
             central(args, cache, path, redraw, seed)
