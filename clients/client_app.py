@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.exchange.channels import DenseChannel, max_payload_bytes, record_payloads
-from fedcomp.compress.codec.wire import FLAG_FULL_MODEL, decode_payload
-from fedcomp.exchange.client_state import State, open_state
-from fedcomp.compress.compression import decompress
+from fedcomp.exchange.channels import DenseChannel, State, sender_state
+from fedcomp.exchange.client_state import open_state
 from fedcomp.run.config import from_run_config
 from fedcomp.exchange.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.run.experiment import client_indices, client_loader, local_seed, run_model
@@ -36,17 +35,18 @@ from fedcomp.compress.params import load_arrays, state_arrays, state_tensors
 from fedcomp.compress.quant.arrays import as_tensor, to_numpy
 from fedcomp.local.qat import QATSettings, local_train, relevance_batch
 from fedcomp.local.relevance import weight_relevance
-from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
-                              NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
-from fedcomp.local.scaling import effective, is_scale
+from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST,
+                                       FULL_MODEL, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS,
+                                       VERSION)
+from fedcomp.local.scaling import compensation, effective, is_scale, scale_updates
 from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.exchange.updates import Tensors, UpdateSettings, apply_update, model_digest
 
 app = ClientApp()
 
 GLOBAL = "global/"  # state: this client's copy of W_t (bidirectional runs)
-RESIDUAL = "residual/"  # state: the upstream sender's state (error feedback)
 VERSION_KEY = "version"  # state: the version of the held copy
+# the upstream sender's state (error feedback) is kept beside them, under its own keys (`sender_state`)
 
 
 class OutOfSync(RuntimeError):
@@ -97,7 +97,7 @@ def train_step(msg: Message, context: Context) -> Message:
     if settings.bidirectional:
         global_tensors, version = _catch_up(msg, held, settings, model)
     else:
-        global_tensors, version = DenseChannel().decode(msg.content[ARRAYS], manifest), 0
+        global_tensors, version = settings.channel("down", manifest, 0).decode_model(msg.content[ARRAYS], manifest), 0
     decode_seconds = time.perf_counter() - started
     loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
@@ -105,14 +105,14 @@ def train_step(msg: Message, context: Context) -> Message:
         load_arrays(model, global_tensors)
         clock = time.perf_counter()
         stats = local_train(model, loader, TrainSettings.from_config(config), QATSettings.from_config(config))
-        reply_record = DenseChannel().encode(state_arrays(model))[0].record
+        reply_record = settings.channel("up", manifest, 0).encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
-        reply_record, stats, timings, residual = _train_differential(config, pid, model, settings, global_tensors,
-                                                                     loader, _part(held, RESIDUAL))
+        reply_record, stats, timings, sender = _train_differential(config, pid, model, settings, global_tensors,
+                                                                   loader, sender_state(held))
         kept = {GLOBAL + k: v for k, v in global_tensors.items()} if settings.bidirectional else {}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
-                                  **{RESIDUAL + k: to_numpy(v) for k, v in residual.items()}})  # GPU -> host
+                                  **{k: to_numpy(v) for k, v in sender.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
@@ -135,25 +135,32 @@ def _catch_up(msg: Message, state: State, settings: UpdateSettings, model: torch
         version = int(state[VERSION_KEY][0])
     else:
         held, version = settings.initial_global(model), 0
-    record = msg.content[ARRAYS]
-    if len(record.keys()) and base < 0:
-        payload = record_payloads(record, max_payload_bytes(manifest))
-        if len(payload) != 1 or not decode_payload(payload[0], manifest).flags & FLAG_FULL_MODEL:
-            raise OutOfSync("a full-model message must carry exactly one payload flagged as a full model")
-        held = {**held, **decompress(payload[0], manifest)}
+    channel = settings.channel("down", manifest, 0)
+    if base == FULL_MODEL:
+        held = {**held, **channel.decode_model(msg.content[ARRAYS], manifest)}
     elif version != base:
         raise OutOfSync(f"this client holds model version {version}, the server replays from version {base}")
     else:
-        replays = settings.channel("down", manifest, 0).decode_all(record, manifest) if len(record.keys()) else []
-        for update in replays:
+        for update in channel.decode_all(msg.content[ARRAYS], manifest):
             held = apply_update(held, update, settings.fold)
     if model_digest(held, manifest) != digest:
         raise OutOfSync(f"after decoding, this client's model does not match the server's version {target}")
     return held, target
 
 
+def _timed(stage: Callable, spent: list[float]) -> Callable:
+    """``stage``, adding the seconds each call takes to ``spent[0]``."""
+    def run(*args):
+        clock = time.perf_counter()
+        try:
+            return stage(*args)
+        finally:
+            spent[0] += time.perf_counter() - clock
+    return run
+
+
 def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,
-                        global_tensors: Tensors, loader, state: Tensors) -> tuple:
+                        global_tensors: Tensors, loader, state: State) -> tuple[ArrayRecord, dict, dict, State]:
     """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback).
 
     ``state`` is the upstream sender's state (the residual); the new one is returned last.
@@ -169,7 +176,6 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
     train_settings = TrainSettings.from_config(config)
     sent_scales = {k: v for k, v in scales.items() if k in sent}
     sent_weights = [k for k in sent if not is_scale(k)]
-    channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
 
     clock = time.perf_counter()
     qat = QATSettings.from_config(config)
@@ -182,35 +188,24 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
 
     clock = time.perf_counter()
     local = state_tensors(model)  # on the training device: the update reaches the host only as symbols
-    weight_update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
+    update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
     if joint:
-        weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
+        update |= scale_updates(sent_scales, global_tensors)
     relevance = None
     if settings.up.quantizer == "ecqx":  # ECQx: LRP relevances of the local model on a batch of local data
         relevance = weight_relevance(model, *relevance_batch(loader, settings.up.relevance_batch))
-    quantized, state = channel.prepare(weight_update, state, relevance)
-    compress_seconds = time.perf_counter() - clock
-
-    if settings.fsfl == "compensate" and sent_scales:
-        # the scales absorb part of what the sparsifier dropped: train them alone on the
-        # weights the server will reconstruct
-        clock = time.perf_counter()
-        reconstructed = {q.name: global_tensors[q.name] + q.dequantize() for q in quantized}
-        load_arrays(model, reconstructed)
+    stage_seconds = [0.0]
+    second_stage = None
+    if settings.fsfl == "compensate":
         scale_settings = dataclasses.replace(train_settings, epochs=settings.scale_epochs)
-        for name, scale in scales.items():
-            scale.requires_grad_(name in sent_scales)
-        train(model, loader, scale_settings, trainable=[], scales=scales, scale_lr=settings.scale_lr)
-        train_seconds += time.perf_counter() - clock
-        clock = time.perf_counter()
-        more, state = channel.prepare({k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()},
-                                      state)
-        quantized += more
-        compress_seconds += time.perf_counter() - clock
-    clock = time.perf_counter()
-    encoded = channel.pack(quantized)
-    compress_seconds += time.perf_counter() - clock
-    return encoded.record, stats, {TRAIN_SECONDS: train_seconds, COMPRESS_SECONDS: compress_seconds}, state
+        fit = lambda m, s: train(m, loader, scale_settings, trainable=[], scales=s,  # noqa: E731
+                                 scale_lr=settings.scale_lr)
+        second_stage = _timed(compensation(model, scales, sent_scales, global_tensors, fit), stage_seconds)
+    channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
+    encoded, state = channel.encode(update, state, relevance=relevance, second_stage=second_stage)
+    compress_seconds = time.perf_counter() - clock - stage_seconds[0]
+    return encoded.record, stats, {TRAIN_SECONDS: train_seconds + stage_seconds[0],
+                                   COMPRESS_SECONDS: compress_seconds}, state
 
 
 @app.evaluate()

@@ -23,3 +23,8 @@ class ModelError(FedcompError):
 
 class PayloadError(FedcompError):
     """A compressed payload that is malformed, truncated, corrupted or does not fit the model."""
+
+
+class ReplyError(FedcompError):
+    """A client's reply the server cannot use: records of the wrong kinds, a bad example count,
+    non-finite values, or an update above the norm bound."""

@@ -24,19 +24,15 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedcomp.exchange.channels import Encoded, PayloadChannel, dense_record, payload_record
-from fedcomp.compress.codec.wire import FLAG_FULL_MODEL
-from fedcomp.compress.compression import CompressionSpec
+from fedcomp.exchange.channels import Encoded, dense_record, sender_state
 from fedcomp.errors import PayloadError
 from fedcomp.compress.params import ParamManifest
-from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
+from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, FULL_MODEL, VERSION
 from fedcomp.local.scaling import effective, is_scale
-from fedcomp.exchange.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
-from strategies.fedavg import ClientResult, FedAvg
-from strategies.metering import content_size, serialized_size
-
-UNKNOWN = -1  # a client whose model the server cannot vouch for: it gets the full model next
-FULL_MODEL_SPEC = CompressionSpec.from_dict({"scheme": "dense"})
+from fedcomp.exchange.updates import UpdateSettings, apply_update, model_digest, weighted_mean
+from strategies.fedavg import FedAvg
+from strategies.replies import ClientResult
+from strategies.metering import content_size, meter_sent
 
 
 class DifferentialFedAvg(FedAvg):
@@ -50,17 +46,23 @@ class DifferentialFedAvg(FedAvg):
         Each direction's compression, FSFL, partial groups, server learning rate, history.
     sent : list of str
         The tensors clients send (``partial.groups``), a subset of ``manifest``.
+    seed : int
+        Seeds the server's own sender (random sparsifiers of the downstream).
     **kwargs
-        As for `FedAvg` (sampling, evaluation, seed, meter, on_client_update).
+        As for `FedAvg` (sampler, meter, bound, on_client_update, min_results).
     """
 
-    def __init__(self, manifest: ParamManifest, settings: UpdateSettings, sent: list[str], **kwargs) -> None:
-        super().__init__(manifest, upstream=settings.channel("up", manifest, 0), **kwargs)
+    replies_are_updates = True
+
+    def __init__(self, manifest: ParamManifest, settings: UpdateSettings, sent: list[str], seed: int = 0,
+                 **kwargs) -> None:
+        super().__init__(manifest, **kwargs)
         self.settings = settings
         self.sent = set(sent)
+        self.upstream = settings.channel("up", manifest, 0)
         if settings.bidirectional:
-            self.downstream = settings.channel("down", manifest, self.seed)
-        self.server_state: dict[str, np.ndarray] = {}  # the server's error-feedback residual
+            self.downstream = settings.channel("down", manifest, seed)
+        self.server_state: dict[str, np.ndarray] = {}  # the server's sender state (error-feedback residual)
         self.version = 0  # downstream updates applied to W_0 so far
         self.history: deque[tuple[int, bytes, int]] = deque(maxlen=settings.history)  # (version, payload, dense)
         self.client_version: dict[int, int] = {}  # partition -> version it holds (absent: 0, W_0 from the seed)
@@ -78,10 +80,10 @@ class DifferentialFedAvg(FedAvg):
         return effective(super().model_tensors(arrays))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """`FedAvg.state_dict` plus the server residual, the model version, the replay history and the
-        version each client holds."""
+        """`FedAvg.state_dict` plus the server's sender state, the model version, the replay history and
+        the version each client holds."""
         arrays, meta = super().state_dict()
-        arrays |= {f"residual/{k}": v for k, v in self.server_state.items()}
+        arrays |= self.server_state
         arrays |= {f"history/{version}": np.frombuffer(payload, np.uint8) for version, payload, _ in self.history}
         meta |= {"version": self.version, "history": [[version, dense] for version, _, dense in self.history],
                  "client_version": {str(k): v for k, v in self.client_version.items()}}
@@ -90,7 +92,7 @@ class DifferentialFedAvg(FedAvg):
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
         """Continue from what `state_dict` returned after ``server_round``."""
         super().load_state_dict(arrays, meta, server_round)
-        self.server_state = {k[len("residual/"):]: v for k, v in arrays.items() if k.startswith("residual/")}
+        self.server_state = sender_state(arrays)
         self.version = int(meta["version"])
         self.history = deque(((int(v), arrays[f"history/{v}"].tobytes(), int(dense)) for v, dense in meta["history"]),
                              maxlen=self.settings.history)
@@ -107,37 +109,34 @@ class DifferentialFedAvg(FedAvg):
         contents: dict[int, tuple[Encoded, RecordDict, int]] = {}
         messages = []
         for node in nodes:
-            partition = self.client_of(node)
+            partition = self.sampler.client_of(node)
             held = self.client_version.get(partition, 0)
-            self.client_version[partition] = UNKNOWN  # until its reply says otherwise
+            self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
             if held not in contents:
                 encoded, base = self._catch_up(held)
                 content = RecordDict({ARRAYS: encoded.record, CONFIG: ConfigRecord({**config, BASE_VERSION: base})})
                 contents[held] = (encoded, content, content_size(content))
             encoded, content, shared = contents[held]
             msg = Message(content, node, MessageType.TRAIN)
-            self.meter.record(server_round, "down", partition, "train", encoded.payload_bytes,
-                              serialized_size(msg, shared), encoded.dense_bytes)
+            meter_sent(self.meter, server_round, partition, "train", encoded, msg, shared)
             messages.append(msg)
         return messages
 
     def _catch_up(self, held: int) -> tuple[Encoded, int]:
         """What brings a client holding version ``held`` to ``W_t``, and the version it starts from."""
         if held == self.version:
-            return Encoded(ArrayRecord(), 0, 0, {}), held
-        missed = [(p, dense) for v, p, dense in self.history if v > held] if held >= 0 else []
+            return Encoded(self.downstream.replay([]), 0, 0, {}), held
+        missed = [(p, dense) for v, p, dense in self.history if v > held] if held != FULL_MODEL else []
         full = self._full_model()
         size = sum(len(p) for p, _ in missed)
-        if held >= 0 and len(missed) == self.version - held and size < full.payload_bytes:
-            return Encoded(payload_record([p for p, _ in missed]), size, sum(d for _, d in missed), {}), held
-        return full, UNKNOWN
+        if held != FULL_MODEL and len(missed) == self.version - held and size < full.payload_bytes:
+            return Encoded(self.downstream.replay([p for p, _ in missed]), size, sum(d for _, d in missed), {}), held
+        return full, FULL_MODEL
 
     def _full_model(self) -> Encoded:
-        """``W_t`` as one float32 payload flagged as a full model (built once per version)."""
+        """``W_t`` as one whole-model message (built once per version)."""
         if self._full is None or self._full[0] != self.version:
-            channel = PayloadChannel(FULL_MODEL_SPEC, self.manifest)
-            quantized, _ = channel.prepare(self._global)
-            self._full = (self.version, channel.pack(quantized, FLAG_FULL_MODEL))
+            self._full = (self.version, self.downstream.encode_model(self._global))
         return self._full[1]
 
     def decode_reply(self, record: ArrayRecord | None) -> dict[str, np.ndarray]:
@@ -148,7 +147,7 @@ class DifferentialFedAvg(FedAvg):
         unexpected = sorted(set(update) - self.sent)
         if unexpected:
             raise PayloadError(f"the update carries tensors this run does not send: {unexpected[:5]}")
-        return bound_update(update, self.max_update_norm, self.norm_action)
+        return update
 
     def received(self, results: list[ClientResult]) -> None:
         """A client whose reply says it holds ``W_t`` is in sync again, even in a round left below
@@ -159,13 +158,11 @@ class DifferentialFedAvg(FedAvg):
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """``W_{t+1}`` from the clients' updates (see the module docstring)."""
-        if self.on_client_update is not None:
-            self.on_client_update(server_round, {r.partition: r.tensors for r in results})
         mean = weighted_mean([r.tensors for r in results], [float(r.examples) for r in results])
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:
             encoded, self.server_state = self.downstream.encode(step, self.server_state)
             step = encoded.reconstruction
             self.version += 1
-            self.history.append((self.version, encoded.record["p0"].data, encoded.dense_bytes))
+            self.history.append((self.version, encoded.payload, encoded.dense_bytes))
         return apply_update(self._global, step, self.settings.fold)
