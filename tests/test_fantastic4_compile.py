@@ -127,4 +127,4 @@ def test_a_quantizer_off_a_uniform_grid_is_rejected():
             return QuantizedTensor(name, symbols, QuantKind.CODEBOOK, (-3,), np.array([-9, -4, -1, 0, 1, 4, 9.0]))
 
     with pytest.raises(ModelError, match="not on a uniform grid"):
-        grid_of(Squares(), np.array([[0.0, 1.0, 2.0, -3.0]]), "fc")
+        grid_of(Squares(), np.array([[0.0, 1.1, 2.0, -3.0]]), "fc")  # not on a grid already

@@ -184,3 +184,60 @@ def test_named_in_a_spec_with_their_knobs(quantizer):
         CompressionSpec.from_dict({"quantizer": quantizer, "relevance_batch": 0})
     with pytest.raises(ConfigError, match="gamma"):
         CompressionSpec.from_dict({"quantizer": quantizer, "gamma": -1.0})
+
+
+# A tiny tensor on the centroids {-1, 0, 1}, every cost worked out by hand.
+TINY = np.array([-0.9, -0.6, -0.2, 0.1, 0.3, 0.55, 0.8, 1.1], dtype=np.float32)
+TINY_CENTROIDS = np.array([-1.0, 0.0, 1.0])
+# nearest centroid: -1 -1 0 0 0 1 1 1 -> counts 2, 3, 3; P_0 = 3/8 < 0.5, so the others are scaled by
+# 0.5 / (5/8): P = (0.2, 0.5, 0.3) and I = -log2 P
+TINY_INFO = np.array([np.log2(5.0), 1.0, np.log2(10.0 / 3.0)])
+# lam_max per side: (w**2 - (w - c)**2) / (I_c - I_0); positive side w = 1.1, c = 1; negative w = -0.9, c = -1
+TINY_LAM_POS = (1.21 - 0.01) / (np.log2(10.0 / 3.0) - 1.0)   # 1.6283
+TINY_LAM_NEG = (0.81 - 0.01) / (np.log2(5.0) - 1.0)          # 0.6052
+
+
+def test_ecq_assignment_of_a_tiny_tensor_matches_hand_computed_costs():
+    from fedcomp.compress.quant.ecq import ecq_indices, ecq_information, lambda_max
+
+    nearest = envelope_assign(TINY, TINY_CENTROIDS, np.zeros(3))
+    np.testing.assert_allclose(ecq_information(nearest, 3, 1), TINY_INFO)
+    assert np.isclose(lambda_max(TINY, TINY_CENTROIDS, TINY_INFO, 1), TINY_LAM_POS)
+    assert np.isclose(lambda_max(TINY, TINY_CENTROIDS, TINY_INFO, 1, min), TINY_LAM_NEG)
+
+    # gamma 0.25 -> lam = 0.4071: zero costs w**2 + lam, the best non-zero (w - c)**2 + lam * I_c
+    lam = 0.25 * TINY_LAM_POS
+    a = ecq_indices(TINY, TINY_CENTROIDS, 1, 0.25)
+    w = TINY.astype(np.float64)
+    np.testing.assert_allclose(a.zero_cost, w**2 + lam, rtol=1e-6)
+    best_c = np.array([-1, -1, -1, 1, 1, 1, 1, 1])          # -0.2: 0.64 + 0.945 < 1.44 + 0.707
+    np.testing.assert_allclose(a.nonzero_cost, (w - best_c) ** 2 + lam * TINY_INFO[best_c + 1], rtol=1e-6)
+    # e.g. -0.9: 0.955 (to -1) < 1.217 (to 0); -0.6: 1.105 > 0.767; 0.55: 0.910 > 0.710; 0.8: 0.747 < 1.047
+    np.testing.assert_array_equal(a.indices(1) - 1, [-1, 0, 0, 0, 0, 0, 1, 1])
+
+
+def test_ecqx_zero_scale_of_a_tiny_tensor_matches_hand_computation():
+    from fedcomp.compress.quant.ecq import ecq_indices, ecqx_zero_scale
+
+    a = ecq_indices(TINY, TINY_CENTROIDS, 1, 0.25)          # ECQ: 5 zeros of 8 (above)
+    r = np.array([0.9, 0.1, 0.5, 0.3, 0.2, 0.9, 0.1, 1.0])  # mean 0.5 -> beta = 1: zero cost times 2 r
+    scale = ecqx_zero_scale(a, 1, r, p=0.1)
+    np.testing.assert_allclose(scale, 2 * r)
+    # 0.55 (r 0.9): 2 * 0.9 * 0.710 = 1.277 > 0.910 stays 1; 0.8 (r 0.1): 0.2 * 1.047 = 0.209 < 0.747 goes to 0
+    np.testing.assert_array_equal(a.indices(1, scale) - 1, [-1, 0, 0, 0, 0, 1, 0, 1])
+    # mean r 0.9125 would start beta at 7.6 (2 r**beta ~ 1, ECQ's assignment); the cap keeps it at 1,
+    # so the factor is 1.8: -0.6 (1.8 * 0.767 = 1.381 > 1.105) and 0.8 stay non-zero, 3 zeros instead of 5
+    high = np.array([0.9] * 7 + [1.0])
+    capped = ecqx_zero_scale(a, 1, high, p=0.1)
+    np.testing.assert_allclose(capped, 2 * high)
+    np.testing.assert_array_equal(a.indices(1, capped) - 1, [-1, -1, 0, 0, 0, 1, 1, 1])
+
+
+def test_ec2t_lambda_comes_from_the_smaller_side():
+    # gamma 0.5 with the negative side's lam_max (0.303): -0.9 keeps -w_n (0.713 < 1.113); with the
+    # positive side's (0.814) it would go to zero (1.624 < 1.900), as ECQ's max would have it
+    symbols, pos, neg = EC2TQuantizer(gamma=0.5).assign(TINY, pos=1.0, neg=1.0)
+    assert (pos, neg) == (1.0, 1.0)
+    np.testing.assert_array_equal(symbols, [-1, 0, 0, 0, 0, 0, 1, 1])
+    from fedcomp.compress.quant.ecq import ecq_indices
+    assert ecq_indices(TINY, TINY_CENTROIDS, 1, 0.5).indices(1)[0] == 1

@@ -8,7 +8,8 @@
 2. Optionally `finetune`: a short quantization-aware fine-tune on given data (the grid
    assignment runs every step on the float shadow weights, straight-through gradient).
 3. Every layer is quantized to a 16-level (4-bit) ECQ grid of its own: integer weights
-   ``k`` with ``w = k * step``.
+   ``k`` with ``w = k * step``; a layer already on such a grid (trained quantization-aware)
+   keeps it exactly.
 4. Activations become integers of ``act_bits`` bits: the input with a signed (or, when
    the calibration inputs are never negative, unsigned) scale, every hidden layer after its
    ReLU unsigned. Scales come from the largest activation on the calibration inputs.
@@ -131,8 +132,35 @@ def split(model: nn.Module, head: bool = False) -> DeviceModel:
     return DeviceModel(frontend, linears, relu, names)
 
 
+def existing_grid(weight: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """``(k, step)`` when ``weight`` already is ``float32(k) * float32(step)`` with 4-bit ``k``, else None.
+
+    A model trained quantization-aware on a 4-bit grid (``fedcomp.local.qat``) then runs on the
+    device as it was trained, bit for bit, instead of being quantized a second time. The step
+    is the smallest non-zero magnitude divided by 1..8 (the grid need not use level 1).
+    """
+    w = np.asarray(weight, dtype=np.float32)
+    magnitudes = np.abs(w[w != 0])
+    if magnitudes.size == 0:
+        return None
+    smallest = magnitudes.min()
+    low, high = -(2 ** (WEIGHT_BITS - 1)), 2 ** (WEIGHT_BITS - 1) - 1
+    for level in range(1, high + 2):
+        step = np.float32(smallest / level)
+        k = np.rint(w / step)
+        if k.min() >= low and k.max() <= high and np.array_equal(k.astype(np.float32) * step, w):
+            return k.astype(np.int64), float(step)
+    return None
+
+
 def grid_of(quantizer: Quantizer, weight: np.ndarray, name: str) -> tuple[np.ndarray, float]:
-    """Integer grid indices ``k`` and the step with ``weight ~ k * step``, from any grid quantizer."""
+    """Integer grid indices ``k`` and the step with ``weight ~ k * step``, from any grid quantizer.
+
+    Weights already on a 4-bit grid keep it (:func:`existing_grid`).
+    """
+    found = existing_grid(weight)
+    if found is not None:
+        return found
     qt = quantizer.quantize(weight, name)
     k = qt.symbols.astype(np.int64)
     values = qt.dequantize()

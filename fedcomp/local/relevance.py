@@ -11,7 +11,8 @@ The weight rule is ours: a weight's relevance is its share of its output's relev
 
 i.e. ``w * dz/dw`` contracted with ``R_out / z`` -- computed with autograd on the layer's
 recorded input ``a`` (``z`` is the layer's output, bias included). Biases get the same
-rule with ``dz/db = 1``. The output relevance is the one-hot of each example's label.
+rule with ``dz/db = 1``. The output relevance is each example's logit of its true class (zero
+for the other classes), as in the ECQx authors' code (``docs/notes/ecqx.md``).
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ def weight_relevance(
             handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
             try:
                 logits = model(x)
-                one_hot = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype)
-                torch.autograd.grad(logits, x, grad_outputs=one_hot)
+                true_logit = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype) * logits.detach()
+                torch.autograd.grad(logits, x, grad_outputs=true_logit)
             finally:
                 for handle in handles:
                     handle.remove()

@@ -4,7 +4,9 @@ Every value ``w`` goes to the centroid ``c`` minimising ``(w - c)**2 + lam * I_c
 ``I_c = -log2 P_c``. ``P_c`` comes from a first nearest-centroid pass, raised so that
 ``P_0 >= 0.5`` (zero stays the cheapest symbol to code, so sparsity follows from ``lam``).
 ECQx multiplies the zero centroid's cost per value by ``2 * r**beta`` (``r`` the value's
-normalised relevance), EC2T assigns over the three centroids ``{-w_n, 0, +w_p}``.
+normalised relevance, beta <= 1), EC2T assigns over the three centroids ``{-w_n, 0, +w_p}``
+with ``lam_max`` from the smaller side. ``docs/notes/ecqx.md`` compares all of this with the
+authors' code.
 
 The assignment is vectorised without an ``n x K`` cost matrix: the costs are parabolas of
 equal curvature, so ``argmin_c`` is the lower envelope of ``K`` lines in ``w`` and one
@@ -14,6 +16,8 @@ equal curvature, so ``argmin_c`` is the lower envelope of ``K`` lines in ``w`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import reduce
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +30,9 @@ _P_FLOOR = 1e-12
 _TINY = 1e-12
 #: Smallest beta ECQx tries, relative to its starting value.
 _BETA_FLOOR = 1e-6
+#: Largest beta ECQx uses (the reference implementation's bound): the zero cost of a weight is
+#: never scaled below ``2 * r``, so relevance can only bend the assignment so far.
+_BETA_CAP = 1.0
 
 
 def _finite(values: Array) -> np.ndarray:
@@ -105,14 +112,16 @@ def ecq_information(nearest: np.ndarray, size: int, zero: int) -> np.ndarray:
         return np.where(p > 0, -np.log2(np.maximum(p, _P_FLOOR)), np.inf)
 
 
-def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero: int) -> float:
-    """The lambda at which the outermost used centroid would empty into zero (the larger side).
+def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero: int,
+               combine: Callable[[float, float], float] = max) -> float:
+    """The lambda at which the outermost used centroid would empty into zero, per side, ``combine``d.
 
     Per side: ``(w_max**2 - (w_max - c_max)**2) / (I_max - I_0)``, with ``w_max`` the most
-    extreme value and ``c_max`` the outermost centroid a value chose. 0 when no side has
-    a centroid cheaper to avoid than zero.
+    extreme value and ``c_max`` the outermost centroid a value chose. ECQ takes the larger
+    side (``max``); EC2T the smaller (``min``), so that neither ternary value empties. 0 when
+    no side has a centroid cheaper to avoid than zero.
     """
-    best = 0.0
+    sides: list[float] = []
     extremes = {1.0: float(np.max(values)), -1.0: float(np.min(values))}
     for side in (1.0, -1.0):
         used = [k for k in range(len(centroids)) if k != zero and np.isfinite(info[k]) and side * centroids[k] > 0]
@@ -122,8 +131,8 @@ def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero
         w = extremes[side]
         gain = w * w - (w - centroids[k]) ** 2
         if info[k] > info[zero] and gain > 0:
-            best = max(best, gain / (info[k] - info[zero]))
-    return best
+            sides.append(gain / (info[k] - info[zero]))
+    return float(reduce(combine, sides)) if sides else 0.0
 
 
 @dataclass(frozen=True)
@@ -176,17 +185,19 @@ def layer_decay(size: int, max_size: int | None) -> float:
 
 
 def ecq_indices(values: np.ndarray, centroids: np.ndarray, zero: int, gamma: float,
-                decay: float = 1.0, nearest: np.ndarray | None = None) -> Assignment:
+                decay: float = 1.0, nearest: np.ndarray | None = None,
+                combine: Callable[[float, float], float] = max) -> Assignment:
     """ECQ of one layer onto ``centroids``, split as an :class:`Assignment`.
 
     Nearest-centroid pass (``nearest``, when the caller has it cheaper) -> probabilities
-    (``P_0 >= 0.5``) -> ``lam = gamma * decay * lam_max`` -> entropy-constrained assignment.
+    (``P_0 >= 0.5``) -> ``lam = gamma * decay * lam_max`` (sides ``combine``d, see
+    :func:`lambda_max`) -> entropy-constrained assignment.
     """
     c = np.asarray(centroids, dtype=np.float64)
     if nearest is None:
         nearest = envelope_assign(values, c, np.zeros_like(c))
     info = ecq_information(nearest, c.size, zero)
-    lam = gamma * decay * lambda_max(values, c, info, zero) if gamma > 0 else 0.0
+    lam = gamma * decay * lambda_max(values, c, info, zero, combine) if gamma > 0 else 0.0
     return ecq_assignment(values, c, zero, lam, info)
 
 
@@ -227,7 +238,7 @@ def ecqx_zero_scale(assignment: Assignment, zero: int, r: np.ndarray, p: float) 
     elif zeros - fixed < low and finite.size:  # not sparse enough: the smallest beta with `low` zeros
         k = min(low, finite.size)
         beta = max(floor, float(np.partition(finite, k - 1)[k - 1]))
-    return 2.0 * r**beta
+    return 2.0 * r ** min(beta, _BETA_CAP)
 class ECQQuantizer:
     """ECQ on the uniform ``2**bits`` grid ``c_k = k * step`` containing zero (DESIGN 4.7).
 
@@ -254,16 +265,22 @@ class ECQQuantizer:
             raise ValueError(f"max_size must be positive, got {max_size}")
         self.bits, self.gamma, self.max_size, self.codebook = bits, float(gamma), max_size, codebook
 
-    def grid(self, values: np.ndarray) -> tuple[float, np.ndarray, int]:
-        """``(step, centroids, zero_index)`` of the grid for ``values``."""
-        step = grid_step(values, self.bits)
+    def grid(self, values: np.ndarray, step: float | None = None) -> tuple[float, np.ndarray, int]:
+        """``(step, centroids, zero_index)`` of the grid for ``values`` (or of the given ``step``)."""
+        step = grid_step(values, self.bits) if step is None else float(np.float32(step))
         low, high = grid_range(self.bits)
         return step, np.arange(low, high + 1, dtype=np.float32) * np.float32(step), -low
 
-    def assign(self, values: np.ndarray, relevance: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """Grid symbols ``k`` (int32, values' shape) and the float32 step."""
+    def assign(self, values: np.ndarray, relevance: np.ndarray | None = None,
+               step: float | None = None) -> tuple[np.ndarray, float]:
+        """Grid symbols ``k`` (int32, values' shape) and the float32 step.
+
+        ``step``: a grid fixed beforehand (quantization-aware training keeps the grid of the
+        starting weights, so that clients starting from one global model share it); by
+        default the step comes from ``values``.
+        """
         x = _finite(values)
-        step, centroids, zero = self.grid(x)
+        step, centroids, zero = self.grid(x, step)
         if x.size == 0:
             return np.zeros(x.shape, dtype=np.int32), step
         low, high = grid_range(self.bits)
@@ -276,10 +293,10 @@ class ECQQuantizer:
         return assignment.indices(zero)
 
     def quantize(
-        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None
+        self, values: np.ndarray, name: str = "", relevance: np.ndarray | None = None, step: float | None = None
     ) -> QuantizedTensor:
-        """ECQ-quantize ``values`` into grid symbols (see the class docstring for the kind)."""
-        symbols, step = self.assign(values, relevance)
+        """ECQ-quantize ``values`` into grid symbols (the kind: see the class; ``step``: see :meth:`assign`)."""
+        symbols, step = self.assign(values, relevance, step)
         if not self.codebook:
             return QuantizedTensor(name, symbols, QuantKind.UNIFORM_STEP, (step,))
         low = int(symbols.min()) if symbols.size else 0
@@ -337,7 +354,8 @@ class EC2TQuantizer:
         self.gamma, self.max_size, self.iterations = float(gamma), max_size, int(iterations)
 
     def _symbols(self, x: np.ndarray, pos: float, neg: float) -> np.ndarray:
-        assignment = ecq_indices(x, np.array([-neg, 0.0, pos]), 1, self.gamma, layer_decay(x.size, self.max_size))
+        assignment = ecq_indices(x, np.array([-neg, 0.0, pos]), 1, self.gamma, layer_decay(x.size, self.max_size),
+                                 combine=min)
         return (assignment.indices(1) - 1).astype(np.int32).reshape(x.shape)
 
     def assign(self, values: np.ndarray, pos: float | None = None,
