@@ -8,9 +8,10 @@ and a SuperNode takes via ``--node-config``.
 
 In a compressed run (``up.*`` settings) the reply's ``arrays`` carry one coded payload of
 the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional run the
-server's ``arrays`` carry the coded payloads that bring this client's model to ``W_t``, and
-the client checks the result against the server's digest before it trains. What a client
-keeps between rounds (its copy of the global model and its version, its residual) is
+server's ``arrays`` carry the one coded payload that brings this client's model to ``W_t``
+(`fedcomp.exchange.catchup`), and the client checks the result against the server's digest
+before it trains. What a client keeps between rounds (the counts of its copy of the global
+model and their version, its residual and the round it was formed in) is
 saved at the end of each round it trains in, in memory or on disk (`fedcomp.exchange.client_state`,
 setting ``client.state``).
 """
@@ -25,10 +26,10 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.exchange.channels import DenseChannel, max_payload_bytes, record_payloads
-from fedcomp.compress.codec.wire import FLAG_FULL_MODEL, decode_payload
+from fedcomp.exchange.catchup import COUNTS, FROM_FLOAT32, client_catch_up, settings_grid
+from fedcomp.exchange.channels import DenseChannel
 from fedcomp.exchange.client_state import State, open_state
-from fedcomp.compress.compression import decompress
+from fedcomp.compress.quant.staleness import age_residual, parse_policy
 from fedcomp.run.config import from_run_config
 from fedcomp.exchange.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.run.experiment import client_indices, client_loader, local_seed, run_model
@@ -40,17 +41,13 @@ from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, C
                               NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
 from fedcomp.local.scaling import effective, is_scale
 from fedcomp.local.training import TrainSettings, evaluate, train
-from fedcomp.exchange.updates import Tensors, UpdateSettings, apply_update, model_digest
+from fedcomp.exchange.updates import Tensors, UpdateSettings
 
 app = ClientApp()
 
-GLOBAL = "global/"  # state: this client's copy of W_t (bidirectional runs)
 RESIDUAL = "residual/"  # state: the upstream sender's state (error feedback)
-VERSION_KEY = "version"  # state: the version of the held copy
-
-
-class OutOfSync(RuntimeError):
-    """The client cannot reach the server's model from what it holds (the server resends it whole)."""
+VERSION_KEY = "version"  # state: the version of the held counts (FROM_FLOAT32: none held)
+ROUND_KEY = "round"  # state: the round it was saved in (the residual's age)
 
 
 def _partition_id(context: Context, config: dict) -> int:
@@ -95,9 +92,15 @@ def train_step(msg: Message, context: Context) -> Message:
     held = store.load(server_round) if settings.differential else {}
     started = time.perf_counter()
     if settings.bidirectional:
-        global_tensors, version = _catch_up(msg, held, settings, model)
+        config_in = msg.content[CONFIG]
+        version = int(config_in[VERSION])
+        global_tensors, counts = client_catch_up(
+            settings_grid(settings, model), msg.content[ARRAYS], int(config_in[BASE_VERSION]), version,
+            int(config_in[DIGEST]), held, int(held[VERSION_KEY][0]) if VERSION_KEY in held else 0)
+        if counts is None:
+            version = FROM_FLOAT32
     else:
-        global_tensors, version = DenseChannel().decode(msg.content[ARRAYS], manifest), 0
+        global_tensors, version, counts = DenseChannel().decode(msg.content[ARRAYS], manifest), 0, None
     decode_seconds = time.perf_counter() - started
     loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
@@ -108,10 +111,13 @@ def train_step(msg: Message, context: Context) -> Message:
         reply_record = DenseChannel().encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
+        missed = server_round - int(held[ROUND_KEY][0]) - 1 if ROUND_KEY in held else 0
+        upstream = age_residual(_part(held, RESIDUAL), missed, parse_policy(config["sync.stale_residual"]))
         reply_record, stats, timings, residual = _train_differential(config, pid, model, settings, global_tensors,
-                                                                     loader, _part(held, RESIDUAL))
-        kept = {GLOBAL + k: v for k, v in global_tensors.items()} if settings.bidirectional else {}
+                                                                     loader, upstream)
+        kept = {COUNTS + k: v for k, v in (counts or {}).items()}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
+                                  ROUND_KEY: np.array([server_round], np.int64),
                                   **{RESIDUAL + k: to_numpy(v) for k, v in residual.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
@@ -123,33 +129,6 @@ def train_step(msg: Message, context: Context) -> Message:
 def _part(state: State, prefix: str) -> Tensors:
     """The tensors saved under ``prefix`` in a client's state."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _catch_up(msg: Message, state: State, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
-    """Bring the held copy of the global model (in ``state``) to the server's version; check it against the digest."""
-    config = msg.content[CONFIG]
-    manifest = settings.manifest(model)
-    target, base, digest = int(config[VERSION]), int(config[BASE_VERSION]), int(config[DIGEST])
-    held = _part(state, GLOBAL)
-    if held:
-        version = int(state[VERSION_KEY][0])
-    else:
-        held, version = settings.initial_global(model), 0
-    record = msg.content[ARRAYS]
-    if len(record.keys()) and base < 0:
-        payload = record_payloads(record, max_payload_bytes(manifest))
-        if len(payload) != 1 or not decode_payload(payload[0], manifest).flags & FLAG_FULL_MODEL:
-            raise OutOfSync("a full-model message must carry exactly one payload flagged as a full model")
-        held = {**held, **decompress(payload[0], manifest)}
-    elif version != base:
-        raise OutOfSync(f"this client holds model version {version}, the server replays from version {base}")
-    else:
-        replays = settings.channel("down", manifest, 0).decode_all(record, manifest) if len(record.keys()) else []
-        for update in replays:
-            held = apply_update(held, update, settings.fold)
-    if model_digest(held, manifest) != digest:
-        raise OutOfSync(f"after decoding, this client's model does not match the server's version {target}")
-    return held, target
 
 
 def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,

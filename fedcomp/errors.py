@@ -23,3 +23,12 @@ class ModelError(FedcompError):
 
 class PayloadError(FedcompError):
     """A compressed payload that is malformed, truncated, corrupted or does not fit the model."""
+
+
+class DivergedError(FedcompError):
+    """A run that diverged: its global model became non-finite, or every sampled client failed for
+    several rounds in a row. ``round`` is the round it was found in."""
+
+    def __init__(self, message: str, round: int) -> None:  # noqa: A002 - the round, as everywhere in fedcomp
+        super().__init__(message)
+        self.round = round

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
+from torch import nn
 
 from fedcomp.compress.catchup import Counts, CountHistory, GridStep, ModelGrid, add_counts
 from fedcomp.compress.codec.wire import FLAG_FULL_MODEL, decode_payload
@@ -30,7 +31,7 @@ from fedcomp.compress.params import ParamManifest
 from fedcomp.errors import PayloadError
 from fedcomp.exchange.channels import Encoded, PayloadChannel, float32_bytes, max_payload_bytes, payload_record, \
     record_payloads
-from fedcomp.exchange.updates import model_digest
+from fedcomp.exchange.updates import UpdateSettings, model_digest
 from fedcomp.local.scaling import is_scale
 
 RESIDUAL = "residual/"
@@ -51,6 +52,11 @@ def model_grid(manifest: ParamManifest, base: Mapping[str, np.ndarray], down: Co
     """The grid of a run: ``down``'s step for the model's tensors, ``scale_qp`` for FSFL scales."""
     weights, scales = grid_step(down), GridStep.from_qp(scale_qp, down.qp_density)
     return ModelGrid(manifest, base, {n: scales if is_scale(n) else weights for n in manifest.names})
+
+
+def settings_grid(settings: UpdateSettings, model: nn.Module) -> ModelGrid:
+    """The grid of a run from its settings and seed-built model (the same on every party)."""
+    return model_grid(settings.manifest(model), settings.initial_global(model), settings.down, settings.scale_qp)
 
 
 class OutOfSync(RuntimeError):
@@ -77,7 +83,7 @@ class ServerSync:
         self.grid, self.channel, self.fold = grid, channel, fold
         self.history = CountHistory(grid.zeros(), keep=keep)
         self.codec = channel.spec.build_codec()
-        self._cache: dict[int | str, tuple[Encoded, int]] = {}  # this version's messages: held version -> (message, base)
+        self._cache: dict[int | str, tuple[Encoded, int]] = {}  # held version -> (message, base), this version
         self._cache_version = 0
 
     @property

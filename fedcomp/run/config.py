@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from fedcomp.compress.quant.staleness import parse_policy
 from fedcomp.errors import ConfigError
 
 Value = bool | int | float | str
@@ -49,6 +50,14 @@ def _unit_interval(x: Any) -> bool:
 
 def _open_unit_interval(x: Any) -> bool:
     return 0 < x < 1
+
+
+def _stale_policy(x: Any) -> bool:
+    try:
+        parse_policy(x)
+    except ConfigError:
+        return False
+    return True
 
 
 def _device_name(x: Any) -> bool:
@@ -133,7 +142,11 @@ SETTINGS: dict[str, Setting] = {
     # compressed FL (DESIGN 3, 4.3-4.6)
     "server.lr": Setting(1.0, "server learning rate: the global step is server.lr x the aggregated update",
                          check=_positive, requirement="> 0"),
-    "sync.history": Setting(20, "downstream payloads the server keeps to replay to clients that missed rounds",
+    "sync.stale_residual": Setting("keep", "what a client does with its error-feedback residual after missed "
+                                   "rounds: keep, decay:B (times B per missed round) or reset:K (dropped after K)",
+                                   check=_stale_policy, requirement="keep, decay:B with B in (0, 1] or reset:K"),
+    "sync.history": Setting(20, "model versions whose changes the server remembers for catch-up (a client "
+                            "holding an older one catches up from W_0)",
                             check=_non_negative, requirement=">= 0"),
     "fsfl.mode": Setting("off", "filter-wise scaling: off, joint (scales train with the weights) or compensate "
                          "(scales train after sparsification, on the weights the server will reconstruct)",
@@ -162,6 +175,9 @@ SETTINGS: dict[str, Setting] = {
     "server.round_timeout": Setting(3600.0, "seconds the server waits for a round's replies; a client that has "
                                     "not replied by then counts as failed (timed out)",
                                     check=_positive, requirement="> 0"),
+    "server.max_failed_rounds": Setting(3, "rounds in a row in which every sampled client fails before the run "
+                                        "stops as diverged (0: never stop)", check=_non_negative,
+                                        requirement=">= 0"),
     "server.min_results": Setting(1, "fewest usable training replies a round needs to update the global model "
                                   "(below it the model is unchanged and the run goes on)",
                                   check=_positive, requirement="> 0"),
