@@ -26,7 +26,7 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.exchange.catchup import COUNTS, FROM_FLOAT32, client_catch_up, settings_grid
+from fedcomp.exchange.catchup import COUNTS, FROM_FLOAT32, REPLAY, client_catch_up, grid_fold, settings_grid
 from fedcomp.exchange.channels import DenseChannel
 from fedcomp.exchange.client_state import State, open_state
 from fedcomp.compress.quant.staleness import age_residual, parse_policy
@@ -96,7 +96,8 @@ def train_step(msg: Message, context: Context) -> Message:
         version = int(config_in[VERSION])
         global_tensors, counts = client_catch_up(
             settings_grid(settings, model), msg.content[ARRAYS], int(config_in[BASE_VERSION]), version,
-            int(config_in[DIGEST]), held, int(held[VERSION_KEY][0]) if VERSION_KEY in held else 0)
+            int(config_in[DIGEST]), held, int(held[VERSION_KEY][0]) if VERSION_KEY in held else 0,
+            bool(config_in.get(REPLAY, 0)), grid_fold(settings))
         if counts is None:
             version = FROM_FLOAT32
     else:

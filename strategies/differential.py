@@ -24,12 +24,12 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from torch import nn
 
-from fedcomp.exchange.catchup import ServerSync, settings_grid
+from fedcomp.exchange.catchup import REPLAY, ServerSync, grid_fold, settings_grid
 from fedcomp.exchange.channels import Encoded, dense_record
 from fedcomp.errors import PayloadError
 from fedcomp.compress.params import ParamManifest
 from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
-from fedcomp.local.scaling import effective, fold, is_scale
+from fedcomp.local.scaling import effective, is_scale
 from fedcomp.exchange.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
 from strategies.fedavg import ClientResult, FedAvg, check_finite
 from strategies.metering import content_size, serialized_size
@@ -62,7 +62,7 @@ class DifferentialFedAvg(FedAvg):
         if settings.bidirectional:
             self.downstream = settings.channel("down", manifest, self.seed)
             self.sync = ServerSync(settings_grid(settings, model), self.downstream, settings.history,
-                                   fold if settings.fold and settings.scaled else None)
+                                   grid_fold(settings))
         self.server_state: dict[str, np.ndarray] = {}  # the server's error-feedback residual
         self.client_version: dict[int, int] = {}  # partition -> version it holds (absent: 0, W_0 from the seed)
 
@@ -116,8 +116,9 @@ class DifferentialFedAvg(FedAvg):
             held = self.client_version.get(partition, 0)
             self.client_version[partition] = UNKNOWN  # until its reply says otherwise
             if held not in contents:
-                encoded, base = self.sync.catch_up(held)
-                content = RecordDict({ARRAYS: encoded.record, CONFIG: ConfigRecord({**config, BASE_VERSION: base})})
+                encoded, base, replay = self.sync.catch_up(held)
+                content = RecordDict({ARRAYS: encoded.record,
+                                      CONFIG: ConfigRecord({**config, BASE_VERSION: base, REPLAY: int(replay)})})
                 contents[held] = (encoded, content, content_size(content))
             encoded, content, shared = contents[held]
             msg = Message(content, node, MessageType.TRAIN)

@@ -39,10 +39,11 @@ def test_clients_that_sat_out_reach_the_servers_model_in_one_message(fold_scales
     for _ in range(25):
         for cid in sampler.sample(range(20), 4):
             version, held = clients.get(cid, (0, {}))
-            message, base = sync.catch_up(version)
-            bases.add("diff" if base == version else "from W_0" if base == 0 else "float32")
+            message, base, replay = sync.catch_up(version)
+            bases.add("replay" if replay else "diff" if base == version else "from W_0" if base == 0 else "float32")
             model, counts = client_catch_up(sync.grid, message.record, base, sync.version,
-                                            model_digest(sync.model(), manifest), held, version)
+                                            model_digest(sync.model(), manifest), held, version, replay,
+                                            sync.fold)
             assert all(np.array_equal(model[k], v) for k, v in sync.model().items())
             clients[cid] = (sync.version, {COUNTS + k: v for k, v in counts.items()})
         update = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
@@ -50,6 +51,8 @@ def test_clients_that_sat_out_reach_the_servers_model_in_one_message(fold_scales
                    for w in ("conv.weight", "fc.weight")}
         model, state = sync.advance(update, state)
     assert {"diff", "from W_0"} <= bases
+    # folded scales: a client one or two versions behind gets the sparse updates replayed, not the denser difference
+    assert ("replay" in bases) == fold_scales
     # the server's residual kept what STC's values lost to the grid: delivered + residual = sent (DESIGN 4.3)
     assert any(np.any(v) for k, v in state.items() if k.startswith("residual/"))
 
@@ -58,10 +61,10 @@ def test_float32_catch_up_and_out_of_sync() -> None:
     sync, manifest = server(False)
     sync.advance({"fc.bias": np.full(10, 0.5, np.float32)}, {})
     digest = model_digest(sync.model(), manifest)
-    full = sync._float32_model()
+    full = sync._float32_model().encoded
     model, counts = client_catch_up(sync.grid, full.record, FROM_FLOAT32, 1, digest, {}, 0)
     assert counts is None and model_digest(model, manifest) == digest
-    message, base = sync.catch_up(0)
+    message, base, _ = sync.catch_up(0)
     assert base == 0 and message.payload_bytes < full.payload_bytes
     with pytest.raises(OutOfSync, match="holds model version 3"):
         client_catch_up(sync.grid, message.record, 2, 1, digest, {}, 3)

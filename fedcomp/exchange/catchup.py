@@ -3,11 +3,13 @@
 In a bidirectional run the server keeps the global model as ``W_0`` plus integer counts on a
 fixed grid (:class:`~fedcomp.compress.catchup.ModelGrid`). Each round it puts the decoded
 downstream update on the grid (:meth:`ServerSync.advance`); each sampled client then gets
-**one** payload that brings it from the version it holds to ``W_t`` bit for bit
-(:meth:`ServerSync.catch_up`): the count differences since that version, or the counts
-since ``W_0`` when the server no longer remembers the client's version, or the float32
-model flagged as such when that is smaller. The client applies it with :func:`client_catch_up`
-and checks the digest.
+one message that brings it from the version it holds to ``W_t`` bit for bit
+(:meth:`ServerSync.catch_up`), the smallest of: one payload of the count differences since
+that version (or since ``W_0`` when the server no longer remembers it); the per-round grid
+updates it missed, replayed, when the scales are folded (the client folds on the grid itself,
+as the server did, so a replay stays as sparse as the updates while a difference carries every
+weight the folds moved); or the float32 model. The client applies it with
+:func:`client_catch_up` and checks the digest.
 
 The grid of each tensor is the downstream quantizer's step when it has a fixed one
 (uniform with ``qp`` or ``step``), otherwise the spec's ``qp`` (``DEFAULT_QP`` unless set);
@@ -17,8 +19,9 @@ reconstruction on the grid and the rounding leftover joins the server's residual
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flwr.app import ArrayRecord
@@ -32,9 +35,10 @@ from fedcomp.errors import PayloadError
 from fedcomp.exchange.channels import Encoded, PayloadChannel, float32_bytes, max_payload_bytes, payload_record, \
     record_payloads
 from fedcomp.exchange.updates import UpdateSettings, model_digest
-from fedcomp.local.scaling import is_scale
+from fedcomp.local.scaling import fold, is_scale
 
 RESIDUAL = "residual/"
+REPLAY = "fedcomp-replay"  # config: 1 when the message replays per-round grid updates (else one difference)
 COUNTS = "counts/"  # a client's state: its counts (absent after a float32 catch-up)
 FROM_FLOAT32 = -1  # base version of a float32 catch-up; also the version a client without counts reports
 FULL_MODEL_SPEC = CompressionSpec.from_dict({"scheme": "dense"})
@@ -57,6 +61,19 @@ def model_grid(manifest: ParamManifest, base: Mapping[str, np.ndarray], down: Co
 def settings_grid(settings: UpdateSettings, model: nn.Module) -> ModelGrid:
     """The grid of a run from its settings and seed-built model (the same on every party)."""
     return model_grid(settings.manifest(model), settings.initial_global(model), settings.down, settings.scale_qp)
+
+
+def grid_fold(settings: UpdateSettings) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+    """FSFL's fold when the run folds its scales (done on the grid, by the server and by a replaying client)."""
+    return fold if settings.fold and settings.scaled else None
+
+
+class CatchUp(NamedTuple):
+    """A catch-up message: its content, the version it applies to, and whether it replays updates."""
+
+    encoded: Encoded
+    base: int
+    replay: bool
 
 
 class OutOfSync(RuntimeError):
@@ -82,8 +99,9 @@ class ServerSync:
                  fold: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None) -> None:
         self.grid, self.channel, self.fold = grid, channel, fold
         self.history = CountHistory(grid.zeros(), keep=keep)
+        self.updates: deque[tuple[int, bytes]] = deque(maxlen=keep)  # (version, coded grid update before the fold)
         self.codec = channel.spec.build_codec()
-        self._cache: dict[int | str, tuple[Encoded, int]] = {}  # held version -> (message, base), this version
+        self._cache: dict[int | str, CatchUp] = {}  # held version -> its message, this version
         self._cache_version = 0
 
     @property
@@ -106,6 +124,7 @@ class ServerSync:
         symbols, leftover = self.grid.snap(delivered)
         counts = add_counts(self.history.counts, symbols)
         if self.fold is not None:
+            self.updates.append((self.version + 1, self.grid.encode(symbols, self.codec)))
             counts, folded = self.grid.refold(counts, self.fold)
             leftover = {k: leftover.get(k, 0) + folded.get(k, 0) for k in set(leftover) | set(folded)}
         state = dict(state)
@@ -116,28 +135,32 @@ class ServerSync:
         self.history.advance(counts)
         return self.model(), state
 
-    def catch_up(self, held: int) -> tuple[Encoded, int]:
-        """The one message that brings a client holding version ``held`` to ``W_t``, and its base version.
+    def catch_up(self, held: int) -> CatchUp:
+        """The one message that brings a client holding version ``held`` to ``W_t`` (the smallest candidate).
 
-        Base ``held``: count differences since it; base 0: the counts since ``W_0`` (the server no
-        longer remembers ``held``, or it is unknown); base :data:`FROM_FLOAT32`: the float32 model,
-        only when that is smaller. A client already at ``W_t`` gets an empty record.
+        Base ``held``: count differences since it, or (folded scales) the grid updates since it,
+        replayed; base 0: the counts since ``W_0`` (the server no longer remembers ``held``, or it is
+        unknown); base :data:`FROM_FLOAT32`: the float32 model. A client at ``W_t`` gets an empty record.
         """
         if held == self.version:
-            return Encoded(ArrayRecord(), 0, 0, {}), held
+            return CatchUp(Encoded(ArrayRecord(), 0, 0, {}), held, False)
         cache = self._cached()
         if held in cache:
             return cache[held]
-        diff = self.history.since(held) if held >= 0 else None
-        base = held if diff is not None else 0
-        payload = self.grid.encode(diff if diff is not None else self.history.since(0), self.codec)
         dense = float32_bytes(self.grid.base)
-        full = self._float32_model()
-        cache[held] = (Encoded(payload_record([payload]), len(payload), dense, {}), base) \
-            if len(payload) <= full.payload_bytes else (full, FROM_FLOAT32)
+        diff = self.history.since(held) if held >= 0 else None
+        payload = self.grid.encode(diff if diff is not None else self.history.since(0), self.codec)
+        candidates = [CatchUp(Encoded(payload_record([payload]), len(payload), dense, {}),
+                              held if diff is not None else 0, False)]
+        missed = [p for v, p in self.updates if v > held] if held >= 0 else []
+        if missed and len(missed) == self.version - held:
+            candidates.append(CatchUp(Encoded(payload_record(missed), sum(map(len, missed)), dense * len(missed), {}),
+                                      held, True))
+        # the first smallest: a difference before a replay, either before the float32 model
+        cache[held] = min([*candidates, self._float32_model()], key=lambda m: m.encoded.payload_bytes)
         return cache[held]
 
-    def _cached(self) -> dict[int | str, tuple[Encoded, int]]:
+    def _cached(self) -> dict[int | str, CatchUp]:
         """The messages built for the current version (emptied when the version moves on)."""
         if self._cache_version != self.version:
             self._cache, self._cache_version = {}, self.version
@@ -148,31 +171,40 @@ class ServerSync:
         if "float32" not in cache:
             channel = PayloadChannel(FULL_MODEL_SPEC, self.grid.manifest)
             quantized, _ = channel.prepare(self.model())
-            cache["float32"] = (channel.pack(quantized, FLAG_FULL_MODEL), FROM_FLOAT32)
-        return cache["float32"][0]
+            cache["float32"] = CatchUp(channel.pack(quantized, FLAG_FULL_MODEL), FROM_FLOAT32, False)
+        return cache["float32"]
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The history's arrays and metadata (`CountHistory.state_dict`)."""
-        return self.history.state_dict()
+        """The history's arrays and metadata (`CountHistory.state_dict`), and the replayable updates."""
+        arrays, meta = self.history.state_dict()
+        arrays |= {f"update/{v}": np.frombuffer(p, np.uint8) for v, p in self.updates}
+        return arrays, {**meta, "updates": [v for v, _ in self.updates]}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Continue from what :meth:`state_dict` returned."""
         self.history = CountHistory.from_state(arrays, meta)
+        self.updates = deque(((int(v), np.asarray(arrays[f"update/{v}"], np.uint8).tobytes()) for v in meta["updates"]),
+                             maxlen=self.updates.maxlen)
         self._cache, self._cache_version = {}, -1
 
 
 def client_catch_up(grid: ModelGrid, record: ArrayRecord, base: int, target: int, digest: int,
-                    held: Mapping[str, np.ndarray], held_version: int) -> tuple[dict[str, np.ndarray], Counts | None]:
+                    held: Mapping[str, np.ndarray], held_version: int, replay: bool = False,
+                    fold: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+                    ) -> tuple[dict[str, np.ndarray], Counts | None]:
     """The client's side: ``W_target`` from what it holds and the server's one message; raise OutOfSync
     if that is impossible or the result does not match ``digest``.
 
     ``held`` is the client's state (its counts under ``counts/<name>``), ``held_version`` their version
-    (0 with no counts: ``W_0``). Returns the model and its counts (None after a float32 catch-up).
+    (0 with no counts: ``W_0``). ``replay``: the message carries one grid update per missed version,
+    each followed by ``fold`` on the grid (FSFL's fold; None: scales are kept). Returns the model and
+    its counts (None after a float32 catch-up).
     """
     manifest = grid.manifest
     payloads = record_payloads(record, max_payload_bytes(manifest)) if len(record.keys()) else []
-    if len(payloads) > 1:
-        raise PayloadError(f"a catch-up carries one payload, got {len(payloads)}")
+    expected = target - base if replay else min(len(payloads), 1)  # a replay: one per version, else at most one
+    if len(payloads) != expected:
+        raise PayloadError(f"a catch-up from version {base} to {target} carries {len(payloads)} payloads")
     counts: Counts | None
     if base == FROM_FLOAT32:
         if not payloads or not decode_payload(payloads[0], manifest).flags & FLAG_FULL_MODEL:
@@ -187,8 +219,10 @@ def client_catch_up(grid: ModelGrid, record: ArrayRecord, base: int, target: int
         else:
             raise OutOfSync(f"this client holds model version {held_version}, the server's catch-up starts "
                             f"from version {base}")
-        if payloads:
-            counts = add_counts(counts, grid.decode(payloads[0]))
+        for payload in payloads:
+            counts = add_counts(counts, grid.decode(payload))
+            if replay and fold is not None:
+                counts = grid.refold(counts, fold)[0]
         model = grid.materialize(counts)
     if model_digest(model, manifest) != digest:
         raise OutOfSync(f"after the catch-up, this client's model does not match the server's version {target}")
