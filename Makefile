@@ -1,12 +1,13 @@
-# fedcomp: `make run` runs the default simulation, `make test` runs the test suite.
-# Both create .venv on first use and reinstall only when pyproject.toml changes.
+# fedcomp: `make run` runs the default simulation, `make test` runs the test suite, `make docs`
+# builds the documentation site. All create .venv on first use and reinstall only when
+# pyproject.toml changes.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast bench lint clean
+.PHONY: run test test-fast bench lint docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,10 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,deepcabac]'
 	touch $@ $(VENV)/.installed-run
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
 
 run: $(VENV)/.installed-run
 	$(BIN)/fedcomp run
@@ -39,5 +44,9 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check fedcomp strategies clients benchmarks tests
 	$(BIN)/lint-imports
 
+# the site in site/; --strict turns every warning (a broken link or anchor, a page left out) into a failure
+docs: $(VENV)/.installed-docs
+	$(BIN)/python -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .pytest_cache .hypothesis

@@ -42,8 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.compress.compression import Compressor  # noqa: E402
-from fedcomp.run.config import direction_spec, resolve  # noqa: E402
+from fedcomp.compress.compression import Compressor, direction_spec, scheme_settings  # noqa: E402
 from fedcomp.run.device import resolve_device  # noqa: E402
 from fedcomp.errors import ConfigError  # noqa: E402
 from fedcomp.models import build_model  # noqa: E402
@@ -90,10 +89,17 @@ def compress(path: str, compressor: Compressor, model: torch.nn.Module, start: d
     return payload, prepared - clock, time.perf_counter() - prepared
 
 
+def up_spec(name: str):
+    """Preset ``name``'s upstream spec: its scheme, then its own ``up.*`` keys (as the run settings resolve
+    them, without the registry, which would import Flower)."""
+    layer = preset(name)
+    return direction_spec({**scheme_settings("up", str(layer.get("up.scheme", ""))), **layer}, "up")
+
+
 def codec_missing(name: str) -> str:
     """Why preset ``name``'s upstream codec cannot run in this installation ('' when it can)."""
     try:
-        direction_spec(resolve(preset(name)), "up").build_codec().encode([np.zeros(1, np.int32)])
+        up_spec(name).build_codec().encode([np.zeros(1, np.int32)])
     except ConfigError as err:
         return str(err).splitlines()[0]
     return ""
@@ -107,7 +113,7 @@ def measure(model_name: str, presets: list[str], device: torch.device, samples: 
     start = state_arrays(model)
     batches = synthetic_batches(samples, 64, device)
     settings = TrainSettings(epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    specs = {name: direction_spec(resolve(preset(name)), "up") for name in presets}
+    specs = {name: up_spec(name) for name in presets}
     states = {(name, path): {} for name in presets for path in PATHS}
     out = {"params": manifest.num_values, "train": [], "same": {name: 0 for name in presets}, "bytes": {},
            "seconds": {(name, path): ([], []) for name in presets for path in PATHS}}

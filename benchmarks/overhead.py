@@ -42,6 +42,7 @@ from fedcomp.records.results import default_run_dir, read_rounds
 from fedcomp.launch.simulation import SimulationError, run_simulation
 from fedcomp.exchange.channels import dense_record
 from strategies.fedavg import FedAvg
+from strategies.sampling import Sampler
 from fedcomp.exchange.protocol import ARRAYS, METRICS, NUM_EXAMPLES, PARTITION_ID
 from strategies.metering import content_size, serialized_size
 
@@ -156,9 +157,10 @@ def hook_seconds(config: Mapping[str, Any], repeats: int) -> dict[str, list[floa
     tensors = state_arrays(model)
     nodes = list(range(1, int(config["num_clients"]) + 1))
     examples = {node: len(client_indices(config, node - 1)) for node in nodes}
-    ours = FedAvg(ParamManifest.from_model(model), fraction_train=float(config["fraction"]),
-                  min_train_nodes=int(config["server.min_clients"]), seed=int(config["seed"]))
-    ours.partition_of = {node: node - 1 for node in nodes}
+    ours = FedAvg(ParamManifest.from_model(model),
+                  sampler=Sampler(fraction_train=float(config["fraction"]),
+                                  min_train_nodes=int(config["server.min_clients"]), seed=int(config["seed"])))
+    ours.sampler.partition_of = {node: node - 1 for node in nodes}
     stock = StockFedAvg(fraction_train=float(config["fraction"]), fraction_evaluate=0.0,
                         min_train_nodes=int(config["server.min_clients"]))
     grid = _Nodes(nodes)

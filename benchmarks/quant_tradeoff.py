@@ -13,7 +13,8 @@ Three measurements, written to ``benchmarks/results/quant_tradeoff.md`` (+ ``.pn
    quantizer (ECQx including the LRP pass on ``relevance_batch`` examples) against the
    median time of one round of local training (1 epoch over one of 10 iid partitions).
 3. **Accuracy vs total bytes** of federated runs whose updates are quantized with uniform,
-   ECQ, ECQx and EC2T over a sweep of their knobs (see ``--fl`` for how the runs are made).
+   ECQ, ECQx and EC2T over a sweep of their knobs: whole runs of fedcomp's strategy and
+   ClientApp on the loopback grid (``strategies.loopback.run_loopback``).
 
     nice -n 10 .venv/bin/python benchmarks/quant_tradeoff.py
 """
@@ -28,11 +29,10 @@ from pathlib import Path
 from statistics import median
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fedcomp.compress.compression import CompressionSpec, Compressor, decompress
+from fedcomp.compress.compression import DIRECTIONS, CompressionSpec, Compressor
 from fedcomp.data import labels_of, load_dataset, partition
 from fedcomp.models import build_model
 from fedcomp.compress.params import ParamManifest, load_arrays, state_arrays
@@ -172,57 +172,28 @@ def added_time(model_name: str, w: Workload, repeats: int) -> list[dict]:
     return rows
 
 
-# --- 3. federated accuracy vs total bytes (plain loop) ------------------------------------------
+# --- 3. federated accuracy vs total bytes (the strategy on the loopback grid) --------------------
 
-def fl_run(model_name: str, w: Workload, up: dict | None, down: dict | None, rounds: int,
-           clients: int = 10, seed: int = 0) -> dict:
-    """FedAvg over ``clients`` iid partitions; ``up``/``down`` compression specs (None: dense float32).
-
-    Bidirectional as DESIGN 3: clients compress ``W_local - W_t`` (error feedback per client),
-    the server averages the decoded updates (weighted by examples), compresses the aggregate
-    (its own error feedback) and every party applies the decoded downstream update.
-    """
-    loaders = client_loaders(w, clients, seed)
-    model = fresh_model(model_name, w, seed)
-    global_w = state_arrays(model)
-    manifest = ParamManifest.from_arrays(global_w)
-    dense = manifest.dense_bytes
-    up_comp = [Compressor(CompressionSpec.from_dict(up), manifest) if up else None for _ in range(clients)]
-    down_comp = Compressor(CompressionSpec.from_dict(down), manifest) if down else None
-    total, curve = 0, []
-    for _ in range(rounds):
-        aggregate = {k: np.zeros_like(v) for k, v in global_w.items()}
-        examples = 0
-        for i, loader in enumerate(loaders):
-            load_arrays(model, global_w)
-            train(model, loader, TrainSettings(epochs=1, lr=MODEL_LR[model_name]))
-            update = {k: v - global_w[k] for k, v in state_arrays(model).items()}
-            if up_comp[i] is not None:
-                relevance = (weight_relevance(model, *relevance_batch(loader, up_comp[i].spec.relevance_batch))
-                             if up_comp[i].spec.quantizer == "ecqx" else None)
-                payload = up_comp[i].compress(update, relevance=relevance).payload
-                total += len(payload)
-                update = decompress(payload, manifest)
-            else:
-                total += dense
-            n = len(loader.dataset)
-            examples += n
-            for k in aggregate:
-                aggregate[k] += n * update[k]
-        aggregate = {k: (v / examples).astype(np.float32) for k, v in aggregate.items()}
-        if down_comp is not None:
-            payload = down_comp.compress(aggregate).payload
-            total += len(payload) * clients
-            aggregate = decompress(payload, manifest)
-        else:
-            total += dense * clients
-        global_w = {k: (v + aggregate[k]).astype(np.float32) for k, v in global_w.items()}
-        load_arrays(model, global_w)
-        curve.append((total, evaluate(model, w.test_loader)["accuracy"]))
-    return {"bytes": total, "accuracy": curve[-1][1], "curve": curve}
+def fl_settings(model_name: str, spec: dict | None, rounds: int) -> dict:
+    """Run settings of one point: digits, 10 iid clients, 1 local epoch of batch 32, seed 0; ``spec`` (None:
+    dense float32 FedAvg) compresses both directions."""
+    settings = {"dataset": "digits", "model": model_name, "num_clients": 10, "rounds": rounds,
+                "lr": MODEL_LR[model_name], "seed": 0}
+    return settings | {f"{direction}.{key}": value for direction in DIRECTIONS for key, value in (spec or {}).items()}
 
 
-def fl_sweep(model_name: str, w: Workload, rounds: int, methods: set[str] | None = None) -> list[dict]:
+def fl_run(model_name: str, spec: dict | None, rounds: int, run_dir: Path) -> dict:
+    """One whole run of fedcomp's strategy and ClientApp on the loopback grid (`benchmarks.comm_savings.run_once`;
+    a finished run folder is read, not rerun): total payload bytes, final accuracy, and the accuracy-vs-bytes curve."""
+    from benchmarks.comm_savings import run_once
+    from fedcomp.records.results import read_rounds
+
+    summary = run_once((run_dir.name, fl_settings(model_name, spec, rounds), str(run_dir)))
+    curve = [(row["cum_bytes_total"], row["accuracy"]) for row in read_rounds(run_dir)]
+    return {"bytes": summary["bytes_total"], "accuracy": summary["final_accuracy"], "curve": curve}
+
+
+def fl_sweep(model_name: str, run_root: Path, rounds: int, methods: set[str] | None = None) -> list[dict]:
     sweeps = [("FedAvg", None, [None]),
               ("uniform", "qp", [{"quantizer": "uniform", "qp": qp} for qp in (-32, -24, -16, -12)]),
               ("ECQ", "gamma", [{"quantizer": "ecq", "bits": 2, "gamma": g} for g in (0.2, 0.6)]),
@@ -232,10 +203,12 @@ def fl_sweep(model_name: str, w: Workload, rounds: int, methods: set[str] | None
     for label, knob, specs in (s for s in sweeps if methods is None or s[0] in methods):
         for spec in specs:
             full = None if spec is None else {**spec, "codec": "ans", "error_feedback": True}
+            knob_text = "" if spec is None else f"{knob} {spec[knob]}"
+            run_dir = run_root / f"fl-{model_name}-r{rounds}-{label}{'-' + knob_text.replace(' ', '') if spec else ''}"
             t0 = time.perf_counter()
-            result = fl_run(model_name, w, full, full, rounds)
-            rows.append({"model": model_name, "method": label, "knob": "" if spec is None else f"{knob} {spec[knob]}",
-                         "bytes": result["bytes"], "accuracy": result["accuracy"], "curve": result["curve"],
+            result = fl_run(model_name, full, rounds, run_dir)
+            rows.append({"model": model_name, "method": label, "knob": knob_text, "bytes": result["bytes"],
+                         "accuracy": result["accuracy"], "curve": result["curve"],
                          "seconds": time.perf_counter() - t0})
             print({k: v for k, v in rows[-1].items() if k != "curve"}, flush=True)
     return rows
@@ -345,9 +318,11 @@ def report(args, table: list[dict], timing: list[dict], fl_rows: list[dict], pre
                          f"within 1 point of its accuracy ({best['knob']}, {best['accuracy']:.4f} vs "
                          f"{fedavg['accuracy']:.4f})")
         by = {m: [r for r in fl_rows if r["model"] == model and r["method"] == m] for m in ("uniform", "ECQx")}
-        verdict = "dominates" if pareto_dominates(by["ECQx"], by["uniform"]) else "does not dominate"
-        lines += [f"- {model}: ECQx {verdict} uniform quantization on this sweep (every uniform point has an "
-                  "ECQx point with fewer bytes and no lower accuracy).", ""]
+        if by["ECQx"] and by["uniform"]:  # a sweep of some methods only (--fl-methods) has no verdict
+            verdict = "dominates" if pareto_dominates(by["ECQx"], by["uniform"]) else "does not dominate"
+            lines += [f"- {model}: ECQx {verdict} uniform quantization on this sweep (every uniform point has an "
+                      "ECQx point with fewer bytes and no lower accuracy)."]
+        lines.append("")
     lines += ["![accuracy vs bytes](quant_tradeoff.png)", ""]
     if presets:
         fedavg = next(r for r in presets if r["preset"] == "fedavg")
@@ -373,17 +348,19 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: table,timing,fl,presets")
     parser.add_argument("--presets", default=",".join(PRESET_NAMES), help="presets section: which presets")
-    parser.add_argument("--run-root", type=Path, default=Path("runs/quant_tradeoff"), help="preset run folders")
+    parser.add_argument("--run-root", type=Path, default=Path("runs/quant_tradeoff"),
+                        help="run folders of the FL and presets sections (finished runs are read, not rerun)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--fl-methods", default="", help="comma list of FL methods to run (default all)")
     parser.add_argument("--rows", type=Path, help="also save the measured rows as JSON (to --assemble later)")
     parser.add_argument("--assemble", type=Path, nargs="+", help="write the report from saved rows only")
     parser.add_argument("--note", default="", help="a line for the report's header (e.g. what changed between parts)")
     args = parser.parse_args()
-    args.fl_note = ("Plain-loop FedAvg (fl_run in this script; not the Flower strategy): 10 iid clients, 1 local "
-                    "epoch, both directions compressed with the same spec (ans, error feedback on both sides), "
-                    "bytes are payload bytes (up + the downstream payload once per client); FedAvg sends float32 "
-                    "both ways.")
+    args.fl_note = ("Whole fedcomp runs (`strategies.server_app.serve` and the real ClientApp on the loopback grid "
+                    "of `strategies.loopback`, as section 4): 10 iid clients, 1 local epoch, server.lr 1, both "
+                    "directions compressed with the same spec (ans, error feedback on both sides); bytes are the "
+                    "meter's payload bytes, up and down. FedAvg sends float32 both ways. The server has no data, "
+                    "so downstream ECQx is ECQ.")
     args.commit = source_commit()  # at the start: the code that ran, whatever is committed meanwhile
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -403,7 +380,8 @@ def main() -> None:
                                                     for r in post_training(m, w, args.epochs, args.qat_epochs,
                                                                            args.tolerance)],
                 "timing": [] if "timing" in skip else [r for m in models for r in added_time(m, w, args.repeats)],
-                "fl": [] if "fl" in skip else [r for m in models for r in fl_sweep(m, w, args.rounds, methods)],
+                "fl": [] if "fl" in skip else [r for m in models for r in fl_sweep(m, args.run_root, args.rounds,
+                                                                                  methods)],
                 "presets": [] if "presets" in skip else preset_runs(args.run_root, tuple(args.presets.split(",")))}
         seconds = time.perf_counter() - t0
         if args.rows:

@@ -8,7 +8,7 @@ and a SuperNode takes via ``--node-config``.
 
 In a compressed run (``up.*`` settings) the reply's ``arrays`` carry one coded payload of
 the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional run the
-server's ``arrays`` carry the one coded payload that brings this client's model to ``W_t``
+server's ``arrays`` carry the one message that brings this client's model to ``W_t``
 (`fedcomp.exchange.catchup`), and the client checks the result against the server's digest
 before it trains. What a client keeps between rounds (the counts of its copy of the global
 model and their version, its residual and the round it was formed in) is
@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcomp.exchange.catchup import COUNTS, FROM_FLOAT32, REPLAY, client_catch_up, grid_fold, settings_grid
-from fedcomp.exchange.channels import DenseChannel
-from fedcomp.exchange.client_state import State, open_state
 from fedcomp.compress.quant.staleness import age_residual, parse_policy
+from fedcomp.exchange.catchup import COUNTS, REPLAY, client_catch_up, grid_fold, settings_grid
+from fedcomp.exchange.channels import DenseChannel, State, sender_state
+from fedcomp.exchange.client_state import open_state
 from fedcomp.run.config import from_run_config
 from fedcomp.exchange.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.run.experiment import client_indices, client_loader, local_seed, run_model
@@ -37,17 +38,18 @@ from fedcomp.compress.params import load_arrays, state_arrays, state_tensors
 from fedcomp.compress.quant.arrays import as_tensor, to_numpy
 from fedcomp.local.qat import QATSettings, local_train, relevance_batch
 from fedcomp.local.relevance import weight_relevance
-from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST, METRICS,
-                              NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS, VERSION)
-from fedcomp.local.scaling import effective, is_scale
+from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST,
+                                       FULL_MODEL, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS,
+                                       VERSION)
+from fedcomp.local.scaling import compensation, effective, is_scale, scale_updates
 from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.exchange.updates import Tensors, UpdateSettings
 
 app = ClientApp()
 
-RESIDUAL = "residual/"  # state: the upstream sender's state (error feedback)
-VERSION_KEY = "version"  # state: the version of the held counts (FROM_FLOAT32: none held)
+VERSION_KEY = "version"  # state: the version of the held counts (FULL_MODEL: none held)
 ROUND_KEY = "round"  # state: the round it was saved in (the residual's age)
+# the counts (``counts/<name>``) and the upstream sender's state (error feedback, `sender_state`) are kept beside them
 
 
 def _partition_id(context: Context, config: dict) -> int:
@@ -99,9 +101,10 @@ def train_step(msg: Message, context: Context) -> Message:
             int(config_in[DIGEST]), held, int(held[VERSION_KEY][0]) if VERSION_KEY in held else 0,
             bool(config_in.get(REPLAY, 0)), grid_fold(settings))
         if counts is None:
-            version = FROM_FLOAT32
+            version = FULL_MODEL
     else:
-        global_tensors, version, counts = DenseChannel().decode(msg.content[ARRAYS], manifest), 0, None
+        global_tensors = settings.channel("down", manifest, 0).decode_model(msg.content[ARRAYS], manifest)
+        version, counts = 0, None
     decode_seconds = time.perf_counter() - started
     loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
@@ -109,17 +112,17 @@ def train_step(msg: Message, context: Context) -> Message:
         load_arrays(model, global_tensors)
         clock = time.perf_counter()
         stats = local_train(model, loader, TrainSettings.from_config(config), QATSettings.from_config(config))
-        reply_record = DenseChannel().encode(state_arrays(model))[0].record
+        reply_record = settings.channel("up", manifest, 0).encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
         missed = server_round - int(held[ROUND_KEY][0]) - 1 if ROUND_KEY in held else 0
-        upstream = age_residual(_part(held, RESIDUAL), missed, parse_policy(config["sync.stale_residual"]))
-        reply_record, stats, timings, residual = _train_differential(config, pid, model, settings, global_tensors,
-                                                                     loader, upstream)
+        upstream = age_residual(sender_state(held), missed, parse_policy(config["sync.stale_residual"]))
+        reply_record, stats, timings, sender = _train_differential(config, pid, model, settings, global_tensors,
+                                                                   loader, upstream)
         kept = {COUNTS + k: v for k, v in (counts or {}).items()}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
                                   ROUND_KEY: np.array([server_round], np.int64),
-                                  **{RESIDUAL + k: to_numpy(v) for k, v in residual.items()}})  # GPU -> host
+                                  **{k: to_numpy(v) for k, v in sender.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
@@ -127,13 +130,19 @@ def train_step(msg: Message, context: Context) -> Message:
     return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)
 
 
-def _part(state: State, prefix: str) -> Tensors:
-    """The tensors saved under ``prefix`` in a client's state."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+def _timed(stage: Callable, spent: list[float]) -> Callable:
+    """``stage``, adding the seconds each call takes to ``spent[0]``."""
+    def run(*args):
+        clock = time.perf_counter()
+        try:
+            return stage(*args)
+        finally:
+            spent[0] += time.perf_counter() - clock
+    return run
 
 
 def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,
-                        global_tensors: Tensors, loader, state: Tensors) -> tuple:
+                        global_tensors: Tensors, loader, state: State) -> tuple[ArrayRecord, dict, dict, State]:
     """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback).
 
     ``state`` is the upstream sender's state (the residual); the new one is returned last.
@@ -149,7 +158,6 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
     train_settings = TrainSettings.from_config(config)
     sent_scales = {k: v for k, v in scales.items() if k in sent}
     sent_weights = [k for k in sent if not is_scale(k)]
-    channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
 
     clock = time.perf_counter()
     qat = QATSettings.from_config(config)
@@ -162,35 +170,24 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
 
     clock = time.perf_counter()
     local = state_tensors(model)  # on the training device: the update reaches the host only as symbols
-    weight_update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
+    update = {k: local[k] - as_tensor(global_tensors[k], local[k].device) for k in sent_weights}
     if joint:
-        weight_update |= {k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()}
+        update |= scale_updates(sent_scales, global_tensors)
     relevance = None
     if settings.up.quantizer == "ecqx":  # ECQx: LRP relevances of the local model on a batch of local data
         relevance = weight_relevance(model, *relevance_batch(loader, settings.up.relevance_batch))
-    quantized, state = channel.prepare(weight_update, state, relevance)
-    compress_seconds = time.perf_counter() - clock
-
-    if settings.fsfl == "compensate" and sent_scales:
-        # the scales absorb part of what the sparsifier dropped: train them alone on the
-        # weights the server will reconstruct
-        clock = time.perf_counter()
-        reconstructed = {q.name: global_tensors[q.name] + q.dequantize() for q in quantized}
-        load_arrays(model, reconstructed)
+    stage_seconds = [0.0]
+    second_stage = None
+    if settings.fsfl == "compensate":
         scale_settings = dataclasses.replace(train_settings, epochs=settings.scale_epochs)
-        for name, scale in scales.items():
-            scale.requires_grad_(name in sent_scales)
-        train(model, loader, scale_settings, trainable=[], scales=scales, scale_lr=settings.scale_lr)
-        train_seconds += time.perf_counter() - clock
-        clock = time.perf_counter()
-        more, state = channel.prepare({k: s.detach().numpy() - global_tensors[k] for k, s in sent_scales.items()},
-                                      state)
-        quantized += more
-        compress_seconds += time.perf_counter() - clock
-    clock = time.perf_counter()
-    encoded = channel.pack(quantized)
-    compress_seconds += time.perf_counter() - clock
-    return encoded.record, stats, {TRAIN_SECONDS: train_seconds, COMPRESS_SECONDS: compress_seconds}, state
+        fit = lambda m, s: train(m, loader, scale_settings, trainable=[], scales=s,  # noqa: E731
+                                 scale_lr=settings.scale_lr)
+        second_stage = _timed(compensation(model, scales, sent_scales, global_tensors, fit), stage_seconds)
+    channel = settings.channel("up", manifest, seed=int(config["seed"]) * 1_000_003 + pid)
+    encoded, state = channel.encode(update, state, relevance=relevance, second_stage=second_stage)
+    compress_seconds = time.perf_counter() - clock - stage_seconds[0]
+    return encoded.record, stats, {TRAIN_SECONDS: train_seconds + stage_seconds[0],
+                                   COMPRESS_SECONDS: compress_seconds}, state
 
 
 @app.evaluate()

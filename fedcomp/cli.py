@@ -18,7 +18,9 @@ from fedcomp.run.presets import PRESETS, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedcomp: federated-learning simulations that measure communication.")
-console = Console()
+# soft wrap: a line longer than the terminal is left whole (rich would break it at 80 columns when stdout is a
+# file or a pipe), so logs and CI output read one round per line
+console = Console(soft_wrap=True)
 
 
 def build_config(preset_name: str, config_file: Optional[Path], assignments: list[str]) -> dict:
@@ -160,9 +162,9 @@ def qat(
     assignments: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
     = None,
     method: Annotated[str, typer.Option(help="ecq, ecqx or ec2t")] = "ecq",
-    bits: Annotated[int, typer.Option(help="grid bits (ecq, ecqx)")] = 4,
-    gamma: Annotated[float, typer.Option(help="entropy-constraint strength")] = 0.05,
-    p: Annotated[float, typer.Option(help="ECQx: sparsity tolerance below ECQ")] = 0.1,
+    bits: Annotated[Optional[int], typer.Option(help="grid bits (ecq, ecqx; default: qat.bits)")] = None,
+    gamma: Annotated[Optional[float], typer.Option(help="entropy-constraint strength (default: qat.gamma)")] = None,
+    p: Annotated[Optional[float], typer.Option(help="ECQx: sparsity tolerance below ECQ (default: qat.p)")] = None,
     epochs: Annotated[int, typer.Option(help="quantization-aware epochs")] = 5,
     pretrain: Annotated[int, typer.Option(help="float epochs before QAT (when not starting from --init)")] = 10,
     init: Annotated[Optional[Path], typer.Option(help="state dict (.pt) to fine-tune instead of pretraining")]
@@ -170,19 +172,22 @@ def qat(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the quantized state dict here")] = None,
 ) -> None:
     """Train or fine-tune a low-bit model centrally with ECQ, ECQx or EC2T on the whole training set."""
+    import dataclasses
+
     import torch
     from torch.utils.data import DataLoader
 
-    from fedcomp.errors import ConfigError
+    from fedcomp.run.config import validate_value
     from fedcomp.run.experiment import eval_loader, run_dataset, run_model
     from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train
     from fedcomp.local.training import TrainSettings, evaluate, train
 
     config = build_config(preset_name, None, assignments or [])
-    try:
-        settings = QATSettings(method, bits, gamma, p)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    options = {"qat.method": method, "qat.bits": bits, "qat.gamma": gamma, "qat.p": p}
+    config.update({key: validate_value(key, value) for key, value in options.items() if value is not None})
+    settings = QATSettings.from_config(config)
+    if settings is None:
+        raise ConfigError("fedcomp qat needs a method: --method ecq, ecqx or ec2t")
     model = run_model(config)
     if init is not None:
         try:
@@ -194,16 +199,15 @@ def qat(
                         generator=torch.Generator().manual_seed(int(config["seed"])))
     train_settings = TrainSettings.from_config(config)
     if init is None and pretrain > 0:
-        train(model, loader, TrainSettings(pretrain, train_settings.lr, train_settings.optimizer,
-                                           train_settings.momentum, train_settings.weight_decay))
+        train(model, loader, dataclasses.replace(train_settings, epochs=pretrain))
     before = evaluate(model, eval_loader(config))["accuracy"]
-    result = qat_train(model, loader, TrainSettings(epochs, train_settings.lr, train_settings.optimizer,
-                                                    train_settings.momentum, train_settings.weight_decay), settings)
+    result = qat_train(model, loader, dataclasses.replace(train_settings, epochs=epochs), settings)
     after = evaluate(model, eval_loader(config))["accuracy"]
     sizes = compressed_sizes(result.tensors)
     dense = sum(p.numel() for p in model.parameters()) * 4
     best = min(sizes, key=sizes.get)
-    typer.echo(f"{method} {bits}-bit gamma {gamma}: accuracy {before:.4f} (float) -> {after:.4f}, weight sparsity "
+    typer.echo(f"{settings.method} {settings.bits}-bit gamma {settings.gamma}: accuracy {before:.4f} (float) -> "
+               f"{after:.4f}, weight sparsity "
                f"{result.metrics['weight_sparsity']:.3f}, {sizes[best]} bytes with {best} "
                f"({dense / sizes[best]:.1f}x smaller than float32)")
     if out is not None:

@@ -25,6 +25,11 @@ class PayloadError(FedcompError):
     """A compressed payload that is malformed, truncated, corrupted or does not fit the model."""
 
 
+class ReplyError(FedcompError):
+    """A client's reply the server cannot use: records of the wrong kinds, a bad example count,
+    non-finite values, or an update above the norm bound."""
+
+
 class DivergedError(FedcompError):
     """A run that diverged: its global model became non-finite, or every sampled client failed for
     several rounds in a row. ``round`` is the round it was found in."""

@@ -11,9 +11,10 @@ three hooks:
   and defines ``W_{t+1} = W_t + decode(P)``; under FSFL the scales are then folded into the
   weights (or kept), identically on every party;
 * :meth:`DifferentialFedAvg.train_messages`: bidirectional, each sampled client gets one
-  payload that brings it from the version it holds to ``W_t`` exactly (the grid catch-up of
-  `fedcomp.exchange.catchup`: count differences since its version, or since ``W_0``, or the
-  float32 model when that is smaller), with the model's digest so that the client can check it.
+  message that brings it from the version it holds to ``W_t`` exactly (the grid catch-up of
+  `fedcomp.exchange.catchup`: count differences since its version or since ``W_0``, the folded
+  grid updates replayed, or the float32 model, whichever is smallest), with the model's digest
+  so that the client can check it.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from torch import nn
 
 from fedcomp.exchange.catchup import REPLAY, ServerSync, grid_fold, settings_grid
-from fedcomp.exchange.channels import Encoded, dense_record
+from fedcomp.exchange.channels import Encoded, dense_record, sender_state
 from fedcomp.errors import PayloadError
 from fedcomp.compress.params import ParamManifest
-from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, VERSION
+from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, FULL_MODEL, VERSION
 from fedcomp.local.scaling import effective, is_scale
-from fedcomp.exchange.updates import UpdateSettings, apply_update, bound_update, model_digest, weighted_mean
-from strategies.fedavg import ClientResult, FedAvg, check_finite
-from strategies.metering import content_size, serialized_size
-
-UNKNOWN = -1  # a client whose model the server cannot vouch for: its next catch-up starts from W_0
+from fedcomp.exchange.updates import UpdateSettings, apply_update, model_digest, weighted_mean
+from strategies.fedavg import FedAvg, stop_if_non_finite
+from strategies.replies import ClientResult
+from strategies.metering import content_size, meter_sent
 
 
 class DifferentialFedAvg(FedAvg):
@@ -50,20 +50,25 @@ class DifferentialFedAvg(FedAvg):
         The tensors clients send (``partial.groups``), a subset of ``manifest``.
     model : nn.Module
         The seed-built model (``W_0`` and the grid of the catch-up come from it).
+    seed : int
+        Seeds the server's own sender (random sparsifiers of the downstream).
     **kwargs
-        As for `FedAvg` (sampling, evaluation, seed, meter, on_client_update).
+        As for `FedAvg` (sampler, meter, bound, on_client_update, min_results).
     """
 
+    replies_are_updates = True
+
     def __init__(self, manifest: ParamManifest, settings: UpdateSettings, sent: list[str], model: nn.Module,
-                 **kwargs) -> None:
-        super().__init__(manifest, upstream=settings.channel("up", manifest, 0), **kwargs)
+                 seed: int = 0, **kwargs) -> None:
+        super().__init__(manifest, **kwargs)
         self.settings = settings
         self.sent = set(sent)
+        self.upstream = settings.channel("up", manifest, 0)
         if settings.bidirectional:
-            self.downstream = settings.channel("down", manifest, self.seed)
+            self.downstream = settings.channel("down", manifest, seed)
             self.sync = ServerSync(settings_grid(settings, model), self.downstream, settings.history,
                                    grid_fold(settings))
-        self.server_state: dict[str, np.ndarray] = {}  # the server's error-feedback residual
+        self.server_state: dict[str, np.ndarray] = {}  # the server's sender state (error-feedback residual)
         self.client_version: dict[int, int] = {}  # partition -> version it holds (absent: 0, W_0 from the seed)
 
     @property
@@ -83,9 +88,10 @@ class DifferentialFedAvg(FedAvg):
         return effective(super().model_tensors(arrays))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """`FedAvg.state_dict` plus the server residual, the catch-up history and the version each client holds."""
+        """`FedAvg.state_dict` plus the server's sender state, the catch-up history and the version each
+        client holds."""
         arrays, meta = super().state_dict()
-        arrays |= {f"residual/{k}": v for k, v in self.server_state.items()}
+        arrays |= self.server_state
         if self.settings.bidirectional:
             sync_arrays, meta["sync"] = self.sync.state_dict()
             arrays |= {f"sync/{k}": v for k, v in sync_arrays.items()}
@@ -95,7 +101,7 @@ class DifferentialFedAvg(FedAvg):
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
         """Continue from what `state_dict` returned after ``server_round``."""
         super().load_state_dict(arrays, meta, server_round)
-        self.server_state = {k[len("residual/"):]: v for k, v in arrays.items() if k.startswith("residual/")}
+        self.server_state = sender_state(arrays)
         if self.settings.bidirectional:
             self.sync.load_state_dict({k[len("sync/"):]: v for k, v in arrays.items() if k.startswith("sync/")},
                                       meta["sync"])
@@ -112,9 +118,9 @@ class DifferentialFedAvg(FedAvg):
         contents: dict[int, tuple[Encoded, RecordDict, int]] = {}
         messages = []
         for node in nodes:
-            partition = self.client_of(node)
+            partition = self.sampler.client_of(node)
             held = self.client_version.get(partition, 0)
-            self.client_version[partition] = UNKNOWN  # until its reply says otherwise
+            self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
             if held not in contents:
                 encoded, base, replay = self.sync.catch_up(held)
                 content = RecordDict({ARRAYS: encoded.record,
@@ -122,8 +128,7 @@ class DifferentialFedAvg(FedAvg):
                 contents[held] = (encoded, content, content_size(content))
             encoded, content, shared = contents[held]
             msg = Message(content, node, MessageType.TRAIN)
-            self.meter.record(server_round, "down", partition, "train", encoded.payload_bytes,
-                              serialized_size(msg, shared), encoded.dense_bytes)
+            meter_sent(self.meter, server_round, partition, "train", encoded, msg, shared)
             messages.append(msg)
         return messages
 
@@ -135,7 +140,7 @@ class DifferentialFedAvg(FedAvg):
         unexpected = sorted(set(update) - self.sent)
         if unexpected:
             raise PayloadError(f"the update carries tensors this run does not send: {unexpected[:5]}")
-        return bound_update(update, self.max_update_norm, self.norm_action)
+        return update
 
     def received(self, results: list[ClientResult]) -> None:
         """A client whose reply says it holds ``W_t`` is in sync again, even in a round left below
@@ -146,12 +151,10 @@ class DifferentialFedAvg(FedAvg):
 
     def aggregate(self, server_round: int, results: list[ClientResult]) -> dict[str, np.ndarray]:
         """``W_{t+1}`` from the clients' updates (see the module docstring)."""
-        if self.on_client_update is not None:
-            self.on_client_update(server_round, {r.partition: r.tensors for r in results})
         mean = weighted_mean([r.tensors for r in results], [float(r.examples) for r in results])
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:
-            check_finite(server_round, step, "aggregated update")
+            stop_if_non_finite(server_round, step, "aggregated update")
             new_global, self.server_state = self.sync.advance(step, self.server_state)
             return new_global
         return apply_update(self._global, step, self.settings.fold)

@@ -38,6 +38,8 @@ from fedcomp.local.training import evaluate
 from fedcomp.exchange.updates import UpdateSettings
 from strategies.differential import DifferentialFedAvg
 from strategies.fedavg import FedAvg
+from strategies.replies import UpdateBound
+from strategies.sampling import Sampler
 
 app = ServerApp()
 
@@ -186,17 +188,19 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
                    on_client_update: Callable | None = None) -> FedAvg:
     """FedAvg, or compressed FedAvg when the run compresses client updates (``up.*`` settings)."""
     settings = UpdateSettings.from_config(config)
-    common = dict(fraction_train=float(config["fraction"]), min_train_nodes=int(config["server.min_clients"]),
-                  fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"]),
+    common = dict(sampler=Sampler(fraction_train=float(config["fraction"]),
+                                  min_train_nodes=int(config["server.min_clients"]),
+                                  fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"])),
                   meter=TransferMeter(), on_client_update=on_client_update,
-                  max_update_norm=float(config["server.max_update_norm"]),
-                  norm_action=str(config["server.norm_action"]),
+                  bound=UpdateBound(float(config["server.max_update_norm"]), str(config["server.norm_action"])),
                   min_results=int(config["server.min_results"]),
                   max_failed_rounds=int(config["server.max_failed_rounds"]))
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)
-    return DifferentialFedAvg(manifest, settings, settings.sent_names(model, manifest), model, **common)
+    return DifferentialFedAvg(manifest, settings, settings.sent_names(model, manifest), model,
+                              seed=int(config["seed"]),
+                              **common)
 
 
 @app.main()

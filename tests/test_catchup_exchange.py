@@ -9,9 +9,9 @@ import pytest
 
 from fedcomp.compress.compression import CompressionSpec
 from fedcomp.compress.params import ParamManifest
-from fedcomp.exchange.catchup import (COUNTS, FROM_FLOAT32, OutOfSync, ServerSync, client_catch_up, grid_step,
-                                      model_grid)
+from fedcomp.exchange.catchup import COUNTS, OutOfSync, ServerSync, client_catch_up, grid_step, model_grid
 from fedcomp.exchange.channels import PayloadChannel
+from fedcomp.exchange.protocol import FULL_MODEL
 from fedcomp.exchange.updates import model_digest
 from fedcomp.local.scaling import fold, scale_name
 
@@ -62,7 +62,7 @@ def test_float32_catch_up_and_out_of_sync() -> None:
     sync.advance({"fc.bias": np.full(10, 0.5, np.float32)}, {})
     digest = model_digest(sync.model(), manifest)
     full = sync._float32_model().encoded
-    model, counts = client_catch_up(sync.grid, full.record, FROM_FLOAT32, 1, digest, {}, 0)
+    model, counts = client_catch_up(sync.grid, full.record, FULL_MODEL, 1, digest, {}, 0)
     assert counts is None and model_digest(model, manifest) == digest
     message, base, _ = sync.catch_up(0)
     assert base == 0 and message.payload_bytes < full.payload_bytes

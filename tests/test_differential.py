@@ -189,8 +189,8 @@ def test_client_error_feedback_state_is_kept_between_rounds(task_identity):
     one_round(strategy, grid, arrays, 1)
     for node in grid.contexts:
         state = client_state(grid, node)
-        assert state["residual/rounds"].reshape(-1)[0] == 1
-        assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/residual/"))
+        assert state["rounds"].reshape(-1)[0] == 1
+        assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/"))
 
 
 def test_a_client_out_of_sync_catches_up_from_w0_next(task_identity):
@@ -226,3 +226,52 @@ def test_ecqx_clients_quantize_with_their_own_relevances_and_qat_trains_locally(
     _, replies, _, metrics = one_round(strategy, grid, arrays, 1)
     assert not any(r.has_error() for r in replies)
     assert all(0 < r.content["metrics"]["weight_sparsity"] < 1 for r in replies)
+
+
+def test_no_compressor_is_built_twice_for_one_message(task_identity, monkeypatch):
+    """FSFL compensate, both ways: each client's reply and the server's update are one sender's work each."""
+    import fedcomp.exchange.channels as channels
+
+    built = []
+
+    class Counted(channels.Compressor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(channels, "Compressor", Counted)
+    config, model, strategy, grid, arrays = make_run({**BIDIR, "fsfl.mode": "compensate", "fraction": 1.0}, clients=3)
+    for server_round in (1, 2, 3):
+        built.clear()
+        messages, replies, arrays, _ = one_round(strategy, grid, arrays, server_round)
+        # each client holds the version before the last update: nothing to send in round 1, then one replay
+        assert [m.content["config"]["fedcomp-base"] for m in messages] == [max(server_round - 2, 0)] * 3
+        # one per client reply and one for the downstream update; from round 2 also the full-model message
+        # (once per version, however many clients are behind), whose size decides between it and a replay
+        assert len(built) == len(replies) + 1 + (server_round > 1)
+
+
+def test_state_saved_in_the_old_layout_continues_the_run_exactly(task_identity):
+    """Client states and server checkpoints saved as residual/residual/<name> (before the sender object)."""
+    runs = [make_run(BIDIR, clients=3) for _ in range(2)]
+    arrays = [one_round(strategy, grid, start, 1)[2] for _, _, strategy, grid, start in runs]
+    config, model, old, old_grid, _ = runs[1]
+    for node in old_grid.contexts:  # rewrite every client's state as the old layout saved it
+        state = client_state(old_grid, node)
+        sender = {k: v for k, v in state.items() if k.startswith("residual/") or k == "rounds"}
+        assert sender and "rounds" in sender
+        kept = {k: v for k, v in state.items() if k not in sender}
+        MemoryState(old_grid.contexts[node].state).save(1, {**kept, **{"residual/" + k: v for k, v in sender.items()}})
+    saved, meta = old.state_dict()
+    legacy = {("residual/" + k if k.startswith("residual/") or k == "rounds" else k): v for k, v in saved.items()}
+    assert any(k.startswith("residual/residual/") for k in legacy) and "residual/rounds" in legacy
+    restored = build_strategy(config, model)
+    restored.load_state_dict(legacy, meta, 1)
+    assert restored.server_state.keys() == old.server_state.keys()
+    restored.sampler.partition_of = dict(old.sampler.partition_of)
+    new_replies = one_round(runs[0][2], runs[0][3], arrays[0], 2)[1]
+    old_replies = one_round(restored, old_grid, arrays[1], 2)[1]
+    by_node = {r.metadata.src_node_id: r.content["arrays"]["p0"].data for r in old_replies}
+    assert by_node == {r.metadata.src_node_id: r.content["arrays"]["p0"].data for r in new_replies}
+    for strategy in (runs[0][2], restored):  # the server's residual continued too
+        assert all(np.array_equal(runs[0][2].server_state[k], v) for k, v in strategy.server_state.items())

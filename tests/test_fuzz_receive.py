@@ -172,7 +172,7 @@ def test_fuzzed_payloads_are_rejected_by_the_strategy_and_the_round_completes(ta
     good_examples = sum(int(r.content["metrics"]["num-examples"]) for r in good_replies)
     rng = np.random.default_rng(20261129)
     fuzz_nodes = [100_000 + i for i in range(BATCH)]
-    strategy.partition_of.update({node: len(GOOD) + i for i, node in enumerate(fuzz_nodes)})
+    strategy.sampler.partition_of.update({node: len(GOOD) + i for i, node in enumerate(fuzz_nodes)})
 
     spent: list[tuple[float, float]] = []
     rejected, skipped = 0, 0
@@ -214,7 +214,7 @@ def test_fuzzed_payloads_are_rejected_by_the_strategy_and_the_round_completes(ta
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == BATCH  # one line per fuzzed reply, nothing else
         for node, reason in bad.items():
-            line = (f"round {server_round}: node {node} (partition {strategy.client_of(node)}) failed: "
+            line = (f"round {server_round}: node {node} (partition {strategy.sampler.client_of(node)}) failed: "
                     f"dropped its reply: PayloadError: {reason}")
             assert line in warnings, line
         rejected += len(bad)

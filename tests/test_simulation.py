@@ -5,6 +5,7 @@ import re
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from fedcomp.run.config import resolve
 from fedcomp.run.presets import preset
+from fedcomp.launch.processes import processes_with_env
 from fedcomp.launch.simulation import TOKEN_VARIABLE, run_simulation
 from conftest import ROOT
 
@@ -34,11 +36,25 @@ def ray_processes() -> list[str]:
     return found
 
 
+# every process of this module's run carries this mark (set in the environment it inherits), so that the
+# leftover check sees only this run, not another session's runs alive on the machine
+TEST_MARK = "FEDCOMP_TEST_RUN"
+RUN_MARK = f"test_simulation-{uuid.uuid4().hex}"
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     rows = []
-    summary = run_simulation(resolve({**SMALL, "output.dump_updates": True}), run_dir, on_round=rows.append)
+    saved = os.environ.get(TEST_MARK)
+    os.environ[TEST_MARK] = RUN_MARK
+    try:
+        summary = run_simulation(resolve({**SMALL, "output.dump_updates": True}), run_dir, on_round=rows.append)
+    finally:
+        if saved is None:
+            del os.environ[TEST_MARK]
+        else:
+            os.environ[TEST_MARK] = saved
     return run_dir, summary, rows
 
 
@@ -77,14 +93,8 @@ def test_simulation_writes_exact_results(finished_run):
 
 @pytest.mark.slow
 def test_nothing_is_left_running(finished_run):
-    assert ray_processes() == []
-    leftovers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
-                 and _has(p, TOKEN_VARIABLE.encode())]
-    assert leftovers == []
-
-
-def _has(proc: Path, needle: bytes) -> bool:
-    return any(needle in variable for variable in _environ(proc))
+    assert [p for p in ray_processes() if f"{TEST_MARK}={RUN_MARK}" in p] == []
+    assert processes_with_env(TEST_MARK, RUN_MARK) == []
 
 
 def _environ(proc: Path) -> list[bytes]:

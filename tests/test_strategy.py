@@ -14,6 +14,7 @@ from fedcomp.compress.params import ParamManifest, state_arrays
 from strategies.loopback import LoopbackGrid
 from fedcomp.exchange.channels import DenseChannel, dense_record, record_tensors
 from strategies.fedavg import FedAvg
+from strategies.sampling import Sampler
 
 NODES = {9_000_000_017: 2, 1_234: 0, 77_777_777: 1}  # node id -> partition id, deliberately unordered
 
@@ -24,7 +25,7 @@ def setup(task_identity):
     model = run_model(config)
     manifest = ParamManifest.from_model(model)
     grid = LoopbackGrid(client_app, NODES, config)
-    strategy = FedAvg(manifest, fraction_train=1.0, min_train_nodes=2, seed=0, meter=TransferMeter())
+    strategy = FedAvg(manifest, sampler=Sampler(fraction_train=1.0, min_train_nodes=2, seed=0), meter=TransferMeter())
     return config, model, manifest, grid, strategy
 
 
@@ -74,12 +75,12 @@ def test_aggregate_is_the_example_weighted_mean(setup):
 
 def test_sampling_is_seeded_by_partition_not_node_id(setup):
     config, model, manifest, grid, strategy = setup
-    strategy.fraction_train = 0.5
-    strategy.min_train_nodes = 1
+    strategy.sampler.fraction_train = 0.5
+    strategy.sampler.min_train_nodes = 1
     arrays = dense_record(state_arrays(model))
     chosen = [[NODES[m.metadata.dst_node_id] for m in strategy.configure_train(r, arrays, ConfigRecord(), grid)]
               for r in (1, 2, 3, 4)]
-    other = FedAvg(manifest, fraction_train=0.5, min_train_nodes=1, seed=0)
+    other = FedAvg(manifest, sampler=Sampler(fraction_train=0.5, min_train_nodes=1, seed=0))
     renamed = {node * 3 + 1: pid for node, pid in NODES.items()}  # different node ids, same partitions
     grid2 = LoopbackGrid(client_app, renamed, config)
     again = [[renamed[m.metadata.dst_node_id] for m in other.configure_train(r, arrays, ConfigRecord(), grid2)]
@@ -142,25 +143,25 @@ def test_malformed_dense_records_raise_payload_error():
 
 def test_setup_query_learns_partitions(setup):
     config, model, manifest, grid, strategy = setup
-    assert strategy.discover_partitions(grid) == NODES
+    assert strategy.sampler.discover(grid, strategy.meter) == NODES
     setup_records = strategy.meter.select(round=0)
     assert len(setup_records) == 2 * len(NODES)
     assert all(r.payload_bytes == 0 and r.message_bytes > 0 for r in setup_records)
 
 
 def test_metrics_are_example_weighted():
-    from strategies.fedavg import ClientResult, _weighted_metrics
+    from strategies.replies import ClientResult, weighted_metrics
 
     received = [ClientResult(0, 10, {}, MetricRecord({"loss": 1.0, "num-examples": 10})),
                 ClientResult(1, 30, {}, MetricRecord({"loss": 3.0, "num-examples": 30}))]
-    out = _weighted_metrics(received)
+    out = weighted_metrics(received)
     assert out["loss"] == pytest.approx(2.5)
     assert out["num-examples"] == 40
 
 
 def test_federated_evaluation_is_metered_and_weighted(setup):
     config, model, manifest, grid, strategy = setup
-    strategy.fraction_evaluate = 1.0
+    strategy.sampler.fraction_evaluate = 1.0
     arrays = dense_record(state_arrays(model))
     replies = grid.send_and_receive(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
     metrics = strategy.aggregate_evaluate(1, replies)
@@ -180,7 +181,7 @@ def test_a_run_no_node_can_join_fails_with_the_nodes_reason(task_identity):
     strategy = FedAvg(ParamManifest.from_model(run_model(config)))
     grid = LoopbackGrid(client_app, NODES, config)
     with pytest.raises(ConfigError, match="num-partitions=3 but the run has num_clients=5"):
-        strategy.discover_partitions(grid)
+        strategy.sampler.discover(grid, strategy.meter)
     assert len(strategy.meter.select(round=0, direction="up")) == 3  # error replies are messages too
 
 
@@ -233,3 +234,54 @@ def test_malformed_replies_of_every_shape_are_dropped(setup, shape, caplog):
     assert metrics["num-examples"] == sum(len(client_indices(config, p)) for p in good)
     assert all(np.all(np.isfinite(v)) for v in record_tensors(new_arrays).values())
     assert len(strategy.meter.select(round=1, direction="up")) == 3
+
+
+def test_a_bug_in_a_hook_raises_instead_of_failing_the_client(setup, caplog):
+    """Only a payload or a reply that does not fit is the client's failure; a server bug is not caught."""
+    config, model, manifest, grid, strategy = setup
+
+    class Buggy(FedAvg):
+        def decode_reply(self, record):
+            return {"missing": super().decode_reply(record)["no such tensor"]}  # KeyError: the server's bug
+
+    buggy = Buggy(manifest, sampler=Sampler(seed=0))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(buggy.configure_train(1, arrays, ConfigRecord(), grid))
+    with caplog.at_level("WARNING"), pytest.raises(KeyError, match="no such tensor"):
+        buggy.aggregate_train(1, replies)
+    assert "failed" not in caplog.text
+
+
+def test_a_reply_above_the_norm_bound_is_refused_as_the_clients_failure(setup, caplog):
+    from strategies.replies import UpdateBound
+
+    config, model, manifest, grid, strategy = setup
+    bounded = FedAvg(manifest, sampler=Sampler(seed=0), bound=UpdateBound(1e-6, "refuse"))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(bounded.configure_train(1, arrays, ConfigRecord(), grid))
+    with caplog.at_level("WARNING"):
+        new_arrays, metrics = bounded.aggregate_train(1, replies)
+    assert new_arrays is None and metrics is None  # every update is far above 1e-6: no usable reply
+    assert caplog.text.count("failed: dropped its reply: ReplyError: its update's L2 norm") == len(NODES)
+
+
+def test_the_update_sink_sees_every_aggregated_round_whatever_aggregate_does(setup):
+    """on_client_update is called by the round loop, not by aggregate: an override cannot forget it."""
+    config, model, manifest, grid, strategy = setup
+    seen = {}
+
+    class FirstOnly(FedAvg):
+        def aggregate(self, server_round, results):
+            return results[0].tensors
+
+    first = FirstOnly(manifest, sampler=Sampler(seed=0), on_client_update=lambda r, u: seen.update({r: u}))
+    arrays = dense_record(state_arrays(model))
+    replies = grid.send_and_receive(first.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = list(replies)
+    new_arrays, _ = first.aggregate_train(1, replies)
+    assert sorted(seen[1]) == sorted(NODES.values())
+    local = DenseChannel().decode(next(r for r in replies if NODES[r.metadata.src_node_id] == 0).content["arrays"],
+                                  manifest)
+    base = record_tensors(arrays)
+    assert all(np.array_equal(seen[1][0][k], local[k] - base[k]) for k in manifest.names)
+    assert all(np.array_equal(record_tensors(new_arrays)[k], local[k]) for k in manifest.names)

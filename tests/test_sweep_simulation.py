@@ -24,6 +24,7 @@ MARK = f"FEDCOMP_TEST_SWEEP={uuid.uuid4().hex}"  # inherited by every process th
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
+    pytest.importorskip("tensorboard", reason="the sweep's runs track to TensorBoard: needs the `track` extra")
     folder = tmp_path_factory.mktemp("sweep")
     key, value = MARK.split("=")
     os.environ[key] = value

@@ -49,9 +49,12 @@ from fedcomp.compress.quant.sparsify import Chained, RandomK, Sparsifier, Statis
 from fedcomp.compress.quant.stc import STCQuantizer
 from fedcomp.compress.quant.tensor import QuantizedTensor, float32_tensor
 from fedcomp.compress.quant.uniform import UniformQuantizer
+from fedcomp.settings import Setting, declared, setting
 
 SCOPES = ("tensor", "global")
 DEFAULT_QP = -32
+RESIDUAL_PREFIX = "residual/"  # a Compressor's state: residual/<tensor name> per residual ...
+ROUNDS_KEY = "rounds"  # ... and the number of updates compressed so far
 
 #: Named schemes: a preset or a user can name one in a single line ("scheme" key).
 SCHEMES: dict[str, dict[str, Any]] = {
@@ -83,30 +86,37 @@ SCHEMES: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class CompressionSpec:
-    """What a sender does to an update; build it with :meth:`from_dict`."""
+    """What a sender does to an update; build it with :meth:`from_dict`.
 
-    quantizer: str = "none"
-    qp: int | None = None  # uniform: DEFAULT_QP unless step or bits is given
-    qp_density: int = 2
-    step: float | None = None
-    bits: int | None = None
-    dead_zone: float = 0.0
-    sparsify: str = "none"
-    fraction: float = 0.01
-    scope: str = "tensor"
-    target_sparsity: float = 0.9
-    gain: float = 1.0
-    include_1d: bool = False
+    Every field but ``seed`` is also a run setting of each direction (``up.<field>``,
+    ``down.<field>``; see :func:`direction_settings`), declared here once.
+    """
+
+    quantizer: str = setting("quantizer", "none", "quantizer: none, uniform, stc, ecq, ecqx, ec2t or a registered one")
+    qp: int | None = setting("qp", DEFAULT_QP, "uniform: NNC quantization parameter (step 2**(qp / qp_density)); "
+                             "ignored when step or bits is set", optional=True)
+    qp_density: int = setting("qp_density", 2, "uniform: qp steps per doubling of the step size")
+    step: float | None = setting("step", 0.0, "uniform: quantization step (0: from qp)", optional=True)
+    bits: int | None = setting("bits", 0, "uniform: bit width with a per-tensor step (0: from qp); ecq and ecqx: "
+                               "grid bits (0: 4)", optional=True)
+    dead_zone: float = setting("dead_zone", 0.0, "uniform: extra dead zone around 0, in steps")
+    sparsify: str = setting("sparsify", "none", "sparsifier: none, topk, randk, threshold, structured, "
+                            "threshold-structured or a registered one")
+    fraction: float = setting("fraction", 0.01, "topk and randk: share of the entries kept")
+    scope: str = setting("scope", "tensor", "topk: per tensor or over the whole update (tensor or global)")
+    target_sparsity: float = setting("target_sparsity", 0.9, "threshold: share of the entries set to 0")
+    gain: float = setting("gain", 1.0, "structured: filters whose norm is below gain x the mean are dropped")
+    include_1d: bool = setting("include_1d", False, "sparsify biases and other 1-d tensors too")
     # ecq / ecqx / ec2t (bits: ecq and ecqx, default 4): entropy-constraint strength, ECQx's
     # sparsity tolerance, and how many local examples a client feeds LRP for ECQx relevances
-    gamma: float = 0.1
-    p: float = 0.1
-    relevance_batch: int = 64
+    gamma: float = setting("gamma", 0.1, "ecq, ecqx and ec2t: entropy-constraint strength")
+    p: float = setting("p", 0.1, "ecqx: sparsity tolerance below ECQ")
+    relevance_batch: int = setting("relevance_batch", 64, "ecqx: local examples for the LRP relevances")
     # ans: smallest on every set measured (benchmarks/results/codec.md); DeepCABAC is faster
     # on small (38k-parameter) and on dense payloads, ans on large sparse ones
-    codec: str = "ans"
-    error_feedback: bool = False
-    seed: int = 0
+    codec: str = setting("codec", "ans", "entropy codec: ans, deepcabac, raw or float32")
+    error_feedback: bool = setting("error_feedback", False, "keep what was not sent and add it to the next update")
+    seed: int = 0  # senders seed from the run's seed and their own id
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -138,27 +148,13 @@ class CompressionSpec:
             raise ConfigError(f"compression spec is not valid TOML: {exc}") from exc
 
     @classmethod
-    def setting_defaults(cls) -> dict[str, Any]:
-        """Each key with a concrete default for run settings: a key whose spec default is None
-        takes its "unset" value (0, 0.0 or ""), except ``qp``, which takes DEFAULT_QP."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.default is not None:
-                out[f.name] = f.default
-            elif f.name == "qp":
-                out[f.name] = DEFAULT_QP
-            else:
-                out[f.name] = {"int": 0, "float": 0.0, "str": ""}[str(f.type).split("|")[0].strip()]
-        return out
-
-    @classmethod
     def from_settings(cls, flat: Mapping[str, Any]) -> "CompressionSpec":
-        """A spec from run settings (the keys of :meth:`setting_defaults`): unset values mean None,
-        and ``qp`` gives way when ``step`` or ``bits`` is set."""
+        """A spec from one direction's run settings (keys without the direction): 0 for ``step`` and
+        ``bits`` means not given, and ``qp`` gives way when ``step`` or ``bits`` is set."""
         table = {k: v for k, v in flat.items() if k != "scheme"}
-        for f in dataclasses.fields(cls):
-            if f.default is None and f.name in table and not table[f.name] and f.name != "qp":
-                table[f.name] = None
+        for key in ("step", "bits"):
+            if key in table and not table[key]:
+                table[key] = None
         if table.get("step") or table.get("bits"):
             table["qp"] = None
         return cls.from_dict(table)
@@ -304,6 +300,38 @@ def _structured(spec: CompressionSpec) -> StructuredFilters:
 QUANTIZERS = tuple(QUANTIZER_BUILDERS)
 SPARSIFIERS = tuple(SPARSIFIER_BUILDERS)
 
+#: The two directions a run compresses: client updates (up) and the server's (down).
+DIRECTIONS = ("up", "down")
+
+
+def direction_settings(direction: str) -> dict[str, Setting]:
+    """The run settings of one direction: ``<direction>.scheme`` and ``<direction>.<key>`` for every spec key."""
+    scheme = Setting("", f"{direction}stream compression scheme; sets every {direction}.* key of its layer",
+                     choices=lambda: ["", *SCHEMES])
+    return {f"{direction}.scheme": scheme} | {
+        key: dataclasses.replace(declaration, help=f"{direction}stream compression, {declaration.help}")
+        for key, declaration in declared(CompressionSpec, f"{direction}.").items()}
+
+
+def scheme_settings(direction: str, scheme: str) -> dict[str, Any]:
+    """Every ``<direction>.*`` setting as scheme ``scheme`` sets it (the others at their defaults)."""
+    if scheme and scheme not in SCHEMES:
+        raise ConfigError(f"setting '{direction}.scheme' must be one of {', '.join(SCHEMES)}; got {scheme!r}")
+    prefix = f"{direction}."
+    table = {key: s.default for key, s in declared(CompressionSpec, prefix).items()}
+    table.update({prefix + key: value for key, value in (SCHEMES[scheme] if scheme else {}).items()})
+    return table | {f"{direction}.scheme": scheme}
+
+
+def direction_spec(config: Mapping[str, Any], direction: str) -> CompressionSpec:
+    """The `CompressionSpec` of one direction (``up`` or ``down``) of a run's resolved settings."""
+    prefix = f"{direction}."
+    flat = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    try:
+        return CompressionSpec.from_settings(flat)
+    except ConfigError as err:
+        raise ConfigError(f"{direction}stream compression: {err}") from None
+
 
 class Compressed(NamedTuple):
     """What a sender produced: the payload bytes and exactly what the receiver will decode."""
@@ -446,14 +474,15 @@ class Compressor:
     def state_dict(self) -> dict[str, Array]:
         """``residual/<name>`` per tensor (numpy copies on the host; tensors on an accelerator stay
         there) and ``rounds`` (numpy)."""
-        state = {f"residual/{k}": v for k, v in self.residual.items()}
-        state["rounds"] = np.array(self.rounds, dtype=np.int64)
+        state = {RESIDUAL_PREFIX + k: v for k, v in self.residual.items()}
+        state[ROUNDS_KEY] = np.array(self.rounds, dtype=np.int64)
         return state
 
     def load_state_dict(self, state: Mapping[str, Array]) -> None:
         """Restore what :meth:`state_dict` saved (residuals as numpy arrays or tensors)."""
-        self.rounds = int(np.asarray(state.get("rounds", 0)).reshape(-1)[0])
-        residual = self._check({k[len("residual/"):]: v for k, v in state.items() if k.startswith("residual/")})
+        self.rounds = int(np.asarray(state.get(ROUNDS_KEY, 0)).reshape(-1)[0])
+        residual = self._check({k[len(RESIDUAL_PREFIX):]: v for k, v in state.items()
+                                if k.startswith(RESIDUAL_PREFIX)})
         for pipeline in self.pipelines:
             if pipeline.feedback is not None:
                 pipeline.feedback.load_state_dict({})

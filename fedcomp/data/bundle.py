@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fedcomp.settings import OPEN_UNIT_INTERVAL, build, setting
+
 
 @dataclass(frozen=True)
 class DatasetBundle:
@@ -40,22 +42,25 @@ def _names(text: str) -> tuple[str, ...]:
 class DataOptions:
     """What loaders may need besides the dataset's name (hashable, so loads can be cached)."""
 
-    data_dir: str = "data"
-    download: bool = False
+    data_dir: str = setting("data.dir", "data", "directory holding local dataset copies (cifar10 etc.)")
+    download: bool = setting("data.download", False, "let torchvision download a missing dataset (needs a network)")
     seed: int = 0
-    label: str = "label"
-    features: tuple[str, ...] = ()
-    partition_by: str = ""
-    test_fraction: float = 0.2
-    classes: tuple[str, ...] = ()
+    # your own data: tables and one folder per client (README "Bring your own data")
+    label: str = setting("data.label", "label", "label column of a csv:/parquet:/hf: table or of each client's table")
+    features: tuple[str, ...] = setting("data.features", "", "feature columns, comma-separated; empty means every "
+                                        "column but the label and data.partition_by", parse=_names)
+    partition_by: str = setting("data.partition_by", "", "column whose values are the clients of partition=natural "
+                                "(a writer, a hospital, a device id)")
+    test_fraction: float = setting("data.test_fraction", 0.2, "share of a table, or of each client folder without "
+                                   "test/, held out for central evaluation", check=OPEN_UNIT_INTERVAL)
+    classes: tuple[str, ...] = setting("data.classes", "", "class names in label order, comma-separated; empty means "
+                                       "the sorted classes found in the data (needed when a node reads its own "
+                                       "data-path)", parse=_names)
 
     @classmethod
     def from_config(cls, config: Mapping) -> "DataOptions":
         """The data options of a run's settings."""
-        return cls(data_dir=str(config["data.dir"]), download=bool(config["data.download"]), seed=int(config["seed"]),
-                   label=str(config["data.label"]), features=_names(str(config["data.features"])),
-                   partition_by=str(config["data.partition_by"]), test_fraction=float(config["data.test_fraction"]),
-                   classes=_names(str(config["data.classes"])))
+        return build(cls, config, seed=config["seed"])
 
 
 class TensorExamples(Dataset):

@@ -34,14 +34,13 @@ from fedcomp.compress.params import ParamManifest
 from fedcomp.errors import PayloadError
 from fedcomp.exchange.channels import Encoded, PayloadChannel, float32_bytes, max_payload_bytes, payload_record, \
     record_payloads
+from fedcomp.exchange.protocol import FULL_MODEL
 from fedcomp.exchange.updates import UpdateSettings, model_digest
 from fedcomp.local.scaling import fold, is_scale
 
 RESIDUAL = "residual/"
 REPLAY = "fedcomp-replay"  # config: 1 when the message replays per-round grid updates (else one difference)
 COUNTS = "counts/"  # a client's state: its counts (absent after a float32 catch-up)
-FROM_FLOAT32 = -1  # base version of a float32 catch-up; also the version a client without counts reports
-FULL_MODEL_SPEC = CompressionSpec.from_dict({"scheme": "dense"})
 
 
 def grid_step(spec: CompressionSpec) -> GridStep:
@@ -119,9 +118,8 @@ class ServerSync:
 
         What rounding to the grid leaves over is added to the residual of each tensor that has one.
         """
-        quantized, state = self.channel.prepare(update, state)
-        delivered = {q.name: np.asarray(q.dequantize(), dtype=np.float32) for q in quantized}
-        symbols, leftover = self.grid.snap(delivered)
+        encoded, state = self.channel.encode(update, state)
+        symbols, leftover = self.grid.snap(encoded.reconstruction)
         counts = add_counts(self.history.counts, symbols)
         if self.fold is not None:
             self.updates.append((self.version + 1, self.grid.encode(symbols, self.codec)))
@@ -140,7 +138,7 @@ class ServerSync:
 
         Base ``held``: count differences since it, or (folded scales) the grid updates since it,
         replayed; base 0: the counts since ``W_0`` (the server no longer remembers ``held``, or it is
-        unknown); base :data:`FROM_FLOAT32`: the float32 model. A client at ``W_t`` gets an empty record.
+        unknown); base :data:`FULL_MODEL`: the float32 model. A client at ``W_t`` gets an empty record.
         """
         if held == self.version:
             return CatchUp(Encoded(ArrayRecord(), 0, 0, {}), held, False)
@@ -169,9 +167,7 @@ class ServerSync:
     def _float32_model(self) -> Encoded:
         cache = self._cached()
         if "float32" not in cache:
-            channel = PayloadChannel(FULL_MODEL_SPEC, self.grid.manifest)
-            quantized, _ = channel.prepare(self.model())
-            cache["float32"] = CatchUp(channel.pack(quantized, FLAG_FULL_MODEL), FROM_FLOAT32, False)
+            cache["float32"] = CatchUp(self.channel.encode_model(self.model()), FULL_MODEL, False)
         return cache["float32"]
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -206,7 +202,7 @@ def client_catch_up(grid: ModelGrid, record: ArrayRecord, base: int, target: int
     if len(payloads) != expected:
         raise PayloadError(f"a catch-up from version {base} to {target} carries {len(payloads)} payloads")
     counts: Counts | None
-    if base == FROM_FLOAT32:
+    if base == FULL_MODEL:
         if not payloads or not decode_payload(payloads[0], manifest).flags & FLAG_FULL_MODEL:
             raise OutOfSync("a float32 catch-up must carry one payload flagged as a full model")
         model, counts = decompress(payloads[0], manifest), None

@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from fedcomp.exchange.channels import PAYLOAD_STYPE
+from fedcomp.settings import NON_NEGATIVE, PROBABILITY, build, setting
 
 
 class InjectedFault(RuntimeError):
@@ -25,17 +26,20 @@ class InjectedFault(RuntimeError):
 class FaultPlan:
     """Per-round probabilities of each fault, and how long a slow client waits."""
 
-    failure_rate: float = 0.0
-    corrupt_rate: float = 0.0
-    slow_rate: float = 0.0
-    slow_seconds: float = 1.0
+    failure_rate: float = setting("faults.client_failure_rate", 0.0,
+                                  "probability that a client fails in a round (injected)", check=PROBABILITY)
+    corrupt_rate: float = setting("faults.corrupt_payload_rate", 0.0,
+                                  "probability that a client's reply payload is corrupted (injected)",
+                                  check=PROBABILITY)
+    slow_rate: float = setting("faults.slow_client_rate", 0.0, "probability that a client is slow in a round "
+                               "(injected)", check=PROBABILITY)
+    slow_seconds: float = setting("faults.slow_seconds", 1.0, "how long an injected slow client waits",
+                                  check=NON_NEGATIVE)
     seed: int = 0
 
     @classmethod
     def from_config(cls, config: Mapping) -> "FaultPlan":
-        return cls(float(config["faults.client_failure_rate"]), float(config["faults.corrupt_payload_rate"]),
-                   float(config["faults.slow_client_rate"]), float(config["faults.slow_seconds"]),
-                   int(config["seed"]))
+        return build(cls, config, seed=config["seed"])
 
     def draw(self, server_round: int, partition: int) -> dict[str, bool]:
         """Which faults client ``partition`` suffers in ``server_round`` (fail, corrupt, slow)."""

@@ -15,8 +15,13 @@ PARTITION_ID = "partition-id"
 SERVER_ROUND = "server-round"
 
 VERSION = "fedcomp-version"  # config: the version the client holds after decoding; metrics: the one it held
-BASE_VERSION = "fedcomp-base"  # config: the version the first replayed payload applies to (-1: full model)
+BASE_VERSION = "fedcomp-base"  # config: the version the first replayed payload applies to, or FULL_MODEL
 DIGEST = "fedcomp-digest"  # config: digest of the model at VERSION
+
+#: The BASE_VERSION of a message that carries the whole model (`Channel.encode_model`), not updates;
+#: and the version the server records for a client whose copy it cannot vouch for, which therefore
+#: gets the whole model next.
+FULL_MODEL = -1
 
 # client timings reported in a training reply's metrics (seconds)
 TRAIN_SECONDS = "train-seconds"

@@ -10,18 +10,20 @@ every synchronised client's model equal to the server's bit for bit, which
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from fedcomp.exchange.channels import Channel, DenseChannel, PayloadChannel
-from fedcomp.compress.compression import CompressionSpec
-from fedcomp.run.config import direction_spec
+from fedcomp.compress.compression import CompressionSpec, direction_spec
+from fedcomp.errors import ReplyError
 from fedcomp.compress.params import ParamManifest, state_arrays
 from fedcomp.local.partial import select
 from fedcomp.local.scaling import fold, is_scale, scale_specs, unit_scales
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, build, setting
 
 Tensors = dict[str, np.ndarray]
 
@@ -32,22 +34,25 @@ class UpdateSettings:
 
     up: CompressionSpec
     down: CompressionSpec
-    fsfl: str = "off"  # off | joint | compensate
-    fold: bool = True
-    scale_qp: int = -40
-    scale_lr: float = 0.05
-    scale_epochs: int = 1
-    partial: str = ""
-    server_lr: float = 1.0
-    history: int = 20
+    fsfl: str = setting("fsfl.mode", "off", "filter-wise scaling: off, joint (scales train with the weights) or "
+                        "compensate (scales train after sparsification, on the weights the server will reconstruct)",
+                        choices=("off", "joint", "compensate"))
+    fold: bool = setting("fsfl.fold", True, "fold the scales into the weights after every round (false: keep them)")
+    scale_qp: int = setting("fsfl.scale_qp", -40, "NNC qp of the dense scale updates (-40: step 2**-10)")
+    scale_lr: float = setting("fsfl.scale_lr", 0.05, "learning rate of the filter scales (SGD, no momentum)",
+                              check=POSITIVE)
+    scale_epochs: int = setting("fsfl.scale_epochs", 1, "local epochs of the scales-only pass (compensate mode)",
+                                check=POSITIVE)
+    partial: str = setting("partial.groups", "", "parameter groups clients train and send: scales, bias, bn, head, "
+                           "last:N or name globs, comma-separated (empty: the whole model)")
+    server_lr: float = setting("server.lr", 1.0, "server learning rate: the global step is server.lr x the "
+                               "aggregated update", check=POSITIVE)
+    history: int = setting("sync.history", 20, "model versions whose changes the server remembers for catch-up "
+                           "(a client holding an older one catches up from W_0)", check=NON_NEGATIVE)
 
     @classmethod
     def from_config(cls, config: Mapping) -> "UpdateSettings":
-        return cls(up=direction_spec(config, "up"), down=direction_spec(config, "down"),
-                   fsfl=str(config["fsfl.mode"]), fold=bool(config["fsfl.fold"]),
-                   scale_qp=int(config["fsfl.scale_qp"]), scale_lr=float(config["fsfl.scale_lr"]),
-                   scale_epochs=int(config["fsfl.scale_epochs"]), partial=str(config["partial.groups"]),
-                   server_lr=float(config["server.lr"]), history=int(config["sync.history"]))
+        return build(cls, config, up=direction_spec(config, "up"), down=direction_spec(config, "down"))
 
     @property
     def differential(self) -> bool:
@@ -116,20 +121,25 @@ def model_digest(tensors: Mapping[str, np.ndarray], manifest: ParamManifest) -> 
     return crc
 
 
-def weighted_mean(updates: list[Mapping[str, np.ndarray]], weights: list[float]) -> Tensors:
-    """Per tensor, the weighted mean over the updates that carry it (float64 sum, float32 result)."""
+def weighted_mean(items: Sequence[Mapping[str, Any]], weights: Sequence[float],
+                  dtype: type = np.float32) -> dict[str, np.ndarray]:
+    """Per key, the weighted mean over the items that carry it: float64 sums, a ``dtype`` result.
+
+    The one weighted mean of fedcomp: of client models and updates (float32 tensors), and of
+    client metrics (scalars, ``dtype=np.float64``).
+    """
     sums: dict[str, np.ndarray] = {}
     totals: dict[str, float] = {}
-    for update, weight in zip(updates, weights):
-        for name, values in update.items():
+    for item, weight in zip(items, weights):
+        for name, values in item.items():
             sums[name] = sums.get(name, 0.0) + weight * np.asarray(values, dtype=np.float64)
             totals[name] = totals.get(name, 0.0) + weight
-    return {name: (sums[name] / totals[name]).astype(np.float32) for name in sums}
+    return {name: (sums[name] / totals[name]).astype(dtype) for name in sums}
 
 
 def bound_update(update: Mapping[str, np.ndarray], max_norm: float, action: str) -> Tensors:
     """``update`` within an L2 bound over all its tensors: scaled down (``clip``) or refused
-    with ValueError (``refuse``); unchanged when ``max_norm`` is 0 or it is within the bound."""
+    with ReplyError (``refuse``); unchanged when ``max_norm`` is 0 or it is within the bound."""
     out = {k: np.asarray(v, dtype=np.float32) for k, v in update.items()}
     if max_norm <= 0:
         return out
@@ -137,6 +147,6 @@ def bound_update(update: Mapping[str, np.ndarray], max_norm: float, action: str)
     if norm <= max_norm:
         return out
     if action == "refuse":
-        raise ValueError(f"its update's L2 norm {norm:.4g} exceeds server.max_update_norm = {max_norm:g}")
+        raise ReplyError(f"its update's L2 norm {norm:.4g} exceeds server.max_update_norm = {max_norm:g}")
     factor = np.float32(max_norm / norm)
     return {k: (v * factor).astype(np.float32) for k, v in out.items()}

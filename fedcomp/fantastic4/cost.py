@@ -230,7 +230,7 @@ UNCALIBRATED = {
 }
 
 # CALIBRATED values, as `calibrate_fpga` / `calibrate_asic` compute them from UNCALIBRATED on
-# the reference configuration (tests/test_fantastic4_cost.py recomputes and compares them).
+# the reference configuration (tests/test_fantastic4_cost.py checks that they reach the paper's figures).
 # The FPGA's clock comes out at 605 MHz: the reference network needs 386 cycles, bound by
 # the 4 multipliers (one requantization multiply per output neuron), and 2.45 TOPS of
 # dense-equivalent operations then takes that clock. That is high for an XCVU440 design

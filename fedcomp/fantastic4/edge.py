@@ -20,31 +20,35 @@ from torch.utils.data import DataLoader, Subset
 from fedcomp.errors import ModelError
 from fedcomp.fantastic4.compile import CompiledNet, compile_model
 from fedcomp.fantastic4.cost import Architecture, NetworkCost, architecture, network_cost
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, Setting, between, build, setting
 
 METRICS = ("f4_accuracy", "f4_latency_us", "f4_energy_uj", "f4_model_bytes")
+
+#: The switch; the other ``edge.*`` settings are `EdgeSettings`'s fields.
+SETTINGS: dict[str, Setting] = {
+    "edge.fantastic4": Setting(False, "evaluate the global model on an emulated FantastIC4 edge device"),
+}
 
 
 @dataclass(frozen=True)
 class EdgeSettings:
-    """The ``edge.*`` settings (see `fedcomp.run.config` for their help)."""
+    """The edge client's settings; each field is an ``edge.*`` run setting."""
 
-    every: int
-    target: str
-    act_bits: int
-    gamma: float
-    head: bool
-    format: str
-    objective: str
-    qat_epochs: int
-    calibration: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "EdgeSettings":
-        return cls(every=int(config["edge.every"]), target=str(config["edge.target"]),
-                   act_bits=int(config["edge.act_bits"]), gamma=float(config["edge.gamma"]),
-                   head=bool(config["edge.head"]), format=str(config["edge.format"]),
-                   objective=str(config["edge.objective"]), qat_epochs=int(config["edge.qat_epochs"]),
-                   calibration=int(config["edge.calibration"]))
+    every: int = setting("edge.every", 1, "edge evaluation every N rounds (and after the last)", check=POSITIVE)
+    target: str = setting("edge.target", "fpga", "the calibrated implementation to cost on", choices=("fpga", "asic"))
+    act_bits: int = setting("edge.act_bits", 8, "bit width of the integer activations", check=between(2, 16))
+    gamma: float = setting("edge.gamma", 0.1, "ECQ entropy constraint of the 4-bit weights (0: nearest grid level)",
+                           check=NON_NEGATIVE)
+    head: bool = setting("edge.head", False, "run only the fully-connected layers after the model's last other "
+                         "layer on the device (the rest in float on the host)")
+    format: str = setting("edge.format", "cheapest", "compact format of every layer, or the cheapest per layer",
+                          choices=("cheapest", "dense", "csr", "cer", "cser"))
+    objective: str = setting("edge.objective", "energy", "what 'cheapest' minimises",
+                             choices=("energy", "cycles", "bytes"))
+    qat_epochs: int = setting("edge.qat_epochs", 0, "quantization-aware fine-tune epochs on the calibration examples",
+                              check=NON_NEGATIVE)
+    calibration: int = setting("edge.calibration", 256, "training examples the edge client holds (activation "
+                               "scales, fine-tune)", check=POSITIVE)
 
     @property
     def arch(self) -> Architecture:
@@ -83,7 +87,7 @@ class EdgeEvaluator:
             return None
         from fedcomp.run.experiment import eval_loader, run_dataset
 
-        settings = EdgeSettings.from_config(config)
+        settings = build(EdgeSettings, config)
         train = run_dataset(config).train
         calibration = Subset(train, list(range(min(settings.calibration, len(train)))))
         return cls(settings, calibration, eval_loader(config))

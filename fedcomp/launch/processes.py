@@ -3,6 +3,12 @@
 Each run gets a random token in its processes' environment (``FEDCOMP_RUN_TOKEN``). Every
 process started for the run inherits it, including those Flower and Ray spawn on their
 own, so `stop_all` finds them by the token even when they left the process group.
+
+The processes outlive a parent that dies without cleaning up (SIGKILL, the OOM killer): the
+SuperLink does not watch its parent. So each launch also starts a `watchdog`, a small process
+that polls its parent (the process that launched the run) and, once that parent is gone, kills
+everything carrying the run's token until none is left. It runs in its own session, so a signal
+to the parent's process group does not end it first, and it does not carry the token itself.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_VARIABLE = "FEDCOMP_RUN_TOKEN"
 KILL_TIMEOUT = 10.0  # seconds SIGKILLed processes get to leave /proc
+WATCH_INTERVAL = 0.5  # seconds between the watchdog's looks at its parent
+ORPHAN_KILL_TIMEOUT = 60.0  # seconds the watchdog keeps killing a dead parent's processes (it has nothing else to do)
 
 
 class LaunchError(FedcompError):
@@ -119,3 +128,32 @@ def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float 
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def start_watchdog(token: str) -> subprocess.Popen:
+    """Start the `watchdog` of this process's run ``token``: once this process is gone, it stops the run's
+    processes. The caller ends it (``terminate``) after stopping them itself."""
+    return subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), token], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+def watchdog(parent: int, token: str, interval: float = WATCH_INTERVAL, timeout: float = ORPHAN_KILL_TIMEOUT
+             ) -> list[int]:
+    """Wait until ``parent`` is no longer this process's parent (it died; the orphan was re-parented), then
+    SIGKILL every process carrying ``token`` until none is left; return the PIDs still found after ``timeout``
+    seconds ([] when all are gone).
+
+    Nothing of the run is worth a graceful stop once the process that ran it is dead, and a SIGTERM would
+    give Ray's daemons time to start more processes while they shut down.
+    """
+    while os.getppid() == parent:
+        time.sleep(interval)
+    return kill_until_gone(lambda: processes_with_token(token), timeout)
+
+
+if __name__ == "__main__":  # the watchdog process: python -m fedcomp.launch.processes PARENT_PID TOKEN
+    left = watchdog(int(sys.argv[1]), sys.argv[2])
+    if left:
+        print(f"fedcomp watchdog: processes {left} of a dead run survived SIGKILL for {ORPHAN_KILL_TIMEOUT:.0f} s",
+              file=sys.stderr)
+    sys.exit(1 if left else 0)

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from fedcomp.data.registry import absolute_paths
-from fedcomp.launch.processes import TOKEN_VARIABLE, LaunchError, free_port, stop_all, tail, wait_for_port
+from fedcomp.launch.processes import (TOKEN_VARIABLE, LaunchError, free_port, start_watchdog, stop_all, tail,
+                                     wait_for_port)
 from fedcomp.records.results import read_diverged, read_rounds
 
 APP_COMPONENTS = {"serverapp": "strategies.server_app:app", "clientapp": "clients.client_app:app"}
@@ -101,7 +102,8 @@ def launched(log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[
     """A private folder and environment for one run's Flower processes; all of them are stopped on exit.
 
     The processes share a fresh ``$FLWR_HOME``, write to ``log``, may import modules from the
-    current directory, and carry the run's token so that none is left behind.
+    current directory, and carry the run's token so that none is left behind: not on exit, and
+    not when this process dies without exiting (the run's watchdog then stops them).
     """
     bin_dir = Path(sys.executable).parent
     token = uuid.uuid4().hex
@@ -115,10 +117,13 @@ def launched(log: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[
         popen = dict(env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                      start_new_session=True, cwd=tmp)
         launch = Launch(Path(tmp), home, log, popen, bin_dir, token)
+        watchdog = start_watchdog(token)
         try:
             yield launch
         finally:
             stop_all(launch.processes, token)
+            watchdog.terminate()
+            watchdog.wait()
 
 
 Starter = Callable[[Launch], list[str]]

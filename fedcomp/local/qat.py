@@ -34,20 +34,26 @@ from fedcomp.compress.quant.base import Quantizer
 from fedcomp.compress.quant.tensor import QuantizedTensor, QuantKind, float32_tensor
 from fedcomp.compress.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
 from fedcomp.local.relevance import weight_relevance
-from fedcomp.local.training import TrainSettings, make_optimizer, train
+from fedcomp.local.training import TrainSettings, train
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, PROBABILITY, Setting, between, build, setting
 
 METHODS = ("ecq", "ecqx", "ec2t")
 
 
 @dataclass(frozen=True)
 class QATSettings:
-    """Which quantizer runs every step and its knobs (``bits`` is ignored by EC2T)."""
+    """Which quantizer runs every step and its knobs (``bits`` is ignored by EC2T).
+
+    ``method`` is the ``qat.method`` setting (`SETTINGS`), whose ``none`` means no QAT; the
+    other fields are the ``qat.*`` settings they declare.
+    """
 
     method: str = "ecq"
-    bits: int = 4
-    gamma: float = 0.1
-    p: float = 0.1
-    relevance_batch: int = 64
+    bits: int = setting("qat.bits", 4, "QAT grid bits (ecq, ecqx)", check=between(2, 8))
+    gamma: float = setting("qat.gamma", 0.05, "QAT entropy-constraint strength", check=NON_NEGATIVE)
+    p: float = setting("qat.p", 0.1, "QAT ECQx sparsity tolerance below ECQ", check=PROBABILITY)
+    relevance_batch: int = setting("qat.relevance_batch", 64, "QAT ECQx: local examples for the LRP relevances",
+                                   check=POSITIVE)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,8 +66,14 @@ class QATSettings:
         """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)."""
         if config["qat.method"] == "none":
             return None
-        return cls(str(config["qat.method"]), int(config["qat.bits"]), float(config["qat.gamma"]),
-                   float(config["qat.p"]), int(config["qat.relevance_batch"]))
+        return build(cls, config, method=config["qat.method"])
+
+
+#: The switch: quantization-aware local training by which method, or none.
+SETTINGS: dict[str, Setting] = {
+    "qat.method": Setting("none", "quantization-aware local training: none, ecq, ecqx or ec2t",
+                          choices=("none", *METHODS)),
+}
 
 
 class QATResult(NamedTuple):
@@ -80,34 +92,54 @@ def quantized_names(model: nn.Module) -> list[str]:
 
 
 class _Quantize:
-    """The per-step quantization of one model's weights (holds EC2T's trained values)."""
+    """The per-step quantization of one model's weights (holds EC2T's trained values): the
+    :class:`~fedcomp.local.training.StepHook` that makes :func:`~fedcomp.local.training.train`
+    quantization-aware."""
 
     def __init__(self, model: nn.Module, settings: QATSettings) -> None:
         self.params = {n: p for n, p in model.named_parameters() if n in set(quantized_names(model))}
         max_size = max((p.numel() for p in self.params.values()), default=0) or None
-        self.method = settings.method
+        self.settings = settings
         self.scales: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if settings.method == "ec2t":
             self.quantizer = EC2TQuantizer(settings.gamma, max_size)
             for name, p in self.params.items():
                 _, pos, neg = self.quantizer.assign(p.detach().cpu().numpy())
-                self.scales[name] = (torch.tensor(pos, requires_grad=True), torch.tensor(neg, requires_grad=True))
+                self.scales[name] = tuple(torch.tensor(v, device=p.device, requires_grad=True) for v in (pos, neg))
         elif settings.method == "ecqx":
             self.quantizer = ECQxQuantizer(settings.bits, settings.gamma, settings.p, max_size)
         else:
             self.quantizer = ECQQuantizer(settings.bits, settings.gamma, max_size)
         self.symbols: dict[str, torch.Tensor] = {}
+        self.relevance: dict[str, np.ndarray] | None = None
+        self.shadow: dict[str, torch.Tensor] = {}
 
-    def parameter_groups(self, model: nn.Module, lr: float) -> list[dict]:
-        """The model's trainable parameters, and one group per EC2T layer for its ``w_p, w_n``.
+    def param_groups(self, lr: float) -> list[dict]:
+        """One group per EC2T layer for its ``w_p, w_n`` (the model's parameters are trained as usual).
 
         Their gradients are sums over the layer's weights, so each layer's pair gets the
         learning rate divided by the layer's size (a mean-gradient step).
         """
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-        for name, pair in self.scales.items():
-            groups.append({"params": list(pair), "lr": lr / self.params[name].numel()})
-        return groups
+        return [{"params": list(pair), "lr": lr / self.params[name].numel()} for name, pair in self.scales.items()]
+
+    def start_epoch(self, model: nn.Module, loader: DataLoader) -> None:
+        """ECQx: the epoch's LRP relevances, from the shadow weights."""
+        self.relevance = _relevance(model, loader, self.settings)
+
+    def before_forward(self) -> None:
+        """Save the shadow weights and quantize them: forward and backward run on the quantized values."""
+        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+        self.apply(self.relevance)
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """EC2T's scale gradients, then the shadows back: the step updates them (straight-through)."""
+        self.backward_scales()
+        for name, p in self.params.items():
+            p.copy_(self.shadow[name])
+
+    def after_step(self) -> None:
+        self.clamp_scales()
 
     @torch.no_grad()
     def apply(self, relevance: dict[str, np.ndarray] | None) -> dict[str, QuantizedTensor]:
@@ -115,14 +147,14 @@ class _Quantize:
         tensors = {}
         for name, p in self.params.items():
             w = p.detach().cpu().numpy()
-            if self.method == "ec2t":
+            if self.settings.method == "ec2t":
                 pos, neg = self.scales[name]
                 symbols, pos_value, neg_value = self.quantizer.assign(w, float(pos), float(neg))
                 t = QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos_value, neg_value))
             else:
                 t = self.quantizer.quantize(w, name, None if relevance is None else relevance.get(name))
             p.copy_(torch.from_numpy(t.dequantize()))
-            self.symbols[name] = torch.from_numpy(t.symbols)
+            self.symbols[name] = torch.from_numpy(t.symbols).to(p.device)
             tensors[name] = t
         return tensors
 
@@ -161,42 +193,20 @@ def _relevance(model: nn.Module, loader: DataLoader, qat: QATSettings) -> dict[s
 def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat: QATSettings) -> QATResult:
     """Train ``model`` in place with per-step ECQ/ECQx/EC2T quantization and a straight-through gradient.
 
-    ECQx recomputes its LRP relevances at the start of every epoch on the first
+    The training loop is :func:`~fedcomp.local.training.train`'s, with the quantization as its
+    hook. ECQx recomputes its LRP relevances at the start of every epoch on the first
     ``qat.relevance_batch`` examples of ``loader``, from the shadow weights. On return the
     model holds the quantized weights; ``shadow`` holds the full-precision ones.
     Metrics: the last epoch's mean training loss and accuracy, and the quantized weights' sparsity.
     """
     state = _Quantize(model, qat)
-    optimizer = make_optimizer(state.parameter_groups(model, settings.lr), settings)
-    loss_fn = nn.CrossEntropyLoss()
-    total_loss, correct, seen = 0.0, 0, 0
-    for _ in range(settings.epochs):
-        relevance = _relevance(model, loader, qat)
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for x, y in loader:
-            shadow = {n: p.detach().clone() for n, p in state.params.items()}
-            state.apply(relevance)
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
-            loss.backward()
-            state.backward_scales()
-            with torch.no_grad():
-                for name, p in state.params.items():
-                    p.copy_(shadow[name])
-            optimizer.step()
-            state.clamp_scales()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
+    metrics = train(model, loader, settings, hook=state)
     shadow = {n: p.detach().clone() for n, p in state.params.items()}
     quantized = state.apply(_relevance(model, loader, qat))
     zeros = sum(int((s == 0).sum()) for s in state.symbols.values())
     total = sum(s.numel() for s in state.symbols.values())
     tensors = [quantized.get(n) or float32_tensor(n, p.detach().cpu().numpy()) for n, p in model.named_parameters()]
-    return QATResult({"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                      "weight_sparsity": zeros / max(total, 1)}, shadow, tensors)
+    return QATResult({**metrics, "weight_sparsity": zeros / max(total, 1)}, shadow, tensors)
 
 
 def local_train(model: nn.Module, loader: DataLoader, settings: TrainSettings,

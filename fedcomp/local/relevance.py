@@ -25,6 +25,8 @@ from torch.nn import functional as F
 from zennit.composites import EpsilonPlusFlat
 from zennit.core import Composite
 
+from fedcomp.local.training import model_device
+
 #: Layers that get weight relevances (zennit's "linear" layers).
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -57,7 +59,8 @@ def weight_relevance(
 
     Keyed like the model's state dict (``"0.weight"``, ``"0.bias"``, ...), float32 arrays
     of the parameters' shapes, summed over the batch (unnormalised; ECQx normalises per
-    layer). The model is left as it was (mode, parameters, no hooks).
+    layer), on the host whatever device the model is on; the batch moves to the model's
+    device. The model is left as it was (mode, parameters, no hooks).
     """
     composite = composite or default_composite()
     layers = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
@@ -72,7 +75,9 @@ def weight_relevance(
 
     was_training = model.training
     model.eval()
-    x = batch_x.detach().clone().requires_grad_(True)
+    device = model_device(model)
+    x = batch_x.to(device).detach().clone().requires_grad_(True)
+    batch_y = batch_y.to(device)
     try:
         with composite.context(model):
             handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
@@ -97,7 +102,7 @@ def weight_relevance(
         params = [weight] + ([bias] if bias is not None else [])
         grads = torch.autograd.grad(z, params, grad_outputs=share)
         prefix = f"{name}." if name else ""
-        relevances[prefix + "weight"] = (weight.detach() * grads[0]).numpy().astype(np.float32)
+        relevances[prefix + "weight"] = (weight.detach() * grads[0]).cpu().numpy().astype(np.float32)
         if bias is not None:
-            relevances[prefix + "bias"] = (bias.detach() * grads[1]).numpy().astype(np.float32)
+            relevances[prefix + "bias"] = (bias.detach() * grads[1]).cpu().numpy().astype(np.float32)
     return relevances

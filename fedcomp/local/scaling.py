@@ -14,14 +14,14 @@ Folding leaves the model's outputs unchanged up to float rounding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedcomp.compress.params import TensorSpec
+from fedcomp.compress.params import TensorSpec, load_arrays
 
 SCALE_SUFFIX = ".fsfl_scale"
 SCALED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -92,3 +92,45 @@ def freeze_batchnorm(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+def scale_updates(scales: Mapping[str, torch.Tensor], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``s - s_t`` of every scale in ``scales``: what a client sends of its scales (float32 numpy)."""
+    return {name: scale.detach().numpy() - base[name] for name, scale in scales.items()}
+
+
+def compensation(model: nn.Module, scales: Mapping[str, torch.Tensor], sent: Mapping[str, torch.Tensor],
+                 base: Mapping[str, np.ndarray],
+                 fit: Callable[[nn.Module, Mapping[str, torch.Tensor]], object]
+                 ) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """FSFL's compensation stage, as a sender's second stage: the scales absorb part of what the
+    sparsifier dropped.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The client's model; its weights are overwritten with the ones the server will rebuild.
+    scales : mapping
+        Every scale tensor (the forward pass uses them all); ``sent`` are the ones trained and sent.
+    sent : mapping
+        The scales this client sends (a subset of ``scales``).
+    base : mapping
+        The global tensors ``W_t`` the updates apply to.
+    fit : callable
+        ``fit(model, scales)`` trains the scales that require grad, the weights frozen.
+
+    Returns
+    -------
+    callable
+        Given the receiver's reconstruction of the weight updates, trains the sent scales on the
+        weights ``W_t + update`` alone and returns their updates ``s - s_t``.
+    """
+    def stage(reconstruction: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not sent:
+            return {}
+        load_arrays(model, {name: base[name] + delta for name, delta in reconstruction.items()})
+        for name, scale in scales.items():
+            scale.requires_grad_(name in sent)
+        fit(model, scales)
+        return scale_updates(sent, base)
+    return stage

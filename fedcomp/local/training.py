@@ -4,27 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from fedcomp.local.scaling import freeze_batchnorm, scaled_call
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, build, setting
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    epochs: int = 1
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    """How a client trains locally; each field is a run setting."""
+
+    epochs: int = setting("local_epochs", 1, "local epochs per round", check=POSITIVE)
+    lr: float = setting("lr", 0.05, "local learning rate", check=POSITIVE)
+    optimizer: str = setting("train.optimizer", "sgd", "local optimizer", choices=("sgd", "adam"))
+    momentum: float = setting("train.momentum", 0.9, "SGD momentum", check=NON_NEGATIVE)
+    weight_decay: float = setting("train.weight_decay", 0.0, "weight decay", check=NON_NEGATIVE)
 
     @classmethod
-    def from_config(cls, config: dict) -> "TrainSettings":
-        return cls(epochs=int(config["local_epochs"]), lr=float(config["lr"]),
-                   optimizer=str(config["train.optimizer"]), momentum=float(config["train.momentum"]),
-                   weight_decay=float(config["train.weight_decay"]))
+    def from_config(cls, config: Mapping) -> "TrainSettings":
+        """The run's local-training settings (resolved settings, as `fedcomp.run.config.resolve` returns)."""
+        return build(cls, config)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -38,16 +41,41 @@ def make_optimizer(params, settings: TrainSettings) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
 
 
+class StepHook(Protocol):
+    """What :func:`train` runs around every step besides plain SGD (quantization-aware training,
+    `fedcomp.local.qat`): extra optimizer groups, work at each epoch's start, and three points of a step."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer groups to train beside the model's parameters (``lr``: the run's learning rate)."""
+
+    def start_epoch(self, model: nn.Module, loader: DataLoader) -> None:
+        """Called before each epoch's first batch."""
+
+    def before_forward(self) -> None:
+        """Called before each forward pass."""
+
+    def after_backward(self) -> None:
+        """Called between the backward pass and the optimizer step."""
+
+    def after_step(self) -> None:
+        """Called after each optimizer step."""
+
+
 def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
           trainable: Collection[str] | None = None, scales: Mapping[str, torch.Tensor] | None = None,
-          scale_lr: float = 0.05) -> dict[str, float]:
+          scale_lr: float = 0.05, hook: StepHook | None = None) -> dict[str, float]:
     """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch.
 
-    ``trainable``: the parameter names to train (default all; the others stay frozen, and
-    BatchNorm layers none of whose tensors are trainable keep their running statistics).
-    ``scales``: FSFL filter scales (``fedcomp.local.scaling``): the forward pass uses ``s * W``;
-    those that require grad are trained in place with plain SGD at ``scale_lr``, and
-    BatchNorm statistics are then frozen.
+    Each batch moves to the device holding the model's parameters.
+
+    Parameters
+    ----------
+    trainable: the parameter names to train (default all; the others stay frozen, and
+        BatchNorm layers none of whose tensors are trainable keep their running statistics).
+    scales: FSFL filter scales (``fedcomp.local.scaling``): the forward pass uses ``s * W``;
+        those that require grad are trained in place with plain SGD at ``scale_lr``, and
+        BatchNorm statistics are then frozen.
+    hook: called around every step (:class:`StepHook`; quantization-aware training).
     """
     model.train()
     device = model_device(model)
@@ -63,6 +91,8 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
                     n.startswith(f"{name}.") for n in names):
                 module.eval()
+    if hook is not None:
+        groups += hook.param_groups(settings.lr)
     if not groups:
         return {"train_loss": float("nan"), "train_accuracy": float("nan")}
     training = {id(p) for p in params}
@@ -74,15 +104,23 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
     total_loss, correct, seen = 0.0, 0, 0
     try:
         for _ in range(settings.epochs):
+            if hook is not None:
+                hook.start_epoch(model, loader)
             # sums stay on the device (float64, as Python's float): no host sync per batch
             total_loss, correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0, 0
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if hook is not None:
+                    hook.before_forward()
                 optimizer.zero_grad(set_to_none=True)
                 logits = scaled_call(model, scales, x) if scales else model(x)
                 loss = loss_fn(logits, y)
                 loss.backward()
+                if hook is not None:
+                    hook.after_backward()
                 optimizer.step()
+                if hook is not None:
+                    hook.after_step()
                 total_loss += loss.detach().double() * len(y)
                 correct += (logits.argmax(1) == y).sum()
                 seen += len(y)

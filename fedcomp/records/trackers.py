@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from fedcomp.errors import ConfigError
+from fedcomp.settings import Setting
 
 
 class Tracker(Protocol):
@@ -117,6 +118,14 @@ class MlflowTracker:
 TRACKERS: dict[str, tuple[Callable[[Mapping[str, Any], Path], Tracker], tuple[str, ...]]] = {
     "tensorboard": (TensorBoardTracker, ("tensorboard",)),
     "mlflow": (MlflowTracker, ("mlflow",)),
+}
+
+#: ``track.<name>`` switches a tracker of `TRACKERS` on; the others configure MLflow's.
+SETTINGS: dict[str, Setting] = {
+    "track.tensorboard": Setting(False, "write TensorBoard event files to <run folder>/tensorboard"),
+    "track.mlflow": Setting(False, "log config, per-round metrics and summary to MLflow (track.mlflow_uri)"),
+    "track.mlflow_uri": Setting("", "MLflow tracking URI; empty means a local file store <run folder>/mlruns"),
+    "track.experiment": Setting("fedcomp", "MLflow experiment name"),
 }
 
 

@@ -12,6 +12,7 @@ import re
 import torch
 
 from fedcomp.errors import ConfigError
+from fedcomp.settings import Check, Setting
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -19,6 +20,12 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 def valid_device_name(name: str) -> bool:
     """Whether ``name`` is a spelling ``sim.device`` accepts (availability is checked later)."""
     return DEVICE_PATTERN.fullmatch(name) is not None
+
+
+SETTINGS: dict[str, Setting] = {
+    "sim.device": Setting("auto", "where training and evaluation run: auto (CUDA when present), cpu, cuda, cuda:N",
+                          check=Check(valid_device_name, "auto, cpu, cuda or cuda:N")),
+}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,15 +16,38 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset, TensorDataset
 
-from fedcomp.data import DataOptions, DatasetBundle, labels_of, load_dataset, partition
+from fedcomp.data import DataOptions, DatasetBundle, dataset_names, labels_of, load_dataset, partition
 from fedcomp.data.bundle import TensorExamples
 from fedcomp.data.clients import load_client_folder
 from fedcomp.run.device import resolve_device
 from fedcomp.errors import ConfigError
-from fedcomp.models import build_model
+from fedcomp.models import build_model, model_names
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, Setting
 
 DATA_PATH = "data-path"  # node-config key of a SuperNode's own client folder
 CLIENTS_PREFIX = "clients:"
+
+
+def _dataset_names() -> list[str]:
+    return [name for name in dataset_names() if ":" not in name]  # the open forms come from `prefixes`
+
+
+#: What a run is made of (the data's own options are `DataOptions`'s fields).
+SETTINGS: dict[str, Setting] = {
+    "dataset": Setting("digits", "dataset: a built-in name, folder:PATH, clients:PATH, csv:PATH, parquet:PATH, "
+                       "hf:PATH or python:module:function", choices=_dataset_names,
+                       prefixes=("folder:", "python:", CLIENTS_PREFIX, "csv:", "parquet:", "hf:")),
+    "model": Setting("cnn", "model: a registered name or python:module:function", choices=model_names,
+                     prefixes=("python:",)),
+    "num_clients": Setting(10, "number of simulated clients (SuperNodes)", check=POSITIVE),
+    "partition": Setting("iid", "how the training set is split among clients",
+                         choices=("iid", "dirichlet", "pathological", "natural")),
+    "data.alpha": Setting(0.5, "Dirichlet concentration (smaller = more skewed)", check=POSITIVE),
+    "data.classes_per_client": Setting(2, "classes per client for 'pathological'", check=POSITIVE),
+    "batch_size": Setting(32, "local training batch size", check=POSITIVE),
+    "eval.batch_size": Setting(512, "batch size of the central evaluation", check=POSITIVE),
+    "seed": Setting(0, "seed for data split, partitioning, model init, sampling and training", check=NON_NEGATIVE),
+}
 
 
 @lru_cache(maxsize=4)

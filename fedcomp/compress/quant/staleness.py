@@ -60,6 +60,15 @@ def parse_policy(text: str) -> StalePolicy:
     return StalePolicy(name, parameter)
 
 
+def valid_policy(text: str) -> bool:
+    """Whether ``text`` names a policy :func:`parse_policy` accepts (a setting's check)."""
+    try:
+        parse_policy(text)
+    except ConfigError:
+        return False
+    return True
+
+
 def age_residual(state: Mapping[str, np.ndarray], missed: int, policy: StalePolicy) -> dict[str, np.ndarray]:
     """A sender's ``state`` with its residual entries scaled by ``policy.factor(missed)`` (dropped at 0)."""
     factor = policy.factor(missed)
