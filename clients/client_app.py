@@ -8,9 +8,10 @@ and a SuperNode takes via ``--node-config``.
 
 In a compressed run (``up.*`` settings) the reply's ``arrays`` carry one coded payload of
 the update ``U = W_local - W_t`` (error feedback applied); in a bidirectional run the
-server's ``arrays`` carry the coded payloads that bring this client's model to ``W_t``, and
-the client checks the result against the server's digest before it trains. What a client
-keeps between rounds (its copy of the global model and its version, its residual) is
+server's ``arrays`` carry the one message that brings this client's model to ``W_t``
+(`fedcomp.exchange.catchup`), and the client checks the result against the server's digest
+before it trains. What a client keeps between rounds (the counts of its copy of the global
+model and their version, its residual and the round it was formed in) is
 saved at the end of each round it trains in, in memory or on disk (`fedcomp.exchange.client_state`,
 setting ``client.state``).
 """
@@ -26,6 +27,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedcomp.compress.quant.staleness import age_residual, parse_policy
+from fedcomp.exchange.catchup import COUNTS, REPLAY, client_catch_up, grid_fold, settings_grid
 from fedcomp.exchange.channels import DenseChannel, State, sender_state
 from fedcomp.exchange.client_state import open_state
 from fedcomp.run.config import from_run_config
@@ -40,17 +43,13 @@ from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, C
                                        VERSION)
 from fedcomp.local.scaling import compensation, effective, is_scale, scale_updates
 from fedcomp.local.training import TrainSettings, evaluate, train
-from fedcomp.exchange.updates import Tensors, UpdateSettings, apply_update, model_digest
+from fedcomp.exchange.updates import Tensors, UpdateSettings
 
 app = ClientApp()
 
-GLOBAL = "global/"  # state: this client's copy of W_t (bidirectional runs)
-VERSION_KEY = "version"  # state: the version of the held copy
-# the upstream sender's state (error feedback) is kept beside them, under its own keys (`sender_state`)
-
-
-class OutOfSync(RuntimeError):
-    """The client cannot reach the server's model from what it holds (the server resends it whole)."""
+VERSION_KEY = "version"  # state: the version of the held counts (FULL_MODEL: none held)
+ROUND_KEY = "round"  # state: the round it was saved in (the residual's age)
+# the counts (``counts/<name>``) and the upstream sender's state (error feedback, `sender_state`) are kept beside them
 
 
 def _partition_id(context: Context, config: dict) -> int:
@@ -95,9 +94,17 @@ def train_step(msg: Message, context: Context) -> Message:
     held = store.load(server_round) if settings.differential else {}
     started = time.perf_counter()
     if settings.bidirectional:
-        global_tensors, version = _catch_up(msg, held, settings, model)
+        config_in = msg.content[CONFIG]
+        version = int(config_in[VERSION])
+        global_tensors, counts = client_catch_up(
+            settings_grid(settings, model), msg.content[ARRAYS], int(config_in[BASE_VERSION]), version,
+            int(config_in[DIGEST]), held, int(held[VERSION_KEY][0]) if VERSION_KEY in held else 0,
+            bool(config_in.get(REPLAY, 0)), grid_fold(settings))
+        if counts is None:
+            version = FULL_MODEL
     else:
-        global_tensors, version = settings.channel("down", manifest, 0).decode_model(msg.content[ARRAYS], manifest), 0
+        global_tensors = settings.channel("down", manifest, 0).decode_model(msg.content[ARRAYS], manifest)
+        version, counts = 0, None
     decode_seconds = time.perf_counter() - started
     loader = client_loader(config, pid, server_round, context.node_config)
     torch.manual_seed(local_seed(config, server_round, pid))
@@ -108,44 +115,19 @@ def train_step(msg: Message, context: Context) -> Message:
         reply_record = settings.channel("up", manifest, 0).encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
+        missed = server_round - int(held[ROUND_KEY][0]) - 1 if ROUND_KEY in held else 0
+        upstream = age_residual(sender_state(held), missed, parse_policy(config["sync.stale_residual"]))
         reply_record, stats, timings, sender = _train_differential(config, pid, model, settings, global_tensors,
-                                                                   loader, sender_state(held))
-        kept = {GLOBAL + k: v for k, v in global_tensors.items()} if settings.bidirectional else {}
+                                                                   loader, upstream)
+        kept = {COUNTS + k: v for k, v in (counts or {}).items()}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
+                                  ROUND_KEY: np.array([server_round], np.int64),
                                   **{k: to_numpy(v) for k, v in sender.items()}})  # GPU -> host
     if faults["corrupt"]:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
                             NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
     return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)
-
-
-def _part(state: State, prefix: str) -> Tensors:
-    """The tensors saved under ``prefix`` in a client's state."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _catch_up(msg: Message, state: State, settings: UpdateSettings, model: torch.nn.Module) -> tuple[Tensors, int]:
-    """Bring the held copy of the global model (in ``state``) to the server's version; check it against the digest."""
-    config = msg.content[CONFIG]
-    manifest = settings.manifest(model)
-    target, base, digest = int(config[VERSION]), int(config[BASE_VERSION]), int(config[DIGEST])
-    held = _part(state, GLOBAL)
-    if held:
-        version = int(state[VERSION_KEY][0])
-    else:
-        held, version = settings.initial_global(model), 0
-    channel = settings.channel("down", manifest, 0)
-    if base == FULL_MODEL:
-        held = {**held, **channel.decode_model(msg.content[ARRAYS], manifest)}
-    elif version != base:
-        raise OutOfSync(f"this client holds model version {version}, the server replays from version {base}")
-    else:
-        for update in channel.decode_all(msg.content[ARRAYS], manifest):
-            held = apply_update(held, update, settings.fold)
-    if model_digest(held, manifest) != digest:
-        raise OutOfSync(f"after decoding, this client's model does not match the server's version {target}")
-    return held, target
 
 
 def _timed(stage: Callable, spent: list[float]) -> Callable:

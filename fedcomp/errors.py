@@ -28,3 +28,12 @@ class PayloadError(FedcompError):
 class ReplyError(FedcompError):
     """A client's reply the server cannot use: records of the wrong kinds, a bad example count,
     non-finite values, or an update above the norm bound."""
+
+
+class DivergedError(FedcompError):
+    """A run that diverged: its global model became non-finite, or every sampled client failed for
+    several rounds in a row. ``round`` is the round it was found in."""
+
+    def __init__(self, message: str, round: int) -> None:  # noqa: A002 - the round, as everywhere in fedcomp
+        super().__init__(message)
+        self.round = round

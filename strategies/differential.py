@@ -10,27 +10,29 @@ three hooks:
   the server compresses ``step`` (plus its own residual) into the downstream payload ``P``
   and defines ``W_{t+1} = W_t + decode(P)``; under FSFL the scales are then folded into the
   weights (or kept), identically on every party;
-* :meth:`DifferentialFedAvg.train_messages`: bidirectional, each sampled client gets what
-  brings it from the version it holds to ``W_t`` exactly: the payloads it missed, replayed
-  from a bounded history, or the full model as one float32 payload, whichever is smaller,
-  with the model's digest so that the client can check it.
+* :meth:`DifferentialFedAvg.train_messages`: bidirectional, each sampled client gets one
+  message that brings it from the version it holds to ``W_t`` exactly (the grid catch-up of
+  `fedcomp.exchange.catchup`: count differences since its version or since ``W_0``, the folded
+  grid updates replayed, or the float32 model, whichever is smallest), with the model's digest
+  so that the client can check it.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from torch import nn
 
+from fedcomp.exchange.catchup import REPLAY, ServerSync, grid_fold, settings_grid
 from fedcomp.exchange.channels import Encoded, dense_record, sender_state
 from fedcomp.errors import PayloadError
 from fedcomp.compress.params import ParamManifest
 from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, FULL_MODEL, VERSION
 from fedcomp.local.scaling import effective, is_scale
 from fedcomp.exchange.updates import UpdateSettings, apply_update, model_digest, weighted_mean
-from strategies.fedavg import FedAvg
+from strategies.fedavg import FedAvg, stop_if_non_finite
 from strategies.replies import ClientResult
 from strategies.metering import content_size, meter_sent
 
@@ -46,6 +48,8 @@ class DifferentialFedAvg(FedAvg):
         Each direction's compression, FSFL, partial groups, server learning rate, history.
     sent : list of str
         The tensors clients send (``partial.groups``), a subset of ``manifest``.
+    model : nn.Module
+        The seed-built model (``W_0`` and the grid of the catch-up come from it).
     seed : int
         Seeds the server's own sender (random sparsifiers of the downstream).
     **kwargs
@@ -54,19 +58,23 @@ class DifferentialFedAvg(FedAvg):
 
     replies_are_updates = True
 
-    def __init__(self, manifest: ParamManifest, settings: UpdateSettings, sent: list[str], seed: int = 0,
-                 **kwargs) -> None:
+    def __init__(self, manifest: ParamManifest, settings: UpdateSettings, sent: list[str], model: nn.Module,
+                 seed: int = 0, **kwargs) -> None:
         super().__init__(manifest, **kwargs)
         self.settings = settings
         self.sent = set(sent)
         self.upstream = settings.channel("up", manifest, 0)
         if settings.bidirectional:
             self.downstream = settings.channel("down", manifest, seed)
+            self.sync = ServerSync(settings_grid(settings, model), self.downstream, settings.history,
+                                   grid_fold(settings))
         self.server_state: dict[str, np.ndarray] = {}  # the server's sender state (error-feedback residual)
-        self.version = 0  # downstream updates applied to W_0 so far
-        self.history: deque[tuple[int, bytes, int]] = deque(maxlen=settings.history)  # (version, payload, dense)
         self.client_version: dict[int, int] = {}  # partition -> version it holds (absent: 0, W_0 from the seed)
-        self._full: tuple[int, Encoded] | None = None
+
+    @property
+    def version(self) -> int:
+        """Downstream updates applied to ``W_0`` so far (0 when upstream only)."""
+        return self.sync.version if self.settings.bidirectional else 0
 
     # ---- what serve() reads ----------------------------------------------------------
 
@@ -80,22 +88,23 @@ class DifferentialFedAvg(FedAvg):
         return effective(super().model_tensors(arrays))
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """`FedAvg.state_dict` plus the server's sender state, the model version, the replay history and
-        the version each client holds."""
+        """`FedAvg.state_dict` plus the server's sender state, the catch-up history and the version each
+        client holds."""
         arrays, meta = super().state_dict()
         arrays |= self.server_state
-        arrays |= {f"history/{version}": np.frombuffer(payload, np.uint8) for version, payload, _ in self.history}
-        meta |= {"version": self.version, "history": [[version, dense] for version, _, dense in self.history],
-                 "client_version": {str(k): v for k, v in self.client_version.items()}}
+        if self.settings.bidirectional:
+            sync_arrays, meta["sync"] = self.sync.state_dict()
+            arrays |= {f"sync/{k}": v for k, v in sync_arrays.items()}
+        meta["client_version"] = {str(k): v for k, v in self.client_version.items()}
         return arrays, meta
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
         """Continue from what `state_dict` returned after ``server_round``."""
         super().load_state_dict(arrays, meta, server_round)
         self.server_state = sender_state(arrays)
-        self.version = int(meta["version"])
-        self.history = deque(((int(v), arrays[f"history/{v}"].tobytes(), int(dense)) for v, dense in meta["history"]),
-                             maxlen=self.settings.history)
+        if self.settings.bidirectional:
+            self.sync.load_state_dict({k[len("sync/"):]: v for k, v in arrays.items() if k.startswith("sync/")},
+                                      meta["sync"])
         self.client_version = {int(k): int(v) for k, v in meta["client_version"].items()}
 
     # ---- hooks ---------------------------------------------------------------------
@@ -113,31 +122,15 @@ class DifferentialFedAvg(FedAvg):
             held = self.client_version.get(partition, 0)
             self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
             if held not in contents:
-                encoded, base = self._catch_up(held)
-                content = RecordDict({ARRAYS: encoded.record, CONFIG: ConfigRecord({**config, BASE_VERSION: base})})
+                encoded, base, replay = self.sync.catch_up(held)
+                content = RecordDict({ARRAYS: encoded.record,
+                                      CONFIG: ConfigRecord({**config, BASE_VERSION: base, REPLAY: int(replay)})})
                 contents[held] = (encoded, content, content_size(content))
             encoded, content, shared = contents[held]
             msg = Message(content, node, MessageType.TRAIN)
             meter_sent(self.meter, server_round, partition, "train", encoded, msg, shared)
             messages.append(msg)
         return messages
-
-    def _catch_up(self, held: int) -> tuple[Encoded, int]:
-        """What brings a client holding version ``held`` to ``W_t``, and the version it starts from."""
-        if held == self.version:
-            return Encoded(self.downstream.replay([]), 0, 0, {}), held
-        missed = [(p, dense) for v, p, dense in self.history if v > held] if held != FULL_MODEL else []
-        full = self._full_model()
-        size = sum(len(p) for p, _ in missed)
-        if held != FULL_MODEL and len(missed) == self.version - held and size < full.payload_bytes:
-            return Encoded(self.downstream.replay([p for p, _ in missed]), size, sum(d for _, d in missed), {}), held
-        return full, FULL_MODEL
-
-    def _full_model(self) -> Encoded:
-        """``W_t`` as one whole-model message (built once per version)."""
-        if self._full is None or self._full[0] != self.version:
-            self._full = (self.version, self.downstream.encode_model(self._global))
-        return self._full[1]
 
     def decode_reply(self, record: ArrayRecord | None) -> dict[str, np.ndarray]:
         """The client's update: one payload over the tensors it sends."""
@@ -161,8 +154,7 @@ class DifferentialFedAvg(FedAvg):
         mean = weighted_mean([r.tensors for r in results], [float(r.examples) for r in results])
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:
-            encoded, self.server_state = self.downstream.encode(step, self.server_state)
-            step = encoded.reconstruction
-            self.version += 1
-            self.history.append((self.version, encoded.payload, encoded.dense_bytes))
+            stop_if_non_finite(server_round, step, "aggregated update")
+            new_global, self.server_state = self.sync.advance(step, self.server_state)
+            return new_global
         return apply_update(self._global, step, self.settings.fold)

@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedcomp.errors import PayloadError
+from fedcomp.errors import DivergedError, PayloadError
 from fedcomp.records.meter import TransferMeter, TransferRecord
 from fedcomp.compress.params import ParamManifest
 from fedcomp.exchange.channels import Channel, DenseChannel, dense_record, float32_bytes, record_tensors
@@ -67,6 +67,9 @@ class FedAvg(Strategy):
     min_results : int
         The fewest usable training replies a round needs; below it the global model stays
         as it was (the round is logged as such and the run goes on).
+    max_failed_rounds : int
+        After this many rounds in a row in which every sampled client failed, the run stops
+        with `DivergedError` (0: never); so does a non-finite global model, at once.
     """
 
     #: Whether a training reply decodes to the client's update (True) or to its local model.
@@ -74,7 +77,8 @@ class FedAvg(Strategy):
 
     def __init__(self, manifest: ParamManifest, *, sampler: Sampler | None = None,
                  meter: TransferMeter | None = None, bound: UpdateBound | None = None,
-                 on_client_update: UpdateSink | None = None, min_results: int = 1) -> None:
+                 on_client_update: UpdateSink | None = None, min_results: int = 1,
+                 max_failed_rounds: int = 3) -> None:
         self.manifest = manifest
         self.sampler = sampler or Sampler()
         self.meter = meter or TransferMeter()
@@ -86,6 +90,8 @@ class FedAvg(Strategy):
         self.resumed_from = 0  # the checkpointed round this strategy continued from (0: a fresh run)
         self.client_timings: dict[int, dict[str, float]] = {}  # the latest round's only
         self._global: dict[str, np.ndarray] = {}
+        self.max_failed_rounds = max_failed_rounds
+        self.failed_rounds = 0  # rounds in a row, up to the latest, in which every sampled client failed
         self._sent_to: list[int] = []  # the nodes asked in the current phase (train or evaluate)
 
     # ---- what serve() reads (strategies.server_app.Observed) ------------------------
@@ -123,7 +129,7 @@ class FedAvg(Strategy):
             Arrays, and JSON-serialisable values: here the meter's records. Node ids are not
             kept: a resumed run has new ones and maps them to partitions again.
         """
-        return {}, {"meter": self.meter.as_rows()}
+        return {}, {"meter": self.meter.as_rows(), "failed_rounds": self.failed_rounds}
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None:
         """Continue from what `state_dict` returned after ``server_round``.
@@ -136,6 +142,7 @@ class FedAvg(Strategy):
             The last completed round; the next one this strategy configures is ``server_round + 1``.
         """
         self.meter.records = [TransferRecord(**row) for row in meta["meter"]]
+        self.failed_rounds = int(meta.get("failed_rounds", 0))
         self.sampler.partition_of = {}
         self.resumed_from = server_round
 
@@ -198,6 +205,10 @@ class FedAvg(Strategy):
             **timing_summary(decoded), "clients_sampled": len(self._sent_to),
             "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
             "clients_timed_out": timed_out}}
+        self.failed_rounds = 0 if decoded or not self._sent_to else self.failed_rounds + 1
+        if self.max_failed_rounds and self.failed_rounds >= self.max_failed_rounds:
+            raise DivergedError(f"the run diverged in round {server_round}: every sampled client failed in the "
+                                f"last {self.failed_rounds} rounds", server_round)
         if len(decoded) < self.min_results:
             log(WARNING, "round %d: %d usable training replies, fewer than server.min_results = %d; "
                 "the global model is unchanged", server_round, len(decoded), self.min_results)
@@ -206,7 +217,9 @@ class FedAvg(Strategy):
             self.on_client_update(server_round, {r.partition: r.tensors if self.replies_are_updates else
                                                  {k: v - self._global[k] for k, v in r.tensors.items()}
                                                  for r in decoded})
-        return dense_record(self.aggregate(server_round, decoded)), weighted_metrics(decoded)
+        new_global = self.aggregate(server_round, decoded)
+        stop_if_non_finite(server_round, new_global, "global model")
+        return dense_record(new_global), weighted_metrics(decoded)
 
     # ---- hooks a subclass may override (none of them has to call anything) -----------
 
@@ -346,6 +359,14 @@ class FedAvg(Strategy):
             received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
+
+
+def stop_if_non_finite(server_round: int, tensors: dict[str, np.ndarray], what: str) -> None:
+    """Raise DivergedError naming the round if any of ``tensors`` holds NaN or inf."""
+    bad = [name for name, values in tensors.items() if not np.all(np.isfinite(values))]
+    if bad:
+        raise DivergedError(f"the run diverged in round {server_round}: the {what} is non-finite in "
+                            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}", server_round)
 
 
 def _tally(replies: Iterable[Message], seen: list[int]) -> Iterable[Message]:

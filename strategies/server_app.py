@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
@@ -22,7 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedcomp.errors import DivergedError
 from fedcomp.records import checkpoint
+from fedcomp.records.results import write_diverged
 from fedcomp.exchange.channels import dense_record, record_tensors
 from fedcomp.exchange.client_state import prune, state_root
 from fedcomp.run.config import from_run_config
@@ -50,6 +52,7 @@ class Observed(Protocol):
     then runs with dense initial weights, no byte figures and no client timings."""
 
     meter: TransferMeter
+    failed_rounds: int  # rounds in a row, up to the latest, in which every sampled client failed
 
     def initial_arrays(self, model_tensors: dict[str, np.ndarray]) -> ArrayRecord: ...
 
@@ -60,7 +63,6 @@ class Observed(Protocol):
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]: ...
 
     def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], server_round: int) -> None: ...
-
 
 class Continued(Strategy):
     """``inner`` continued after round ``done``: Flower's loop counts rounds from 1, ``inner`` sees the run's.
@@ -148,7 +150,8 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
             f4 = edge.evaluate(model) if edge is not None and edge.due(server_round, int(config["rounds"])) else {}
             recorder.round_done(server_round, metrics, now - clock["t"],
                                 observed.round_timings(server_round) if observed else None, f4)
-        if server_round and observed and config["output.checkpoint"]:
+        # a round in which every sampled client failed is not checkpointed: the last good one stays
+        if server_round and observed and config["output.checkpoint"] and not observed.failed_rounds:
             arrays_state, meta = observed.state_dict()
             checkpoint.save(run_dir, checkpoint.Checkpoint(server_round, record_tensors(arrays), arrays_state, meta,
                                                            recorder.rows, recorder.initial, checkpoint.rng_states()))
@@ -168,9 +171,14 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
         evaluate_fn = lambda r, arrays: round_end(r + done, arrays) if r else None  # noqa: E731
         checkpoint.restore_rng(restored.rng)
         log(INFO, "resuming %s after round %d of %d", run_dir, done, int(config["rounds"]))
-    runner.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]) - done,
-                 timeout=float(config["server.round_timeout"]),  # late replies count as failures
-                 train_config=ConfigRecord(), evaluate_fn=evaluate_fn)
+    try:
+        runner.start(grid=grid, initial_arrays=start, num_rounds=int(config["rounds"]) - done,
+                     timeout=float(config["server.round_timeout"]),  # late replies count as failures
+                     train_config=ConfigRecord(), evaluate_fn=evaluate_fn)
+    except DivergedError as err:  # no summary: the checkpoint and rows of the last good round stay
+        write_diverged(run_dir, err)
+        log(ERROR, "%s", err)
+        raise
     recorder.finish()
     save_final_model(run_dir, model, config)  # issue 9: output.save_model
     return run_dir
@@ -185,11 +193,13 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
                                   fraction_evaluate=1.0 if config["eval.federated"] else 0.0, seed=int(config["seed"])),
                   meter=TransferMeter(), on_client_update=on_client_update,
                   bound=UpdateBound(float(config["server.max_update_norm"]), str(config["server.norm_action"])),
-                  min_results=int(config["server.min_results"]))
+                  min_results=int(config["server.min_results"]),
+                  max_failed_rounds=int(config["server.max_failed_rounds"]))
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)
-    return DifferentialFedAvg(manifest, settings, settings.sent_names(model, manifest), seed=int(config["seed"]),
+    return DifferentialFedAvg(manifest, settings, settings.sent_names(model, manifest), model,
+                              seed=int(config["seed"]),
                               **common)
 
 

@@ -28,7 +28,7 @@ def test_per_round_bookkeeping_does_not_grow_with_the_round_number(task_identity
         assert list(strategy.client_timings) == [server_round]  # the latest round only
         assert strategy.round_timings(server_round - 1) == {}
         assert strategy.round_timings(server_round)["clients_usable"] == 3
-        assert len(strategy.history) == min(server_round, 4)  # sync.history
+        assert len(strategy.sync.history.changes) == min(server_round, 4)  # sync.history
         assert set(strategy.client_version) == {0, 1, 2}
         assert len(strategy.sampler.partition_of) == 3
         # the meter is the run's data: one record per message, nothing more

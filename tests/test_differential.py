@@ -15,6 +15,7 @@ from fedcomp.run.experiment import run_model
 from fedcomp.compress.params import ParamManifest, state_arrays
 from fedcomp.local.scaling import is_scale
 from fedcomp.exchange.updates import UpdateSettings
+from fedcomp.exchange.catchup import settings_grid
 from strategies.loopback import LoopbackGrid
 from strategies.differential import DifferentialFedAvg
 from strategies.server_app import build_strategy
@@ -42,8 +43,10 @@ def client_state(grid, node) -> dict[str, np.ndarray]:
     return MemoryState(grid.contexts[node].state).load(0)
 
 
-def client_global(grid, node) -> dict[str, np.ndarray]:
-    return {k[len("global/"):]: v for k, v in client_state(grid, node).items() if k.startswith("global/")}
+def client_global(grid, node, config, model) -> dict[str, np.ndarray]:
+    """The model a client holds: W_0 plus its counts on the run's grid."""
+    counts = {k[len("counts/"):]: v for k, v in client_state(grid, node).items() if k.startswith("counts/")}
+    return settings_grid(UpdateSettings.from_config(config), model).materialize(counts)
 
 
 def partition(grid, node) -> int:
@@ -52,7 +55,9 @@ def partition(grid, node) -> int:
 
 @pytest.mark.parametrize("history", [20, 1])
 def test_sampled_clients_hold_the_server_model_bit_for_bit(task_identity, history):
-    """fraction 0.3 over many rounds: every participant decodes exactly W_t (replays, or the full model)."""
+    """fraction 0.3 over many rounds: every participant decodes exactly W_t from one message (the count
+    differences since its version, the folded grid updates replayed, or the counts since W_0 when the
+    server no longer remembers its version)."""
     config, model, strategy, grid, arrays = make_run(
         {**BIDIR, "fraction": 0.3, "sync.history": history, "fsfl.mode": "compensate"}, clients=10)
     assert isinstance(strategy, DifferentialFedAvg)
@@ -63,16 +68,19 @@ def test_sampled_clients_hold_the_server_model_bit_for_bit(task_identity, histor
         assert not any(r.has_error() for r in replies), [r.error.reason for r in replies if r.has_error()]
         for msg in messages:
             node = msg.metadata.dst_node_id
-            held = client_global(grid, node)
+            held = client_global(grid, node, config, model)
             assert held.keys() == server_global.keys()
             for name, values in server_global.items():
                 assert np.array_equal(held[name].view(np.int32), values.view(np.int32)), (server_round, name)
             assert client_state(grid, node)["version"][0] == server_round - 1
-            record = msg.content["arrays"]
-            kinds.add("none" if not len(record.keys()) else "full" if msg.content["config"]["fedcomp-base"] < 0
-                      else f"replay{len(record.keys()) > 1}")
-    # both catch-up paths were exercised: replays of several payloads, or full models with history 1
-    assert ("replayTrue" in kinds) if history == 20 else ("full" in kinds)
+            record, base = msg.content["arrays"], msg.content["config"]["fedcomp-base"]
+            replay = msg.content["config"]["fedcomp-replay"]
+            assert len(record.keys()) == (server_round - 1 - base if replay else min(len(record.keys()), 1))
+            kinds.add("none" if not len(record.keys()) else "from W_0" if base == 0
+                      else f"{'replay' if replay else 'difference'}{server_round - base > 2}")
+    # the catch-up paths were exercised: one difference over several missed rounds (or the folded updates
+    # replayed when that is smaller), or from W_0 with history 1
+    assert {"differenceTrue", "replayFalse"} <= kinds if history == 20 else "from W_0" in kinds
 
 
 def test_fsfl_scales_travel_dense_beside_a_sparse_update(task_identity):
@@ -185,7 +193,7 @@ def test_client_error_feedback_state_is_kept_between_rounds(task_identity):
         assert any(np.any(v != 0) for k, v in state.items() if k.startswith("residual/"))
 
 
-def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
+def test_a_client_out_of_sync_catches_up_from_w0_next(task_identity):
     config, model, strategy, grid, arrays = make_run(BIDIR)
     for server_round in (1, 2):
         _, _, arrays, _ = one_round(strategy, grid, arrays, server_round)
@@ -196,10 +204,10 @@ def test_a_client_out_of_sync_gets_the_full_model_next(task_identity):
     assert len(failed) == 1 and "version" in failed[0].error.reason
     messages, replies, arrays, _ = one_round(strategy, grid, arrays, 4)
     to_victim = next(m for m in messages if m.metadata.dst_node_id == victim)
-    assert to_victim.content["config"]["fedcomp-base"] == -1  # the full model
+    assert to_victim.content["config"]["fedcomp-base"] == 0  # the counts since W_0
     assert not any(r.has_error() for r in replies)
-    full = strategy.meter.select(round=4, direction="down", client=partition(grid, victim))[0]
-    assert full.payload_bytes > ParamManifest.from_model(model).dense_bytes
+    catch_up = strategy.meter.select(round=4, direction="down", client=partition(grid, victim))[0]
+    assert 0 < catch_up.payload_bytes < ParamManifest.from_model(model).dense_bytes
 
 
 def test_ecqx_clients_quantize_with_their_own_relevances_and_qat_trains_locally(task_identity):

@@ -94,9 +94,10 @@ def test_a_client_past_the_round_timeout_fails_once_and_min_results_holds_the_mo
     assert "round 1: 2 usable training replies" in log
     assert rows[0]["accuracy"] == summary["initial_accuracy"]  # the untrained model, still
     assert rows[1]["loss"] < rows[0]["loss"] - 0.1  # round 2 did update it
-    # round 1's good replies still count as in sync: round 2 sends them nothing, the late ones the full model
+    # round 1's good replies still count as in sync: round 2 sends them nothing; the late ones catch up from
+    # W_0, which the model still is: a payload of no counts, a few header bytes (never the float32 model)
     down = {c["partition_id"]: c["bytes_down"] for c in rows[1]["clients"]}
-    assert down[1] == down[3] == 0 and down[0] == down[2] > 100_000  # the float32 model, 38k parameters
+    assert down[1] == down[3] == 0 and 0 < down[0] == down[2] < 100
     # metering counts only what arrived: the late replies are in neither the meter nor the loopback's bytes
     assert [len(row["clients"]) for row in rows] == [4, 4, 4]
     assert [sum(c["bytes_up"] > 0 for c in row["clients"]) for row in rows] == [2, 4, 3]

@@ -47,8 +47,8 @@ class UpdateSettings:
                            "last:N or name globs, comma-separated (empty: the whole model)")
     server_lr: float = setting("server.lr", 1.0, "server learning rate: the global step is server.lr x the "
                                "aggregated update", check=POSITIVE)
-    history: int = setting("sync.history", 20, "downstream payloads the server keeps to replay to clients that "
-                           "missed rounds", check=NON_NEGATIVE)
+    history: int = setting("sync.history", 20, "model versions whose changes the server remembers for catch-up "
+                           "(a client holding an older one catches up from W_0)", check=NON_NEGATIVE)
 
     @classmethod
     def from_config(cls, config: Mapping) -> "UpdateSettings":

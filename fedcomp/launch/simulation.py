@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Mapping
 from fedcomp.data.registry import absolute_paths
 from fedcomp.launch.processes import (TOKEN_VARIABLE, LaunchError, free_port, start_watchdog, stop_all, tail,
                                      wait_for_port)
-from fedcomp.records.results import read_rounds
+from fedcomp.records.results import read_diverged, read_rounds
 
 APP_COMPONENTS = {"serverapp": "strategies.server_app:app", "clientapp": "clients.client_app:app"}
 SimulationError = LaunchError  # the name callers of run_simulation catch
@@ -166,6 +166,9 @@ def submit(launch: Launch, config: Mapping[str, Any], run_dir: Path, run_args: l
             _follow(run_dir, runner, on_round)
         finally:
             stop_all([runner], None)  # this run's client only; the engine stays up for the next
+    diverged = read_diverged(run_dir)
+    if diverged is not None:  # one line, and `fedcomp run` exits non-zero
+        raise diverged
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise LaunchError(f"the run ended without a summary; the end of {log}:\n{tail(log)}")

@@ -11,12 +11,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
+from fedcomp.errors import DivergedError
 from fedcomp.records.checkpoint import write_atomic
 from fedcomp.records.meter import TransferMeter
 from fedcomp.records.plots import plot_accuracy_vs_mb
 from fedcomp.records.trackers import open_trackers
 
 MB = 1e6
+DIVERGED = "diverged.json"  # in a run folder instead of summary.json: the run stopped as diverged
 
 
 def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
@@ -27,6 +29,20 @@ def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
 def run_folder(config: Mapping[str, Any]) -> Path:
     """The run's folder: ``output.dir``, or a fresh default one for its preset."""
     return Path(str(config["output.dir"]) or default_run_dir(str(config["output.preset"])))
+
+
+def write_diverged(run_dir: str | Path, err: DivergedError) -> None:
+    """Record in the run folder that the run stopped as diverged, and why (see `read_diverged`)."""
+    write_atomic(Path(run_dir) / DIVERGED, json.dumps({"round": err.round, "reason": str(err)}).encode())
+
+
+def read_diverged(run_dir: str | Path) -> DivergedError | None:
+    """The `DivergedError` a run folder records, or None if the run did not stop as diverged."""
+    path = Path(run_dir) / DIVERGED
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text())
+    return DivergedError(str(entry["reason"]), int(entry["round"]))
 
 
 def read_rounds(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fedcomp.errors import ConfigError
-from fedcomp.settings import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Setting, Value, collect, declared
+from fedcomp.compress.quant.staleness import valid_policy
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Check, Setting, Value, collect, declared
 
 def _preset_names() -> list[str]:
     from fedcomp.run.presets import PRESETS
@@ -39,6 +40,11 @@ APP_SETTINGS: dict[str, Setting] = {
     "server.norm_action": Setting("clip", "what to do with an update above the bound", choices=("clip", "refuse")),
     "server.round_timeout": Setting(3600.0, "seconds the server waits for a round's replies; a client that has "
                                     "not replied by then counts as failed (timed out)", check=POSITIVE),
+    "server.max_failed_rounds": Setting(3, "rounds in a row in which every sampled client fails before the run "
+                                        "stops as diverged (0: never stop)", check=NON_NEGATIVE),
+    "sync.stale_residual": Setting("keep", "what a client does with its error-feedback residual after missed "
+                                   "rounds: keep, decay:B (times B per missed round) or reset:K (dropped after K)",
+                                   check=Check(valid_policy, "keep, decay:B with B in (0, 1] or reset:K")),
     "server.min_results": Setting(1, "fewest usable training replies a round needs to update the global model "
                                   "(below it the model is unchanged and the run goes on)", check=POSITIVE),
     "eval.federated": Setting(False, "also evaluate the global model on the clients' local data each round"),

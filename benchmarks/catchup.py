@@ -1,0 +1,235 @@
+"""Compression under partial participation (issue 18): catch-up bytes, stale error feedback, the flagship.
+
+The cross-device workload: Fashion-MNIST, a LeNet-5-sized CNN, 100 clients of 600 examples,
+10 sampled per round. Every run is a whole fedcomp run through the loopback grid (real
+strategy, ClientApp and Flower messages; no Ray), reusing `benchmarks.comm_savings.run_once`.
+
+* main: FedAvg and the flagship (`fsfl-bidir`) on paired seeds: final accuracy, the flagship's
+  difference to FedAvg (mean and 95% confidence interval over seeds), MB up and down, the
+  ratio of total bytes, and downstream against upstream bytes per round;
+* catch-up bytes against rounds missed, from every training message of the flagship runs
+  (a client sampled in round r that last trained in round r - 1 - m missed m rounds): the
+  median per m, a plot, and the ratio of m = 10 to m = 1;
+* stale error feedback: how old a residual is when it is applied (rounds since the client
+  last trained) and what each ``sync.stale_residual`` policy does to accuracy, on the
+  upstream-only uniform + EF scheme (the flagship's own policies are left out to fit the
+  time of a shared machine);
+* the flagship's settings under full participation on digits (the default workload).
+
+    python benchmarks/catchup.py [--seeds 3] [--rounds 30] [--dataset fashion-mnist] [--model lenet5]
+
+``--dataset``/``--model`` take any name fedcomp accepts (``python:module:function`` too).
+Finished runs (a summary.json in their folder) are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.comm_savings import run_once  # noqa: E402
+from fedcomp.errors import DivergedError  # noqa: E402
+from fedcomp.records.provenance import source_commit  # noqa: E402
+from fedcomp.records.results import MB, read_diverged, read_rounds  # noqa: E402
+from fedcomp.run.config import resolve  # noqa: E402
+from fedcomp.run.presets import preset  # noqa: E402
+
+FLAGSHIP = "fsfl-bidir"
+UNIFORM_EF = {"up.scheme": "uniform-ans", "up.qp": -12, "up.error_feedback": True}  # the issue's upstream-only row
+POLICIES = ["keep", "decay:0.9", "reset:3"]
+T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, df = n - 1
+
+
+def cross_device(dataset: str, model: str, rounds: int) -> dict[str, Any]:
+    return {"dataset": dataset, "model": model, "num_clients": 100, "fraction": 0.1, "rounds": rounds,
+            "output.checkpoint": False}
+
+
+def folder(runs: Path, label: str, settings: dict[str, Any]) -> Path:
+    digest = hashlib.sha1(json.dumps(resolve(settings), sort_keys=True).encode()).hexdigest()[:10]
+    return runs / f"{label.replace(' ', '_').replace(':', '')}-{digest}"
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t confidence interval (0 for one value)."""
+    if len(values) < 2:
+        return values[0], 0.0
+    return statistics.mean(values), T_95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def catch_up_points(run_dir: Path) -> list[tuple[int, int]]:
+    """``(rounds missed, catch-up payload bytes)`` of every training message after a client's first."""
+    last: dict[int, int] = {}
+    points = []
+    for row in read_rounds(run_dir):
+        for client in row["clients"]:
+            pid = client["partition_id"]
+            if pid in last:
+                points.append((row["round"] - last[pid] - 1, int(client["bytes_down"])))
+            last[pid] = row["round"]
+    return points
+
+
+def residual_ages(run_dir: Path) -> list[int]:
+    """Rounds between a client's residual being formed and applied, over every return of a client."""
+    return [missed + 1 for missed, _ in catch_up_points(run_dir)]
+
+
+def run_job(job: tuple[str, dict[str, Any], str]) -> None:
+    """`run_once`, where a run that stops as diverged is a result (its folder records the round), not a failure."""
+    try:
+        run_once(job)
+    except DivergedError:
+        pass
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """Final accuracy, MB up/down/total and the median downstream/upstream bytes per round (acc NaN if diverged)."""
+    diverged = read_diverged(run_dir)
+    if diverged is not None:
+        return {"acc": float("nan"), "up": float("nan"), "down": float("nan"), "total": float("nan"),
+                "down_per_up": float("nan"), "diverged": diverged.round}
+    s = json.loads((run_dir / "summary.json").read_text())
+    rows = read_rounds(run_dir)
+    return {"acc": s["final_accuracy"], "up": s["bytes_up"] / MB, "down": s["bytes_down"] / MB,
+            "total": s["bytes_total"] / MB,
+            "down_per_up": statistics.median(r["bytes_down"] / r["bytes_up"] for r in rows[1:] if r["bytes_up"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "catchup"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    args = parser.parse_args()
+    overrides = {k: json.loads(v) if v[:1] in "-0123456789[{tf" else v
+                 for k, v in (item.split("=", 1) for item in args.set)}
+    runs, out = Path(args.runs), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    xdev = cross_device(args.dataset, args.model, args.rounds)
+    jobs: list[tuple[str, dict[str, Any], str]] = []
+
+    def add(label: str, settings: dict[str, Any]) -> Path:
+        settings = {**settings, **overrides}
+        path = folder(runs, label, settings)
+        if all(job[2] != str(path) for job in jobs):
+            jobs.append((label, settings, str(path)))
+        return path
+
+    seeds = range(args.seeds)
+    main_runs = {name: [add(f"{name}-s{s}", {**preset(name), **xdev, "seed": s}) for s in seeds]
+                 for name in ("fedavg", FLAGSHIP)}
+    ef_runs = {("uniform+EF up", policy): add(f"uniform-{policy}",
+                                              {**UNIFORM_EF, **xdev, "sync.stale_residual": policy})
+               for policy in POLICIES}
+    ef_runs[(FLAGSHIP, "keep")] = main_runs[FLAGSHIP][0]
+    ef_runs[("uniform+EF up", "no EF")] = add("uniform-noEF", {**UNIFORM_EF, **xdev, "up.error_feedback": False})
+    digits = {name: [add(f"digits-{name}-s{s}", {**preset(name), "seed": s}) for s in seeds]
+              for name in ("fedavg", FLAGSHIP)}
+
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for i, _ in enumerate(pool.map(run_job, jobs), 1):
+            print(f"\r{i}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
+    print()
+    text = report(args, main_runs, ef_runs, digits, out, time.perf_counter() - started)
+    (out / "catchup.md").write_text(text)
+    print(text)
+
+
+def paired(base: list[Path], other: list[Path]) -> tuple[dict, dict, tuple[float, float], float]:
+    a, b = [summary(r) for r in base], [summary(r) for r in other]
+    diff = mean_ci([y["acc"] - x["acc"] for x, y in zip(a, b)])
+    ratio = statistics.mean(x["total"] for x in a) / statistics.mean(y["total"] for y in b)
+    return a, b, diff, ratio
+
+
+def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, seconds: float) -> str:
+    lines = ["# Compression under partial participation (issue 18)", "",
+             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` ({seconds / 60:.0f} min on a shared, "
+             f"heavily loaded 2-core machine). Cross-device workload: {args.dataset}, {args.model}, 100 clients "
+             f"(600 examples each), 10 sampled per round, **{args.rounds} rounds** (short runs: the machine is "
+             f"shared), {args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
+    fedavg, flag, diff, ratio = paired(main_runs["fedavg"], main_runs[FLAGSHIP])
+    lines += ["## The flagship against FedAvg", "",
+              "| scheme | final acc (mean) | per seed | MB up | MB down | MB total | downstream / upstream "
+              "bytes per round (median) |", "|---|---:|---|---:|---:|---:|---:|"]
+    for name, rows in (("fedavg", fedavg), (FLAGSHIP, flag)):
+        mean = {key: statistics.mean(r[key] for r in rows) for key in ("acc", "up", "down", "total", "down_per_up")}
+        lines.append(f"| {name} | {mean['acc']:.4f} | {', '.join(format(r['acc'], '.4f') for r in rows)} | "
+                     f"{mean['up']:.3f} | {mean['down']:.3f} | {mean['total']:.3f} | {mean['down_per_up']:.2f} |")
+    down_up = statistics.mean(r["down_per_up"] for r in flag)
+    lines += ["", f"Flagship minus FedAvg: **{100 * diff[0]:+.2f} points** (95% CI ±{100 * diff[1]:.2f}), "
+              f"**{ratio:.0f}x** fewer total bytes; downstream/upstream bytes per round {down_up:.2f}.", ""]
+
+    points = [p for r in main_runs[FLAGSHIP] for p in catch_up_points(r)]
+    by_missed: dict[int, list[int]] = {}
+    for missed, size in points:
+        by_missed.setdefault(missed, []).append(size)
+    medians = {m: statistics.median(v) for m, v in sorted(by_missed.items())}
+    plot_catch_up(points, medians, out / "catchup_bytes.png")
+    lines += ["## Catch-up bytes against rounds missed (flagship, every training message after a client's first)",
+              "", "![catch-up bytes against rounds missed](catchup_bytes.png)", "",
+              "| rounds missed | messages | median bytes | ratio to 1 missed |", "|---:|---:|---:|---:|"]
+    for m, med in medians.items():
+        rel = f"{med / medians[1]:.2f}" if 1 in medians else "-"
+        lines.append(f"| {m} | {len(by_missed[m])} | {med:.0f} | {rel} |")
+    if 1 in medians and 10 in medians:
+        lines += ["", f"A catch-up after 10 missed rounds costs **{medians[10] / medians[1]:.2f}x** one after 1 "
+                  f"(target <= 4x).", ""]
+
+    ages = [a for r in main_runs[FLAGSHIP] for a in residual_ages(r)]
+    lines += ["## Stale error feedback", "",
+              f"A client's residual is applied **{statistics.mean(ages):.1f} rounds** after it was formed on "
+              f"average (median {statistics.median(ages):.0f}, 90th percentile {sorted(ages)[int(0.9 * len(ages))]}; "
+              f"{len(ages)} returns over the flagship runs).", "",
+              "| scheme | residual policy (`sync.stale_residual`) | final acc (seed 0) | MB total |",
+              "|---|---|---:|---:|"]
+    for (scheme, policy), run_dir in ef_runs.items():
+        s = summary(run_dir)
+        acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
+        lines.append(f"| {scheme} | {policy} | {acc} | {s['total']:.3f} |")
+    dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
+    lines += ["", "## The same flagship settings under full participation (digits, cnn, 10 clients, 20 rounds)", "",
+              f"FedAvg {statistics.mean(r['acc'] for r in dig_fedavg):.4f}, {FLAGSHIP} "
+              f"{statistics.mean(r['acc'] for r in dig_flag):.4f}: **{100 * dig_diff[0]:+.2f} points** "
+              f"(95% CI ±{100 * dig_diff[1]:.2f}) at **{dig_ratio:.0f}x** fewer total bytes (target >= 500x within "
+              "1 point).", ""]
+    return "\n".join(lines)
+
+
+def plot_catch_up(points: list[tuple[int, int]], medians: dict[int, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter([m for m, _ in points], [b / 1000 for _, b in points], s=6, alpha=0.3, label="one message")
+    ax.plot(list(medians), [v / 1000 for v in medians.values()], color="black", label="median")
+    ax.set_xlabel("rounds missed")
+    ax.set_ylabel("catch-up payload (kB)")
+    ax.set_title("one catch-up payload brings a client to W_t")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
