@@ -47,15 +47,15 @@ class Encoded(NamedTuple):
     payload_bytes: int  # bytes of model content (coded payloads, or raw tensor blobs)
     dense_bytes: int  # float32 bytes of the same tensors, uncompressed
     reconstruction: dict[str, np.ndarray]  # what the receiver decodes, bit for bit
-    payload: bytes = b""  # the one coded payload of the message (empty: a dense record, or a replay)
+    payload: bytes = b""  # the one coded payload of the message (empty: a dense record)
 
 
 class Channel(Protocol):
     """One direction of a run: what the sender calls to make a message, what the receiver calls to read it.
 
     A message carries either updates (tensors the receiver adds to the version it holds) or,
-    after `encode_model`, the whole model. `replay` joins stored updates into one message
-    for a receiver that missed them.
+    after `encode_model`, the whole model. A receiver that missed rounds gets a catch-up
+    message instead (`fedcomp.exchange.catchup`).
     """
 
     def encode(self, tensors: Mapping[str, AnyArray], state: State | None = None, *,
@@ -94,13 +94,6 @@ class Channel(Protocol):
         """The tensors of a record made by `encode_model`; PayloadError if it is anything else."""
         ...
 
-    def decode_all(self, record: ArrayRecord, manifest: ParamManifest) -> list[dict[str, np.ndarray]]:
-        """The tensors of every message a record carries, in order (a replay; none for an empty record)."""
-        ...
-
-    def replay(self, payloads: Sequence[bytes]) -> ArrayRecord:
-        """One record carrying the messages of ``payloads`` (`Encoded.payload`) in order, for `decode_all`."""
-        ...
 
 
 def sender_state(saved: Mapping[str, AnyArray]) -> State:
@@ -174,15 +167,6 @@ class DenseChannel:
 
     def decode_model(self, record: ArrayRecord, manifest: ParamManifest) -> dict[str, np.ndarray]:
         return self.decode(record, manifest)
-
-    def decode_all(self, record: ArrayRecord, manifest: ParamManifest) -> list[dict[str, np.ndarray]]:
-        return [self.decode(record, manifest)] if len(record.keys()) else []
-
-    def replay(self, payloads: Sequence[bytes]) -> ArrayRecord:
-        """Only the empty replay: a dense channel sends the whole model every time."""
-        if payloads:
-            raise TypeError("a dense channel sends whole models; it has no payloads to replay")
-        return ArrayRecord()
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -324,10 +308,3 @@ class PayloadChannel:
         if decoded is None or not decoded.flags & FLAG_FULL_MODEL:
             raise PayloadError("a full-model message must carry exactly one payload flagged as a full model")
         return {t.name: t.dequantize() for t in decoded.tensors}
-
-    def decode_all(self, record: ArrayRecord, manifest: ParamManifest) -> list[dict[str, np.ndarray]]:
-        """The tensors of every payload of a record, in order (a catch-up replay)."""
-        return [decompress(p, manifest) for p in record_payloads(record, max_payload_bytes(manifest))]
-
-    def replay(self, payloads: Sequence[bytes]) -> ArrayRecord:
-        return payload_record(payloads)
