@@ -204,6 +204,16 @@ SETTINGS: dict[str, Setting] = {
     "client.state": Setting("auto", "where clients keep state between rounds: memory, disk (<run folder>/"
                             "client-state, survives a crash) or auto (disk when the run has a folder)",
                             choices=("auto", "memory", "disk")),
+    # transfer learning (issue 19; fedcomp/models/weights.py, fedcomp/data/view.py)
+    "init.weights": Setting("", "initial weights, loaded by every party: a model.npz fedcomp saved (or its run "
+                          "folder), a torch state_dict file (tensors only) or python:module:function; empty: "
+                          "initialised from the seed"),
+    "init.reset_head": Setting(False, "with init.weights: start a new classifier (the last Linear layer) from "
+                                "the seed, for a new label set"),
+    "data.subset": Setting("", "keep only these classes, relabelled 0.. in this order: ids or ranges, e.g. 5-9 "
+                           "or 0,2,4; empty keeps every class"),
+    "data.resize": Setting(0, "resize images to N x N pixels (bilinear); 0 keeps their size",
+                           check=_non_negative, requirement=">= 0"),
 }
 
 DIRECTIONS = ("up", "down")
