@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from fedcomp.data.registry import absolute_paths
+from fedcomp.models.weights import absolute_reference
 from fedcomp.launch.processes import (TOKEN_VARIABLE, LaunchError, free_port, start_watchdog, stop_all, tail,
                                      wait_for_port)
 from fedcomp.records.results import read_diverged, read_rounds
@@ -152,8 +153,9 @@ def submit(launch: Launch, config: Mapping[str, Any], run_dir: Path, run_args: l
     into ``on_round`` and return the summary. The run's output goes to its ``flower.log``."""
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    # the engine's processes run in another folder: dataset paths must not be relative
-    config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"]))}
+    # the engine's processes run in another folder: dataset and init.weights paths must not be relative
+    config = {**config, "output.dir": str(run_dir), "dataset": absolute_paths(str(config["dataset"])),
+              "init.weights": absolute_reference(str(config["init.weights"]))}
     log = run_dir / "flower.log"
     app_dir = Path(tempfile.mkdtemp(prefix="app-", dir=launch.tmp))
     write_app(app_dir, config, components)

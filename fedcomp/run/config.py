@@ -79,6 +79,7 @@ def registry() -> dict[str, Setting]:
     """
     from fedcomp.compress.compression import DIRECTIONS, direction_settings
     from fedcomp.data.bundle import DataOptions
+    from fedcomp.data.view import DataView
     from fedcomp.exchange.faults import FaultPlan
     from fedcomp.exchange.updates import UpdateSettings
     from fedcomp.fantastic4 import edge
@@ -87,8 +88,8 @@ def registry() -> dict[str, Setting]:
     from fedcomp.records import trackers
     from fedcomp.run import device, experiment
 
-    return collect(experiment.SETTINGS, declared(DataOptions), declared(TrainSettings), APP_SETTINGS,
-                   device.SETTINGS, declared(UpdateSettings), declared(FaultPlan), qat.SETTINGS,
+    return collect(experiment.SETTINGS, declared(DataOptions), declared(DataView), declared(TrainSettings),
+                   APP_SETTINGS, device.SETTINGS, declared(UpdateSettings), declared(FaultPlan), qat.SETTINGS,
                    declared(qat.QATSettings), edge.SETTINGS, declared(edge.EdgeSettings), trackers.SETTINGS,
                    *(direction_settings(direction) for direction in DIRECTIONS))
 

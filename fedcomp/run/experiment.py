@@ -4,13 +4,17 @@ Server and clients call the same functions with the same settings, so they agree
 split, the partitions and the model architecture without exchanging them. A client node
 may also pass its Flower node config: a SuperNode started with ``data-path=FOLDER`` under
 ``dataset=clients:PATH`` reads that folder as its own data instead of its folder under PATH.
+
+With ``init.weights`` every party also loads the same initial weights from the same file
+(issue 19): the initial model is never sent, exactly as ``W_0`` from the seed is not.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,10 +23,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from fedcomp.data import DataOptions, DatasetBundle, dataset_names, labels_of, load_dataset, partition
 from fedcomp.data.bundle import TensorExamples
 from fedcomp.data.clients import load_client_folder
+from fedcomp.data.view import DataView
+from fedcomp.local.partial import select
+from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.run.device import resolve_device
 from fedcomp.errors import ConfigError
 from fedcomp.models import build_model, model_names
 from fedcomp.settings import NON_NEGATIVE, POSITIVE, Setting
+from fedcomp.models.weights import load_weights, read_weights
 
 DATA_PATH = "data-path"  # node-config key of a SuperNode's own client folder
 CLIENTS_PREFIX = "clients:"
@@ -47,19 +55,24 @@ SETTINGS: dict[str, Setting] = {
     "batch_size": Setting(32, "local training batch size", check=POSITIVE),
     "eval.batch_size": Setting(512, "batch size of the central evaluation", check=POSITIVE),
     "seed": Setting(0, "seed for data split, partitioning, model init, sampling and training", check=NON_NEGATIVE),
+    "init.weights": Setting("", "initial weights, loaded by every party: a model.npz fedcomp saved (or its run "
+                            "folder), a torch state_dict file (tensors only) or python:module:function; empty: "
+                            "initialised from the seed"),
+    "init.reset_head": Setting(False, "with init.weights: start a new classifier (the last Linear layer) from "
+                               "the seed, for a new label set"),
 }
 
 
 @lru_cache(maxsize=4)
-def dataset(name: str, options: DataOptions) -> DatasetBundle:
-    """The dataset of a run, loaded once per process."""
-    return load_dataset(name, options)
+def dataset(name: str, options: DataOptions, view: DataView) -> DatasetBundle:
+    """The dataset of a run seen through ``view`` (``data.subset``, ``data.resize``), loaded once per process."""
+    return view.apply(load_dataset(name, options))
 
 
 @lru_cache(maxsize=4)
-def own_dataset(data_path: str, options: DataOptions) -> DatasetBundle:
-    """A node's own client folder (its ``data-path``), loaded once per process."""
-    return load_client_folder(Path(data_path).expanduser(), options)
+def own_dataset(data_path: str, options: DataOptions, view: DataView) -> DatasetBundle:
+    """A node's own client folder (its ``data-path``) seen through ``view``, loaded once per process."""
+    return view.apply(load_client_folder(Path(data_path).expanduser(), options))
 
 
 def _data_path(config: Mapping, node_config: Mapping | None) -> str | None:
@@ -74,17 +87,17 @@ def _data_path(config: Mapping, node_config: Mapping | None) -> str | None:
 
 def run_dataset(config: Mapping, node_config: Mapping | None = None) -> DatasetBundle:
     """The run's dataset, or on a node with a ``data-path`` that node's own folder."""
-    options = DataOptions.from_config(config)
+    options, view = DataOptions.from_config(config), DataView.from_config(config)
     data_path = _data_path(config, node_config)
     if data_path is not None:
-        return own_dataset(data_path, options)
-    return dataset(str(config["dataset"]), options)
+        return own_dataset(data_path, options, view)
+    return dataset(str(config["dataset"]), options, view)
 
 
 @lru_cache(maxsize=4)
-def _partitions(name: str, options: DataOptions, num_clients: int, scheme: str, alpha: float,
+def _partitions(name: str, options: DataOptions, view: DataView, num_clients: int, scheme: str, alpha: float,
                 classes_per_client: int) -> tuple[np.ndarray, ...]:
-    bundle = dataset(name, options)
+    bundle = dataset(name, options, view)
     if name.startswith(CLIENTS_PREFIX):
         if scheme not in ("iid", "natural"):
             raise ConfigError(f"dataset {name} gives each client its own folder, so partition={scheme} does not "
@@ -103,7 +116,8 @@ def client_indices(config: Mapping, partition_id: int, node_config: Mapping | No
     """
     if _data_path(config, node_config) is not None:
         return np.arange(len(run_dataset(config, node_config).train))
-    parts = _partitions(str(config["dataset"]), DataOptions.from_config(config), int(config["num_clients"]),
+    parts = _partitions(str(config["dataset"]), DataOptions.from_config(config), DataView.from_config(config),
+                        int(config["num_clients"]),
                         str(config["partition"]), float(config["data.alpha"]), int(config["data.classes_per_client"]))
     if not 0 <= partition_id < len(parts):
         raise ValueError(f"partition id {partition_id} is outside 0..{len(parts) - 1} (num_clients={len(parts)})")
@@ -158,6 +172,12 @@ def client_loader(config: Mapping, partition_id: int, server_round: int,
                    int(config["batch_size"]), run_device(config), generator)
 
 
+def central_loader(config: Mapping, epoch: int) -> DataLoader:
+    """Shuffled loader over the whole training set (central pretraining); the shuffle is seeded by (seed, epoch)."""
+    generator = torch.Generator().manual_seed(local_seed(config, epoch, 0))
+    return _loader(run_dataset(config).train, None, int(config["batch_size"]), run_device(config), generator)
+
+
 def eval_loader(config: Mapping) -> DataLoader:
     """Loader over the central test set, in order."""
     return _loader(run_dataset(config).test, None, int(config["eval.batch_size"]), run_device(config), None)
@@ -168,11 +188,38 @@ def local_seed(config: Mapping, server_round: int, partition_id: int) -> int:
     return (int(config["seed"]) * 1_000_003 + server_round * 10_007 + partition_id) % (2**31)
 
 
+@lru_cache(maxsize=2)
+def initial_weights(reference: str) -> dict[str, torch.Tensor]:
+    """The state dict ``init.weights`` names, read once per process (`fedcomp.models.weights.read_weights`)."""
+    return read_weights(reference)
+
+
 def run_model(config: Mapping, node_config: Mapping | None = None) -> torch.nn.Module:
-    """The run's model, initialised from the run's seed (identical on every party), on the run's device."""
+    """The run's model, on the run's device, identical on every party: initialised from the run's
+    seed, then, with ``init.weights``, loaded from that file (its classifier kept fresh from the seed
+    with ``init.reset_head``)."""
     bundle = run_dataset(config, node_config)
     torch.manual_seed(int(config["seed"]))
-    return build_model(str(config["model"]), bundle.num_classes, bundle.input_shape).to(run_device(config))
+    model = build_model(str(config["model"]), bundle.num_classes, bundle.input_shape)
+    reference = str(config["init.weights"])
+    if reference:
+        fresh = select(model, list(model.state_dict()), "head") if config["init.reset_head"] else ()
+        load_weights(model, initial_weights(reference), f"init.weights {reference}", fresh=fresh)
+    return model.to(run_device(config))
+
+
+def pretrain(config: Mapping, epochs: int,
+             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> torch.nn.Module:
+    """The run's model trained centrally on its whole training set for ``epochs`` epochs, with the
+    local training loop and settings (``lr``, ``batch_size``, ``train.*``); ``on_epoch(epoch, metrics)``
+    gets the training and test metrics after each epoch."""
+    model = run_model(config)
+    settings = replace(TrainSettings.from_config(config), epochs=1)
+    for epoch in range(1, epochs + 1):
+        stats = train(model, central_loader(config, epoch), settings)
+        if on_epoch is not None:
+            on_epoch(epoch, {**stats, **evaluate(model, eval_loader(config))})
+    return model
 
 
 def check_run(config: Mapping) -> torch.nn.Module:

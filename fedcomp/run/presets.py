@@ -40,10 +40,12 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                    {"up.scheme": "topk-uniform-ans", "up.fraction": 0.007, "down.scheme": "topk-uniform-ans",
                     "down.fraction": 0.007, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.05, "fsfl.scale_qp": -36,
                     "server.lr": 1.5}),
-    "fsfl-partial": ("FSFL partial updates: only scales, BatchNorm and biases train and travel (qp -40, both ways)",
-                     {"up.scheme": "uniform-ans", "up.qp": -40, "up.error_feedback": True,
-                      "down.scheme": "uniform-ans", "down.qp": -40, "down.error_feedback": True,
-                      "fsfl.mode": "joint", "partial.groups": "scales,bn,bias"}),
+    "fsfl-partial": ("FSFL partial updates, for fine-tuning a pretrained model (init.weights): only filter "
+                     "scales, BatchNorm, biases and the head train and travel, top-10% + uniform qp -32 + ans, "
+                     "scales lr 0.2, error feedback, both ways",
+                     {"up.scheme": "topk-uniform-ans", "up.fraction": 0.1, "down.scheme": "topk-uniform-ans",
+                      "down.fraction": 0.1, "fsfl.mode": "joint", "fsfl.scale_lr": 0.2,
+                      "partial.groups": "scales,bn,bias,head"}),
     # entropy-constrained quantization of the updates (issue 8; DESIGN 4.7)
     "ecqx": ("ECQx updates upstream: 2-bit grid, gamma 0.6, LRP relevances, ans, error feedback",
              {"up.scheme": "ecqx-ans", "up.bits": 2, "up.gamma": 0.6}),
@@ -54,6 +56,11 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"up.scheme": "ecqx-ans", "up.bits": 2, "up.gamma": 0.6, "down.scheme": "ecqx-ans",
                          "down.bits": 2, "down.gamma": 0.6, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2,
                          "fsfl.scale_qp": -36}),
+    # transfer workloads (issue 19): the target side of a pretrained source; add init.weights=FILE from
+    # `fedcomp pretrain` (without it they run from scratch) and compose with a compression preset's keys
+    "transfer-digits28": ("transfer target, cross-domain: digits resized to 28x28, cnn_bn with a new head "
+                          "(source: Fashion-MNIST, 28x28)",
+                          {"dataset": "digits", "data.resize": 28, "model": "cnn_bn", "init.reset_head": True}),
 }
 
 

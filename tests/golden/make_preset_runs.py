@@ -5,6 +5,7 @@ not invalidate the reference) and, per round, the accuracy and the payload bytes
 runs go through the real ServerApp code and ClientApp over the loopback grid (no Ray).
 
     python tests/golden/make_preset_runs.py            # rewrite the file
+    python tests/golden/make_preset_runs.py NAME...    # rewrite only these presets' entries
 """
 
 from __future__ import annotations
@@ -39,14 +40,16 @@ def short_run(settings: dict) -> list[dict]:
 def main() -> None:
     from fedcomp.run.presets import PRESETS, preset
 
-    runs = {}
-    for name in PRESETS:
+    path = HERE / "preset_runs.json"
+    only = sys.argv[1:]
+    runs = json.loads(path.read_text()) if only else {}
+    for name in only or PRESETS:
         if name in NEEDS_FILES:
             continue
         settings = preset(name)
         runs[name] = {"settings": settings, "rows": short_run(settings)}
         print(name, runs[name]["rows"][-1], flush=True)
-    (HERE / "preset_runs.json").write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
+    path.write_text(json.dumps(runs, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
