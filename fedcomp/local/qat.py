@@ -7,7 +7,7 @@ applies that gradient to the shadow weights (straight-through estimator). ECQ/EC
 the grid of the weights training started from (the ECQx authors fix their centroids before
 QAT), so the clients of a federated round, starting from one global model, share it. After
 training the model holds the quantized weights; the shadows are returned beside them (a
-federated client sends its shadows, see :func:`local_train`). ``docs/notes/ecqx.md``
+federated client sends its shadows, see :func:`local_train`). ``docs/explanation/ecq.md``
 compares all of this with the authors' code.
 
 STE choices, made on purpose:
@@ -232,7 +232,7 @@ def local_train(model: nn.Module, loader: DataLoader, settings: TrainSettings,
     quantized weights instead restarts every round's shadows on an average of grid points:
     the sub-step progress the straight-through estimator accumulates is lost each round, and
     FedAvg of the mlp on digits fell from 0.96 to 0.81 (0.29 at lr 0.01, whose steps are
-    mostly rounded away; see docs/notes/ecqx.md).
+    mostly rounded away; see docs/explanation/ecq.md).
     """
     if qat is None:
         return train(model, loader, settings)

@@ -12,7 +12,7 @@ The weight rule is ours: a weight's relevance is its share of its output's relev
 i.e. ``w * dz/dw`` contracted with ``R_out / z`` -- computed with autograd on the layer's
 recorded input ``a`` (``z`` is the layer's output, bias included). Biases get the same
 rule with ``dz/db = 1``. The output relevance is each example's logit of its true class (zero
-for the other classes), as in the ECQx authors' code (``docs/notes/ecqx.md``).
+for the other classes), as in the ECQx authors' code (``docs/explanation/ecq.md``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every value ``w`` goes to the centroid ``c`` minimising ``(w - c)**2 + lam * I_c
 ``P_0 >= 0.5`` (zero stays the cheapest symbol to code, so sparsity follows from ``lam``).
 ECQx multiplies the zero centroid's cost per value by ``2 * r**beta`` (``r`` the value's
 normalised relevance, beta <= 1), EC2T assigns over the three centroids ``{-w_n, 0, +w_p}``
-with ``lam_max`` from the smaller side. ``docs/notes/ecqx.md`` compares all of this with the
+with ``lam_max`` from the smaller side. ``docs/explanation/ecq.md`` compares all of this with the
 authors' code.
 
 The assignment is vectorised without an ``n x K`` cost matrix: the costs are parabolas of
