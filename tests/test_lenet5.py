@@ -17,9 +17,10 @@ def test_lenet5_parameters_and_output_shape() -> None:
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
-def test_lenet5_keeps_its_size_on_other_images_and_refuses_too_small_ones() -> None:
+def test_lenet5_keeps_its_size_on_other_images_and_refuses_tiny_ones() -> None:
     model = build_model("lenet5", 4, (3, 32, 32))
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 4)
     assert sum(p.numel() for p in model.parameters()) == 61_706 + 2 * 6 * 25 - 6 * 84 - 6  # 3 channels, 4 classes
-    with pytest.raises(ModelError, match="at least 12x12"):
-        build_model("lenet5", 10, (1, 8, 8))
+    assert build_model("lenet5", 10, (1, 8, 8))(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    with pytest.raises(ModelError, match="at least 4x4"):
+        build_model("lenet5", 10, (1, 3, 3))

@@ -68,27 +68,28 @@ def mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     )
 
 
-LENET_MIN_SIDE = 12  # conv 5x5 (padded), pool, conv 5x5, pool: the smallest side that leaves a 1x1 map
 LENET_SIDE = 5  # the head sees 16 x 5 x 5 features, as LeCun et al.'s on 28x28 (padded to 32x32)
+LENET_PADDED_BELOW = 12  # smaller images: the second conv is padded too, or its 5x5 kernel would not fit
+LENET_MIN_SIDE = 4
 
 
 @register_model("lenet5", images=True)
 def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling: conv 6@5x5 (padding 2), conv 16@5x5, FC 120, 84.
 
-    61,706 parameters for 1x28x28 inputs and 10 classes (Fashion-MNIST). Other sizes from 12x12 up are
-    average-pooled to 16x5x5 before the head, so the size stays the same. No BatchNorm, as ``cnn``.
+    61,706 parameters for 1x28x28 inputs and 10 classes (Fashion-MNIST). Other sizes are average-pooled
+    to 16x5x5 before the head, so the size stays the same; below 12x12 the second conv is padded as well.
+    No BatchNorm, as ``cnn``.
     """
     channels, height, width = input_shape
     if min(height, width) < LENET_MIN_SIDE:
-        raise ModelError(f"lenet5 needs images of at least {LENET_MIN_SIDE}x{LENET_MIN_SIDE}, got {height}x{width}; "
-                         "use model=cnn")
+        raise ModelError(f"lenet5 needs images of at least {LENET_MIN_SIDE}x{LENET_MIN_SIDE}, got {height}x{width}")
     return he_initialised(
         nn.Sequential(
             nn.Conv2d(channels, 6, kernel_size=5, padding=2),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, kernel_size=5),
+            nn.Conv2d(6, 16, kernel_size=5, padding=2 if min(height, width) < LENET_PADDED_BELOW else 0),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(LENET_SIDE),
