@@ -127,9 +127,10 @@ SETTINGS: dict[str, Setting] = {
     "output.preset": Setting("default", "name of the preset the run started from (for the run folder name)"),
     "output.dump_updates": Setting(False, "write every client update to updates/r<round>.npz in the run folder, "
                                           "one file per round as the run goes"),
-    # flwr run: a preset applied beneath the run config's other (non-default) keys
-    "preset": Setting("", "preset applied by the apps under `flwr run` (fedcomp run expands it itself)",
-                      choices=lambda: ["", *_preset_names()]),
+    # flwr run: presets applied beneath the run config's other (non-default) keys
+    "preset": Setting("", "presets applied in order by the apps under `flwr run`, comma-separated (fedcomp run "
+                      "expands them itself)", check=lambda x: _known_presets(x), requirement="preset names, "
+                      "comma-separated (see `fedcomp presets`)"),
     # compressed FL (DESIGN 3, 4.3-4.6)
     "server.lr": Setting(1.0, "server learning rate: the global step is server.lr x the aggregated update",
                          check=_positive, requirement="> 0"),
@@ -209,10 +210,10 @@ SETTINGS: dict[str, Setting] = {
 DIRECTIONS = ("up", "down")
 
 
-def _preset_names() -> list[str]:
-    from fedcomp.run.presets import PRESETS
+def _known_presets(text: str) -> bool:
+    from fedcomp.run.presets import PRESETS, split_names
 
-    return list(PRESETS)
+    return all(name in PRESETS for name in split_names(text))
 
 
 def _compression_settings() -> dict[str, Setting]:
@@ -380,14 +381,15 @@ def from_run_config(run_config: Mapping[str, Any]) -> dict[str, Value]:
     """The settings a ServerApp/ClientApp sees, from Flower's ``context.run_config``.
 
     ``fedcomp run`` passes the fully resolved settings. Under ``flwr run`` a ``preset`` key
-    applies that preset first; the run config's keys that differ from their defaults go on
-    top of it (so, there, a key set back to its default does not override the preset).
+    applies those presets first (``fmnist,fsfl-bidir``: composed in order); the run config's keys
+    that differ from their defaults go on top (so, there, a key set back to its default does not
+    override a preset).
     """
     name = str(run_config.get("preset", ""))
     if not name:
         return resolve(dict(run_config))
-    from fedcomp.run.presets import preset
+    from fedcomp.run.presets import compose, split_names
 
     changed = {k: v for k, v in run_config.items()
                if k != "preset" and (k not in SETTINGS or validate_value(k, v) != SETTINGS[k].default)}
-    return resolve(preset(name), changed)
+    return resolve(compose(split_names(name)), changed)
