@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -190,6 +191,7 @@ def run_one(job: Job, cache: Path) -> str:
     if path.is_file():
         return job.key
     torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per run from `execute`, not ~100 from Flower
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="comm_savings-") as tmp:
         run_dir = run_loopback(resolve(job.settings, {**MECHANICS, "output.dir": tmp, "preset": ""}), client_app)
@@ -216,8 +218,9 @@ def run_one(job: Job, cache: Path) -> str:
 
 def execute(jobs: list[Job], cache: Path, workers: int) -> None:
     """Run the jobs the cache lacks, ``workers`` at a time, reporting each as it ends."""
-    todo = list({j.key: j for j in jobs if not (cache / f"{j.key}.json").is_file()}.values())  # one per key
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} runs cached; {len(todo)} to run "
+    unique = {j.key: j for j in jobs}  # a run that two points share (a preset and a sweep point) runs once
+    todo = [j for j in unique.values() if not (cache / f"{j.key}.json").is_file()]
+    print(f"{len(unique) - len(todo)} of {len(unique)} runs cached; {len(todo)} to run "
           f"(~{sum(map(estimated_seconds, todo)) / 60 / max(workers, 1):.0f} min on {workers} idle cores)", flush=True)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
