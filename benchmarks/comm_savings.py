@@ -160,12 +160,13 @@ def run_key(settings: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(workloads: list[str], seeds: int, priority: int) -> list[Job]:
-    """The runs of the chosen workloads and priorities, in priority order (then workload, then seed)."""
+def plan(workloads: list[str], seeds: int, priority: int, points: list[str] | None = None) -> list[Job]:
+    """The runs of the chosen workloads and priorities (and, when given, only the ``points`` named
+    ``"family knob"`` or ``fedavg``), in priority order, then workload, then seed."""
     jobs = []
     for spec in grid():
         for workload in (w for w in spec.workloads if w in workloads):
-            if spec.priority > priority:
+            if spec.priority > priority or (points and label(spec.family, spec.knob) not in points):
                 continue
             for seed in range(seeds):
                 settings = {**WORKLOADS[workload], **spec.settings, "seed": seed}
@@ -256,7 +257,12 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.family} {self.knob}" if self.family != "fedavg" else "FedAvg"
+        return label(self.family, self.knob)
+
+
+def label(family: str, knob: str) -> str:
+    """How a point is named in tables and in ``--points``: ``fedavg`` or ``family knob``."""
+    return f"{family} {knob}" if family != "fedavg" else "fedavg"
 
 
 def load_rows(jobs: list[Job], cache: Path) -> dict[str, list[Row]]:
@@ -358,7 +364,7 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
                   and q.bytes_mean <= p.bytes_mean and q.acc_mean >= p.acc_mean
                   and (q.bytes_mean, q.acc_mean) != (p.bytes_mean, p.acc_mean)]
         if better:
-            cheapest = min(better, key=lambda label: next(r.mean("bytes_total") for r in rows if r.label == label))
+            cheapest = min(better, key=lambda name: next(r.mean("bytes_total") for r in rows if r.label == name))
             dominated.append(f"`{row.knob}` (dominated, e.g. by {cheapest})")
     lines += ["", "Presets dominated by a swept point (fewer or equal mean bytes and higher or equal mean accuracy; "
               "few seeds, so read with the CIs above): " + (", ".join(dominated) or "none"), ""]
@@ -453,6 +459,8 @@ def main() -> None:
     parser.add_argument("--priority", type=int, default=3, help="run points up to this priority (1: FedAvg and "
                         "the leading digits points; 2: the rest of digits and the leading fmnist points; 3: all)")
     parser.add_argument("--quick", action="store_true", help="priority 1 on digits only")
+    parser.add_argument("--points", default="", help="only these points, comma-separated labels as the tables "
+                        "write them ('fedavg,uniform+EF qp -16,preset fsfl-bidir')")
     parser.add_argument("--cache", default=str(CACHE), help="folder of finished runs (one JSON each)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--plan", action="store_true", help="list the runs and their estimated cost; run nothing")
@@ -464,7 +472,8 @@ def main() -> None:
         raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
     cache, out = Path(args.cache), Path(args.out)
     cache.mkdir(parents=True, exist_ok=True)
-    jobs = plan(workloads, args.seeds, 1 if args.quick else args.priority)
+    points = [p.strip() for p in args.points.split(",") if p.strip()]
+    jobs = plan(workloads, args.seeds, 1 if args.quick else args.priority, points)
     full_plan = plan(list(WORKLOADS), args.seeds, 3)
     if args.plan:
         for job in jobs:
