@@ -181,8 +181,9 @@ def estimated_seconds(job: Job) -> float:
     return ROUND_SECONDS[job.workload] * int(config["rounds"]) * (2 if config["fsfl.mode"] != "off" else 1)
 
 
-def run_one(job: Job, cache: Path) -> str:
-    """Run ``job`` in this (worker) process unless the cache has it; store its record; return its key."""
+def run_one(job: Job, cache: Path, commit: str) -> str:
+    """Run ``job`` in this (worker) process unless the cache has it; store its record, naming ``commit`` (the
+    checkout's when the benchmark started); return its key."""
     import torch
 
     from clients.client_app import app as client_app
@@ -200,7 +201,7 @@ def run_one(job: Job, cache: Path) -> str:
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     record = {
         "key": job.key, "workload": job.workload, "family": job.spec.family, "knob": job.spec.knob,
-        "seed": job.seed, "settings": job.settings, "commit": source_commit(),
+        "seed": job.seed, "settings": job.settings, "commit": commit,
         "seconds": round(time.perf_counter() - started, 1),
         "final_accuracy": summary["final_accuracy"], "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"], "bytes_total": summary["bytes_total"],
@@ -219,13 +220,14 @@ def run_one(job: Job, cache: Path) -> str:
 
 def execute(jobs: list[Job], cache: Path, workers: int) -> None:
     """Run the jobs the cache lacks, ``workers`` at a time, reporting each as it ends."""
+    commit = source_commit()
     unique = {j.key: j for j in jobs}  # a run that two points share (a preset and a sweep point) runs once
     todo = [j for j in unique.values() if not (cache / f"{j.key}.json").is_file()]
     print(f"{len(unique) - len(todo)} of {len(unique)} runs cached; {len(todo)} to run "
           f"(~{sum(map(estimated_seconds, todo)) / 60 / max(workers, 1):.0f} min on {workers} idle cores)", flush=True)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_one, job, cache): job for job in todo}
+        futures = {pool.submit(run_one, job, cache, commit): job for job in todo}
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
             try:
@@ -314,7 +316,7 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
     fedavg_acc, fedavg_bytes = base.mean("final_accuracy"), base.mean("bytes_total")
     target = TARGET_SHARE * fedavg_acc
     diffs = {id(r): paired_difference(r.accuracies(), base.accuracies()) if r is not base else None for r in rows}
-    lines += [f"FedAvg: final accuracy {fedavg_acc:.4f} over {len(base.runs)} seeds, {fedavg_bytes / MB:.2f} MB. "
+    lines += [f"FedAvg: final accuracy {fedavg_acc:.4f} over {len(base.runs)} seed(s), {fedavg_bytes / MB:.2f} MB. "
               f"Target accuracy for rounds/MB to target: {TARGET_SHARE:.0%} of it = {target:.4f}. "
               "Δ is the mean over paired seeds of (scheme − FedAvg) final accuracy, in points, with its 95% "
               "Student-t confidence interval; ratio = FedAvg's MB over the row's.", "",
@@ -335,7 +337,7 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
     by_point = {id(p): r for r in rows for p in [points[id(r)]]}
     fronts = pareto(points.values())
     lines += ["", "### Each scheme's frontier (mean final accuracy against mean MB; cheapest first)", ""]
-    for family, front in fronts.items():
+    for family, front in ((f, p) for f, p in fronts.items() if f != "fedavg"):
         lines.append(f"- **{family}**: " + "; ".join(f"{p.knob[0][1]} ({p.bytes_mean / MB:.3f} MB, "
                                                       f"{p.acc_mean:.4f})" for p in front))
     # the least bytes within 1 point of FedAvg, overall and per family (rows with >= 2 seeds: a CI)
