@@ -24,6 +24,7 @@ cache holds and says when it is partial.
     python benchmarks/comm_savings.py                   # everything (plan: ~2.5 h on 2 idle cores)
     python benchmarks/comm_savings.py --quick           # priority-1 points only (digits, 3 seeds)
     python benchmarks/comm_savings.py --workloads digits --priority 2
+    python benchmarks/comm_savings.py --points "fedavg;nnc qp -30, sparsity 0.97"
     python benchmarks/comm_savings.py --plan            # list the grid and its estimated cost, run nothing
     python benchmarks/comm_savings.py --report-only     # tables and plots from the cache
 """
@@ -461,8 +462,8 @@ def main() -> None:
     parser.add_argument("--priority", type=int, default=3, help="run points up to this priority (1: FedAvg and "
                         "the leading digits points; 2: the rest of digits and the leading fmnist points; 3: all)")
     parser.add_argument("--quick", action="store_true", help="priority 1 on digits only")
-    parser.add_argument("--points", default="", help="only these points, comma-separated labels as the tables "
-                        "write them ('fedavg,uniform+EF qp -16,preset fsfl-bidir')")
+    parser.add_argument("--points", default="", help="only these points: labels as the tables write them, "
+                        "separated by semicolons ('fedavg;uniform+EF qp -16;nnc qp -30, sparsity 0.97')")
     parser.add_argument("--cache", default=str(CACHE), help="folder of finished runs (one JSON each)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--plan", action="store_true", help="list the runs and their estimated cost; run nothing")
@@ -474,7 +475,10 @@ def main() -> None:
         raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
     cache, out = Path(args.cache), Path(args.out)
     cache.mkdir(parents=True, exist_ok=True)
-    points = [p.strip() for p in args.points.split(",") if p.strip()]
+    points = [p.strip() for p in args.points.split(";") if p.strip()]
+    unknown = set(points) - {label(s.family, s.knob) for s in grid()}
+    if unknown:
+        raise SystemExit(f"no such point(s) in the grid: {'; '.join(sorted(unknown))} (see --plan)")
     jobs = plan(workloads, args.seeds, 1 if args.quick else args.priority, points)
     full_plan = plan(list(WORKLOADS), args.seeds, 3)
     if args.plan:
