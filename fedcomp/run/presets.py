@@ -57,7 +57,9 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
              "down.sparsify": "threshold-structured", "down.gain": 0.9}),
     "fsfl": ("filter-scaled sparse differential updates upstream: top-1% + scales trained after sparsifying",
              {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "fsfl.mode": "compensate"}),
-    "fsfl-bidir": ("FSFL both ways: top-0.7% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5",
+    "fsfl-bidir": ("FSFL both ways: top-0.7% up and down, scales (lr 0.2, qp -36), error feedback, server lr 1.5; "
+                   "on digits dominated (3 seeds) by FSFL on uniform qp -12 and by uniform+EF qp -16 "
+                   "(benchmarks/results/comm_savings.md)",
                    {"up.scheme": "topk-uniform-ans", "up.fraction": 0.007, "down.scheme": "topk-uniform-ans",
                     "down.fraction": 0.007, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36,
                     "server.lr": 1.5}),
