@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: run test test-fast bench lint docs clean
 
 $(BIN)/python:
+	@test -d /usr/share/datasets/fashion-mnist || { command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } || echo "dataset-fashion-mnist not installed (needs apt-get as root); only dataset=fashion-mnist needs it"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 

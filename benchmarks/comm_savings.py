@@ -1,25 +1,32 @@
-"""How much communication each compressed preset saves, and at what cost in accuracy.
+"""Communication savings measured as a paper reports them: every scheme swept over its main knob,
+paired seeds, and each scheme's accuracy difference to FedAvg with its 95% confidence interval.
 
-Every preset runs on the default workload (digits, cnn, 10 clients, 20 rounds), iid and
-Dirichlet(0.5), for several seeds. Each run is a whole fedcomp run (`serve`: the real
-strategy, the real ClientApp, real Flower messages serialised both ways, the run folder
-with rounds.jsonl and summary.json) driven in this process through the loopback grid
-(`strategies.loopback`) instead of Ray, so that the ~60 runs fit on 2 cores; the bytes
-are identical to a Ray run's (both meter the same messages). Then:
+Workloads (presets that compose, `fedcomp.run.presets`):
 
-* the main table: final accuracy (mean and spread), rounds to reach 0.95, MB up, down,
-  total and the ratio to FedAvg's total bytes (same partition and seeds);
-* the `nnc` preset swept to its own best setting (qp, sparsity) beside ours;
-* FSFL against top-k at equal bytes (both bidirectional, swept over the top-k fraction);
-* an FSFL ablation: with and without scales, with and without error accumulation, fold
-  against keep;
-* the compression time as a share of local training time, from the clients' timings;
-* the `fedcomp compare` table and plot of the iid seed-0 runs.
+* ``digits``: the default workload (digits, cnn, 10 clients all sampled, iid, 20 rounds);
+* ``fmnist-iid`` and ``fmnist-dir0.3``: Fashion-MNIST, lenet5, 10 of 100 clients of 600 examples
+  per round, iid and Dirichlet(0.3).
 
-    python benchmarks/comm_savings.py [--seeds 3] [--jobs 2] [--out benchmarks/results]
+Schemes (families) and their swept knobs: uniform quantization + error feedback both ways (qp),
+top-k + EF both ways (fraction), STC (fraction), nnc (qp and sparsity), ECQ / ECQx / EC2T both
+ways (bits and gamma), FSFL on top of uniform, top-k and ECQx (the quantizer's knob), and every
+compression preset as it is (its compression time share and whether another point dominates it).
 
-Runs already finished (a summary.json in their folder) are reused, so an interrupted
-benchmark resumes.
+Each run is a whole fedcomp run (real strategy, ClientApp and Flower messages, serialised both
+ways) over the in-process loopback grid (`strategies.loopback.run_loopback`, no Ray), in worker
+processes. A finished run is stored as one small JSON file in the cache folder (default
+``benchmarks/results/comm_savings_runs``), named by a hash of its resolved settings, so runs
+are reused across sections and sessions and the cache can be committed; an interrupted
+benchmark resumes. Runs go in priority order (FedAvg and the leading points on digits first), so
+a partial benchmark still answers the main question. The report is written from whatever the
+cache holds and says when it is partial.
+
+    python benchmarks/comm_savings.py                   # everything (plan: ~2.5 h on 2 idle cores)
+    python benchmarks/comm_savings.py --quick           # priority-1 points only (digits, 3 seeds)
+    python benchmarks/comm_savings.py --workloads digits --priority 2
+    python benchmarks/comm_savings.py --points "fedavg;nnc qp -30, sparsity 0.97"
+    python benchmarks/comm_savings.py --plan            # list the grid and its estimated cost, run nothing
+    python benchmarks/comm_savings.py --report-only     # tables and plots from the cache
 """
 
 from __future__ import annotations
@@ -27,207 +34,468 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.analysis.compare import compare_runs  # noqa: E402
-from fedcomp.run.config import resolve  # noqa: E402
-from fedcomp.records.plots import plot_accuracy_vs_mb  # noqa: E402
-from fedcomp.run.presets import PRESETS, preset  # noqa: E402
+from fedcomp.analysis.frontier import Point, pareto  # noqa: E402
+from fedcomp.analysis.stats import (Interval, bytes_to_reach, least_bytes_within, paired_difference,  # noqa: E402
+                                    rounds_to_reach)
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_rounds  # noqa: E402
+from fedcomp.run.config import resolve  # noqa: E402
+from fedcomp.run.presets import COMPRESSIONS, FLAGSHIP, compose  # noqa: E402
 
-MAIN_PRESETS = ["fedavg", "topk-ef", "stc", "nnc", "fsfl", "fsfl-bidir", "fsfl-partial"]
-PARTITIONS = {"iid": {}, "dir0.5": {"partition": "dirichlet", "data.alpha": 0.5}}
-TARGET = 0.95
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = RESULTS / "comm_savings_runs"
+SEEDS = 3
+TARGET_SHARE = 0.97  # rounds and bytes to reach 97% of FedAvg's mean final accuracy
+WITHIN = 0.01  # "within 1 point of FedAvg"
+# settings that change how a run is carried out, not its results: not part of a run's key
+MECHANICS = {"output.dir": "", "output.preset": "", "output.checkpoint": False, "client.state": "memory",
+             "preset": ""}
 
-NNC_SWEEP = {f"nnc qp{qp} sp{sp}": {**PRESETS["nnc"][1], "up.qp": qp, "down.qp": qp, "up.target_sparsity": sp,
-                                      "down.target_sparsity": sp}
-             for qp, sp in ((-26, 0.9), (-30, 0.97), (-32, 0.98), (-34, 0.99))}
-TOPK_BIDIR = {"up.scheme": "topk-uniform-ans", "down.scheme": "topk-uniform-ans", "server.lr": 1.5}
-EQUAL_BYTES = {f"{name} {f:g}%": {**base, "up.fraction": f / 100, "down.fraction": f / 100}
-               for f in (0.5, 0.7, 1.0)
-               for name, base in (("topk-bidir", TOPK_BIDIR), ("fsfl-bidir", PRESETS["fsfl-bidir"][1]))}
-ABLATION_SEEDS = 2
-ABLATION = {
-    "fsfl-bidir": PRESETS["fsfl-bidir"][1],
-    "no scales": {**PRESETS["fsfl-bidir"][1], "fsfl.mode": "off"},
-    "no error accumulation": {**PRESETS["fsfl-bidir"][1], "up.error_feedback": False, "down.error_feedback": False},
-    "scales kept (no fold)": {**PRESETS["fsfl-bidir"][1], "fsfl.fold": False},
-    "scales joint": {**PRESETS["fsfl-bidir"][1], "fsfl.mode": "joint"},
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "digits": compose(["digits"]),
+    "fmnist-iid": compose(["fmnist"]),
+    "fmnist-dir0.3": {**compose(["fmnist"]), "partition": "dirichlet", "data.alpha": 0.3},
 }
+# seconds per round on 2 idle cores, for the plan (measured on a loaded machine and scaled; FSFL trains twice)
+ROUND_SECONDS = {"digits": 0.5, "fmnist-iid": 1.8, "fmnist-dir0.3": 1.8}
 
 
-def run_once(job: tuple[str, dict[str, Any], str]) -> dict[str, Any]:
-    """One whole run in this process through the loopback grid; returns its summary."""
+def both(**keys: Any) -> dict[str, Any]:
+    """The same compression keys upstream and downstream."""
+    return {f"{d}.{k}": v for d in ("up", "down") for k, v in keys.items()}
+
+
+def uniform(qp: int) -> dict[str, Any]:
+    return both(scheme="uniform-ans", qp=qp, error_feedback=True)
+
+
+def topk(fraction: float) -> dict[str, Any]:
+    return {**both(scheme="topk-uniform-ans", fraction=fraction), "server.lr": 1.5}
+
+
+def ecqx(bits: int, gamma: float) -> dict[str, Any]:
+    """ECQx upstream, ECQ downstream (the server has no data for relevances)."""
+    return {"up.scheme": "ecqx-ans", "up.bits": bits, "up.gamma": gamma, "down.scheme": "ecq-ans",
+            "down.bits": bits, "down.gamma": gamma}
+
+
+FSFL = {"fsfl.mode": "compensate", "fsfl.scale_lr": 0.2, "fsfl.scale_qp": -36}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One point of the grid: a family, its knob setting, the compression settings, and when to run it."""
+
+    family: str
+    knob: str
+    settings: dict[str, Any] = field(hash=False)
+    priority: int  # 1 runs first
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
+
+
+def grid() -> list[Spec]:
+    """Every point of the benchmark. Priority 1: FedAvg and the leading points on digits; 2: the rest of
+    digits and the leading points on Fashion-MNIST; 3: the remaining Fashion-MNIST sweep."""
+    d, f = ("digits",), ("fmnist-iid", "fmnist-dir0.3")
+    specs = [Spec("fedavg", "-", {}, 1)]
+    for qp in (-10, -12, -14, -16, -18, -20):
+        specs.append(Spec("uniform+EF", f"qp {qp}", uniform(qp), 1 if qp in (-14, -16, -18) else 2, d))
+    specs += [Spec("uniform+EF", f"qp {qp}", uniform(qp), 2 if qp == -16 else 3, f) for qp in (-12, -16, -20)]
+    for fraction in (0.005, 0.01, 0.02, 0.05, 0.1):
+        specs.append(Spec("top-k+EF", f"fraction {fraction:g}", topk(fraction), 2, d))
+    specs += [Spec("top-k+EF", f"fraction {x:g}", topk(x), 3, f) for x in (0.01, 0.05)]
+    for fraction in (1 / 400, 1 / 100, 1 / 25):
+        specs.append(Spec("STC", f"fraction 1/{round(1 / fraction)}", both(scheme="stc", fraction=fraction), 2,
+                          d if fraction != 1 / 100 else d + f))
+    for qp, sparsity in ((-26, 0.6), (-26, 0.9), (-30, 0.97), (-34, 0.99)):
+        settings = {**COMPRESSIONS["nnc"][1], **both(qp=qp, target_sparsity=sparsity)}
+        specs.append(Spec("nnc", f"qp {qp}, sparsity {sparsity:g}", settings, 2, d + f if qp == -30 else d))
+    for bits, gamma in ((2, 0.1), (2, 0.6), (4, 0.1), (4, 0.6)):
+        specs.append(Spec("ECQ", f"{bits} bits, gamma {gamma:g}", both(scheme="ecq-ans", bits=bits, gamma=gamma), 2,
+                          d + f if (bits, gamma) == (4, 0.1) else d))
+    for gamma in (0.2, 0.6, 1.0):
+        specs.append(Spec("ECQx", f"2 bits, gamma {gamma:g}", ecqx(2, gamma), 2, d + f if gamma == 0.6 else d))
+    for gamma in (0.1, 0.6):
+        specs.append(Spec("EC2T", f"gamma {gamma:g}", both(scheme="ec2t-ans", gamma=gamma), 2, d))
+    for qp in (-10, -12, -14, -16):
+        specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL}, 1 if qp in (-12, -14) else 2,
+                          d + f if qp in (-12, -16) else d))
+    for fraction in (0.005, 0.007, 0.01):
+        specs.append(Spec("FSFL+top-k", f"fraction {fraction:g}", {**topk(fraction), **FSFL},
+                          1 if fraction == 0.007 else 2, d + f if fraction == 0.007 else d))
+    for gamma in (0.6, 1.0):
+        specs.append(Spec("FSFL+ECQx", f"2 bits, gamma {gamma:g}", {**ecqx(2, gamma), **FSFL}, 2, d))
+    for name, (_, settings) in COMPRESSIONS.items():  # each preset as it is: its time share, and is it dominated?
+        if name != "fedavg":
+            specs.append(Spec("preset", name, settings, 1 if name == FLAGSHIP else 2 if name != "nnc" else 3))
+    return specs
+
+
+@dataclass(frozen=True)
+class Job:
+    key: str
+    workload: str
+    spec: Spec
+    seed: int
+    settings: dict[str, Any] = field(hash=False)
+
+
+def run_key(settings: dict[str, Any]) -> str:
+    """The cache key of a run: a hash of its resolved settings, run mechanics left out."""
+    config = {k: v for k, v in resolve(settings).items() if k not in MECHANICS}
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan(workloads: list[str], seeds: int, priority: int, points: list[str] | None = None) -> list[Job]:
+    """The runs of the chosen workloads and priorities (and, when given, only the ``points`` named
+    ``"family knob"`` or ``fedavg``), in priority order, then workload, then seed."""
+    jobs = []
+    for spec in grid():
+        for workload in (w for w in spec.workloads if w in workloads):
+            if spec.priority > priority or (points and label(spec.family, spec.knob) not in points):
+                continue
+            for seed in range(seeds):
+                settings = {**WORKLOADS[workload], **spec.settings, "seed": seed}
+                jobs.append(Job(run_key(settings), workload, spec, seed, settings))
+    order = {w: i for i, w in enumerate(WORKLOADS)}
+    return sorted(jobs, key=lambda j: (j.spec.priority, order[j.workload], j.seed))
+
+
+def estimated_seconds(job: Job) -> float:
+    """A run's expected time on an idle core (for the plan)."""
+    config = resolve(job.settings)
+    return ROUND_SECONDS[job.workload] * int(config["rounds"]) * (2 if config["fsfl.mode"] != "off" else 1)
+
+
+def run_one(job: Job, cache: Path, commit: str) -> str:
+    """Run ``job`` in this (worker) process unless the cache has it; store its record, naming ``commit`` (the
+    checkout's when the benchmark started); return its key."""
+    import torch
+
     from clients.client_app import app as client_app
     from strategies.loopback import run_loopback
 
-    name, settings, run_dir = job
-    if not (Path(run_dir) / "summary.json").is_file():
-        run_loopback(resolve({**settings, "output.dir": run_dir, "output.preset": name}), client_app)
-    return json.loads((Path(run_dir) / "summary.json").read_text())
-
-
-def stats(runs: list[Path]) -> dict[str, Any]:
-    """Mean and spread of a group of runs (one per seed)."""
-    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
-    rows = [read_rounds(r) for r in runs]
-    acc = [s["final_accuracy"] for s in summaries]
-    reach = [next((row["round"] for row in rr if row["accuracy"] >= TARGET), None) for rr in rows]
-    timings = [(row.get("compress_seconds_mean"), row.get("train_seconds_mean"), row.get("decode_seconds_mean"))
-               for rr in rows for row in rr]
-    compress = [c for c, t, _ in timings if c is not None]
-    train = [t for c, t, _ in timings if t is not None]
-    decode = [d for _, _, d in timings if d is not None]
-    return {
-        "acc": statistics.mean(acc), "acc_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-        "acc_min": min(acc), "acc_max": max(acc),
-        "reach": [r for r in reach if r is not None], "reached": sum(r is not None for r in reach), "n": len(runs),
-        "up": statistics.mean(s["bytes_up"] for s in summaries) / MB,
-        "down": statistics.mean(s["bytes_down"] for s in summaries) / MB,
-        "total": statistics.mean(s["bytes_total"] for s in summaries) / MB,
-        "compress_s": statistics.mean(compress) if compress else None,
-        "train_s": statistics.mean(train) if train else None,
-        "decode_s": statistics.mean(decode) if decode else None,
+    path = cache / f"{job.key}.json"
+    if path.is_file():
+        return job.key
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per run from `execute`, not ~100 from Flower
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="comm_savings-") as tmp:
+        run_dir = run_loopback(resolve(job.settings, {**MECHANICS, "output.dir": tmp, "preset": ""}), client_app)
+        rows = read_rounds(run_dir)
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    record = {
+        "key": job.key, "workload": job.workload, "family": job.spec.family, "knob": job.spec.knob,
+        "seed": job.seed, "settings": job.settings, "commit": commit,
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_accuracy": summary["final_accuracy"], "bytes_up": summary["bytes_up"],
+        "bytes_down": summary["bytes_down"], "bytes_total": summary["bytes_total"],
+        "fedavg_bytes_total": summary["fedavg_bytes_total"],
+        "accuracy": [round(r["accuracy"], 6) for r in rows],
+        "cum_bytes_total": [r["cum_bytes_total"] for r in rows],
+        # local training (with FSFL's scales pass) and upstream compression, seconds per client summed over rounds
+        "train_seconds": sum(r.get("train_seconds_mean") or 0.0 for r in rows),
+        "compress_seconds": sum(r.get("compress_seconds_mean") or 0.0 for r in rows),
     }
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+    os.replace(partial, path)
+    return job.key
 
 
-def fmt_reach(s: dict[str, Any]) -> str:
-    if not s["reach"]:
-        return "never"
-    mean = statistics.mean(s["reach"])
-    return f"{mean:.1f}" + (f" ({s['reached']}/{s['n']} runs)" if s["reached"] < s["n"] else "")
+def execute(jobs: list[Job], cache: Path, workers: int) -> None:
+    """Run the jobs the cache lacks, ``workers`` at a time, reporting each as it ends."""
+    commit = source_commit()
+    unique = {j.key: j for j in jobs}  # a run that two points share (a preset and a sweep point) runs once
+    todo = [j for j in unique.values() if not (cache / f"{j.key}.json").is_file()]
+    print(f"{len(unique) - len(todo)} of {len(unique)} runs cached; {len(todo)} to run "
+          f"(~{sum(map(estimated_seconds, todo)) / 60 / max(workers, 1):.0f} min on {workers} idle cores)", flush=True)
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_one, job, cache, commit): job for job in todo}
+        for done, future in enumerate(as_completed(futures), 1):
+            job = futures[future]
+            try:
+                record = json.loads((cache / f"{future.result()}.json").read_text())
+                print(f"[{done}/{len(futures)} {time.perf_counter() - started:.0f} s] {job.workload} {job.spec.family} "
+                      f"{job.spec.knob} seed {job.seed}: acc {record['final_accuracy']:.4f}, "
+                      f"{record['bytes_total'] / MB:.3f} MB, {record['seconds']:.0f} s", flush=True)
+            except Exception as err:  # noqa: BLE001 - one failed run is reported, the others go on
+                print(f"[{done}/{len(futures)}] FAILED {job.workload} {job.spec.family} {job.spec.knob} seed "
+                      f"{job.seed}: {type(err).__name__}: {err}", flush=True)
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """The runs of one (workload, family, knob): one per seed."""
+
+    family: str
+    knob: str
+    runs: dict[int, dict[str, Any]]
+
+    def mean(self, key: str) -> float:
+        return statistics.fmean(r[key] for r in self.runs.values())
+
+    def accuracies(self) -> dict[int, float]:
+        return {s: r["final_accuracy"] for s, r in self.runs.items()}
+
+    @property
+    def label(self) -> str:
+        return label(self.family, self.knob)
+
+
+def label(family: str, knob: str) -> str:
+    """How a point is named in tables and in ``--points``: ``fedavg`` or ``family knob``."""
+    return f"{family} {knob}" if family != "fedavg" else "fedavg"
+
+
+def load_rows(jobs: list[Job], cache: Path) -> dict[str, list[Row]]:
+    """Per workload, the grid's rows that have at least one cached run, in grid order."""
+    rows: dict[str, dict[tuple[str, str], Row]] = {}
+    for job in jobs:
+        path = cache / f"{job.key}.json"
+        if path.is_file():
+            row = rows.setdefault(job.workload, {}).setdefault((job.spec.family, job.spec.knob),
+                                                               Row(job.spec.family, job.spec.knob, {}))
+            row.runs[job.seed] = json.loads(path.read_text())
+    return {w: list(r.values()) for w, r in rows.items()}
+
+
+def fmt_interval(diff: Interval | None) -> str:
+    if diff is None:
+        return "-"
+    if diff.n < 2:
+        return f"{100 * diff.mean:+.2f} (1 seed)"
+    return f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+
+
+def to_target(row: Row, target: float) -> tuple[str, str]:
+    """Mean rounds and MB to reach ``target`` over the seeds that reach it (and how many do)."""
+    hits = [(rounds_to_reach(r["accuracy"], target), bytes_to_reach(r["accuracy"], r["cum_bytes_total"], target))
+            for r in row.runs.values()]
+    hits = [h for h in hits if h[0] is not None]
+    if not hits:
+        return "never", "-"
+    note = f" ({len(hits)}/{len(row.runs)})" if len(hits) < len(row.runs) else ""
+    return (f"{statistics.fmean(h[0] for h in hits):.1f}{note}",
+            f"{statistics.fmean(h[1] for h in hits) / MB:.3f}{note}")
+
+
+def share(row: Row) -> float | None:
+    """Upstream compression time as a share of local training time (summed over rounds, mean over seeds)."""
+    shares = [r["compress_seconds"] / r["train_seconds"] for r in row.runs.values()
+              if r["train_seconds"] > 0 and r["compress_seconds"] > 0]
+    return statistics.fmean(shares) if shares else None
+
+
+def workload_section(workload: str, rows: list[Row], out: Path, planned: int) -> tuple[list[str], dict]:
+    """The tables of one workload and the figures the summary needs."""
+    base = next((r for r in rows if r.family == "fedavg"), None)
+    got = sum(len(r.runs) for r in rows)
+    lines = [f"## {workload}", "", f"{got} of {planned} planned runs finished.", ""]
+    if base is None:
+        return lines + ["FedAvg has not run yet: no differences to report.", ""], {}
+    fedavg_acc, fedavg_bytes = base.mean("final_accuracy"), base.mean("bytes_total")
+    target = TARGET_SHARE * fedavg_acc
+    diffs = {id(r): paired_difference(r.accuracies(), base.accuracies()) if r is not base else None for r in rows}
+    lines += [f"FedAvg: final accuracy {fedavg_acc:.4f} over {len(base.runs)} seed(s), {fedavg_bytes / MB:.2f} MB. "
+              f"Target accuracy for rounds/MB to target: {TARGET_SHARE:.0%} of it = {target:.4f}. "
+              "Δ is the mean over paired seeds of (scheme − FedAvg) final accuracy, in points, with its 95% "
+              "Student-t confidence interval; ratio = FedAvg's MB over the row's.", "",
+              "| scheme | knob | seeds | final acc | Δ vs FedAvg [95% CI] | MB up | MB down | MB total | ratio | "
+              "rounds to target | MB to target | compress / train time |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        rounds, mb = to_target(row, target)
+        s = share(row)
+        lines.append(f"| {row.family} | {row.knob} | {len(row.runs)} | {row.mean('final_accuracy'):.4f} | "
+                     f"{fmt_interval(diffs[id(row)])} | {row.mean('bytes_up') / MB:.3f} | "
+                     f"{row.mean('bytes_down') / MB:.3f} | {row.mean('bytes_total') / MB:.3f} | "
+                     f"{fedavg_bytes / row.mean('bytes_total'):.0f}x | {rounds} | {mb} | "
+                     f"{'-' if s is None else f'{100 * s:.1f}%'} |")
+    points = {id(r): Point(r.family, (("knob", r.knob),), len(r.runs), r.mean("bytes_total"),
+                           r.mean("final_accuracy"), 0.0, min(r.accuracies().values()), max(r.accuracies().values()))
+              for r in rows}
+    by_point = {id(p): r for r in rows for p in [points[id(r)]]}
+    fronts = pareto(points.values())
+    lines += ["", "### Each scheme's frontier (mean final accuracy against mean MB; cheapest first)", ""]
+    for family, front in ((f, p) for f, p in fronts.items() if f != "fedavg"):
+        lines.append(f"- **{family}**: " + "; ".join(f"{p.knob[0][1]} ({p.bytes_mean / MB:.3f} MB, "
+                                                      f"{p.acc_mean:.4f})" for p in front))
+    # the least bytes within 1 point of FedAvg, overall and per family (rows with >= 2 seeds: a CI)
+    candidates = {r.label: (r.mean("bytes_total"), diffs[id(r)]) for r in rows
+                  if r is not base and len(r.runs) >= 2}
+    best_overall = least_bytes_within(candidates, WITHIN)
+    lines += ["", f"### Least bytes within {100 * WITHIN:g} point of FedAvg (mean Δ ≥ −{100 * WITHIN:g}; "
+              "rows with ≥ 2 seeds)", "", "| scheme | cheapest point within 1 point | MB total | ratio | "
+              "Δ [95% CI] |", "|---|---|---:|---:|---:|"]
+    best_of: dict[str, str] = {}
+    for family in dict.fromkeys(r.family for r in rows if r is not base):
+        mine = {k: v for k, v in candidates.items() if k.startswith(f"{family} ")}
+        name = least_bytes_within(mine, WITHIN)
+        if name is None:
+            lines.append(f"| {family} | none | - | - | - |")
+            continue
+        best_of[family] = name
+        size, diff = candidates[name]
+        lines.append(f"| {family} | {name[len(family) + 1:]}{' **(best)**' if name == best_overall else ''} | "
+                     f"{size / MB:.3f} | {fedavg_bytes / size:.0f}x | {fmt_interval(diff)} |")
+    # which presets another point beats on both axes (mean bytes and mean accuracy)
+    dominated = []
+    for row in (r for r in rows if r.family == "preset"):
+        p = points[id(row)]
+        better = [by_point[id(q)].label for q in points.values() if q is not p and by_point[id(q)].family != "preset"
+                  and q.bytes_mean <= p.bytes_mean and q.acc_mean >= p.acc_mean
+                  and (q.bytes_mean, q.acc_mean) != (p.bytes_mean, p.acc_mean)]
+        if better:
+            cheapest = min(better, key=lambda name: next(r.mean("bytes_total") for r in rows if r.label == name))
+            dominated.append(f"`{row.knob}` (dominated, e.g. by {cheapest})")
+    lines += ["", "Presets dominated by a swept point (fewer or equal mean bytes and higher or equal mean accuracy; "
+              "few seeds, so read with the CIs above): " + (", ".join(dominated) or "none"), ""]
+    plot = plot_curves(workload, rows, base, best_of, candidates, out)
+    lines += [f"![accuracy against cumulative MB, {workload}]({plot.name})", ""]
+    return lines, {"best": best_overall, "candidates": candidates, "fedavg_bytes": fedavg_bytes,
+                   "fedavg_acc": fedavg_acc, "shares": {r.knob: share(r) for r in rows if r.family == "preset"}}
+
+
+def plot_curves(workload: str, rows: list[Row], base: Row, best_of: dict[str, str], candidates: dict,
+                out: Path) -> Path:
+    """Accuracy against cumulative MB per round, mean over seeds with a min-max band: FedAvg and each
+    family's cheapest point within 1 point (or its most accurate point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [base]
+    for family in dict.fromkeys(r.family for r in rows if r.family not in ("fedavg", "preset")):
+        mine = [r for r in rows if r.family == family]
+        chosen.append(next((r for r in mine if r.label == best_of.get(family)),
+                           max(mine, key=lambda r: r.mean("final_accuracy"))))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    for row in chosen:
+        runs = list(row.runs.values())
+        n = min(len(r["accuracy"]) for r in runs)
+        x = [statistics.fmean(r["cum_bytes_total"][i] for r in runs) / MB for i in range(n)]
+        acc = [[r["accuracy"][i] for r in runs] for i in range(n)]
+        line, = ax.plot(x, [statistics.fmean(a) for a in acc], label=f"{row.label} ({len(runs)} seeds)")
+        ax.fill_between(x, [min(a) for a in acc], [max(a) for a in acc], color=line.get_color(), alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative payload MB (up + down), mean over seeds")
+    ax.set_ylabel("test accuracy (band: min-max over seeds)")
+    ax.set_title(f"{workload}: accuracy against bytes")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = out / f"comm_savings_{workload}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(jobs: list[Job], cache: Path, out: Path, full_plan: list[Job]) -> str:
+    """The markdown report of every cached run of ``full_plan``."""
+    rows = load_rows(full_plan, cache)
+    done = sum(len(r.runs) for w in rows.values() for r in w)
+    commits = sorted({run["commit"] for w in rows.values() for r in w for run in r.runs.values()})
+    partial = done < len(full_plan)
+    lines = ["# Communication savings, measured like a paper" + (" (PARTIAL)" if partial else ""), "",
+             f"Written by `benchmarks/comm_savings.py` at commit `{source_commit()}` from {done} of the "
+             f"{len(full_plan)} planned runs (runs measured at commit(s) {', '.join(f'`{c}`' for c in commits)}; "
+             "each run's record is in `comm_savings_runs/`). "
+             + ("**Partial: the rows below are the runs finished so far; a missing row has not run yet.** "
+                if partial else "")
+             + "Every run is a whole fedcomp run through the loopback grid (real strategy, ClientApp and Flower "
+             "messages; no Ray), on a shared, heavily loaded 2-core machine. MB are payload bytes (10^6 B). "
+             "Seeds are paired: seed s of a scheme and seed s of FedAvg share the data split, partition, "
+             "initial model and client sampling.", ""]
+    summary = {}
+    for workload in WORKLOADS:
+        if workload in rows:
+            planned = sum(1 for j in full_plan if j.workload == workload)
+            section, summary[workload] = workload_section(workload, rows[workload], out, planned)
+            lines += section
+    lines += ["## Summary", "", "| workload | least bytes within 1 point of FedAvg | ratio | Δ [95% CI] |",
+              "|---|---|---:|---:|"]
+    for workload, s in summary.items():
+        if s and s["best"]:
+            size, diff = s["candidates"][s["best"]]
+            lines.append(f"| {workload} | {s['best']} | {s['fedavg_bytes'] / size:.0f}x | {fmt_interval(diff)} |")
+        elif s:
+            lines.append(f"| {workload} | none yet | - | - |")
+    lines += ["", "### Compression time as a share of local training time, per preset", "",
+              "From the runs' own timings: the clients' mean upstream compression seconds (error feedback, "
+              "sparsification, quantization, entropy coding) over their mean local training seconds (with FSFL's "
+              "scales pass), summed over rounds, mean over seeds.", "",
+              "| preset | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
+    for name in (n for n in COMPRESSIONS if n != "fedavg"):
+        cells = [(s.get("shares") or {}).get(name) for s in summary.values()]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{100 * c:.1f}%" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "comm_savings"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for every run (e.g. rounds=2 for a smoke test)")
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (one core each)")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of "
+                        + ", ".join(WORKLOADS))
+    parser.add_argument("--priority", type=int, default=3, help="run points up to this priority (1: FedAvg and "
+                        "the leading digits points; 2: the rest of digits and the leading fmnist points; 3: all)")
+    parser.add_argument("--quick", action="store_true", help="priority 1 on digits only")
+    parser.add_argument("--points", default="", help="only these points: labels as the tables write them, "
+                        "separated by semicolons ('fedavg;uniform+EF qp -16;nnc qp -30, sparsity 0.97')")
+    parser.add_argument("--cache", default=str(CACHE), help="folder of finished runs (one JSON each)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--plan", action="store_true", help="list the runs and their estimated cost; run nothing")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the cache; run nothing")
     args = parser.parse_args()
-    overrides = dict(item.split("=", 1) for item in args.set)
-    runs, out = Path(args.runs), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(args.seeds))
-
-    jobs: list[tuple[str, dict[str, Any], str]] = []
-    groups: dict[tuple[str, str], list[Path]] = {}
-
-    def add(section: str, label: str, settings: dict[str, Any], partition: str, seed_list: list[int]) -> None:
-        for seed in seed_list:
-            full = {**settings, **PARTITIONS[partition], "seed": seed, **overrides}
-            # the folder is named by the resolved settings, so the same run in two sections runs once
-            digest = hashlib.sha1(json.dumps(resolve(full), sort_keys=True).encode()).hexdigest()[:10]
-            folder = runs / f"{label.replace(' ', '_').replace('%', 'pct')}-s{seed}-{digest}"
-            if all(job[2] != str(folder) for job in jobs):
-                jobs.append((label, full, str(folder)))
-            groups.setdefault((section, f"{partition}|{label}"), []).append(folder)
-
-    for partition in PARTITIONS:
-        for name in MAIN_PRESETS:
-            add("main", name, preset(name), partition, seeds)
-    for label, settings in NNC_SWEEP.items():
-        add("nnc", label, settings, "iid", seeds[:1])
-    for label, settings in EQUAL_BYTES.items():
-        add("equal", label, settings, "iid", seeds)
-    for label, settings in ABLATION.items():
-        add("ablation", label, settings, "iid", seeds[:ABLATION_SEEDS])
-
-    commit = source_commit()
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, _ in enumerate(pool.map(run_once, jobs), 1):
-            print(f"\r{i}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
-    print()
-    result = {key: stats(folders) for key, folders in groups.items()}
-    text = report(result, args.seeds, commit, time.perf_counter() - started, out, groups)
+    workloads = ["digits"] if args.quick else [w.strip() for w in args.workloads.split(",")]
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(sorted(unknown))}; choose from {', '.join(WORKLOADS)}")
+    cache, out = Path(args.cache), Path(args.out)
+    cache.mkdir(parents=True, exist_ok=True)
+    points = [p.strip() for p in args.points.split(";") if p.strip()]
+    unknown = set(points) - {label(s.family, s.knob) for s in grid()}
+    if unknown:
+        raise SystemExit(f"no such point(s) in the grid: {'; '.join(sorted(unknown))} (see --plan)")
+    jobs = plan(workloads, args.seeds, 1 if args.quick else args.priority, points)
+    full_plan = plan(list(WORKLOADS), args.seeds, 3)
+    if args.plan:
+        for job in jobs:
+            print(f"p{job.spec.priority} {job.workload:<14} {job.spec.family:<13} {job.spec.knob:<22} seed {job.seed}"
+                  f"  ~{estimated_seconds(job):.0f} s  {'cached' if (cache / f'{job.key}.json').is_file() else ''}")
+        unique = {j.key: j for j in full_plan}.values()
+        total = sum(map(estimated_seconds, unique))
+        print(f"{len(jobs)} runs; the whole plan: {len(unique)} runs, ~{total / 3600 / args.jobs:.1f} h on "
+              f"{args.jobs} idle cores")
+        return
+    if not args.report_only:
+        execute(jobs, cache, args.jobs)
+    text = report(jobs, cache, out, full_plan)
     (out / "comm_savings.md").write_text(text)
     print(text)
-
-
-def report(result: dict, n_seeds: int, commit: str, seconds: float, out: Path,
-           groups: dict[tuple[str, str], list[Path]]) -> str:
-    lines = [
-        "# Communication savings of the compressed presets",
-        "",
-        f"Measured at commit `{commit}` by `benchmarks/comm_savings.py` in one run ({seconds / 60:.0f} min, "
-        "2 shared cores). Default workload: digits, `cnn`, 10 clients, all sampled, 20 rounds, 1 local epoch. "
-        f"{n_seeds} seeds per row unless stated. Each run is a whole fedcomp run through the in-process "
-        "loopback grid (real strategy, ClientApp and Flower messages; no Ray). MB are payload bytes "
-        "(1 MB = 10^6 B); the ratio is FedAvg's mean total bytes over the row's (same partition).",
-        "",
-    ]
-    for partition in PARTITIONS:
-        base = result[("main", f"{partition}|fedavg")]
-        lines += [f"## {partition}", "",
-                  "| preset | final acc (mean ± sd) | min–max | rounds to 0.95 | MB up | MB down | MB total | "
-                  "ratio to FedAvg |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name in MAIN_PRESETS:
-            s = result[("main", f"{partition}|{name}")]
-            lines.append(f"| {name} | {s['acc']:.4f} ± {s['acc_sd']:.4f} | {s['acc_min']:.4f}–{s['acc_max']:.4f} | "
-                         f"{fmt_reach(s)} | {s['up']:.3f} | {s['down']:.3f} | {s['total']:.3f} | "
-                         f"{base['total'] / s['total']:.1f}x |")
-        lines.append("")
-    fedavg = result[("main", "iid|fedavg")]
-    target = result[("main", "iid|fsfl-bidir")]
-    gap = (fedavg["acc"] - target["acc"]) * 100
-    ratio = fedavg["total"] / target["total"]
-    verdict = "met" if gap <= 1.0 and ratio >= 260 else "NOT met"
-    lines += ["## Target", "",
-              f"`fsfl-bidir`, iid: {target['acc']:.4f} against FedAvg's {fedavg['acc']:.4f} "
-              f"({gap:+.2f} points below), {ratio:.0f}x fewer total bytes. Target (within 1 point at >= 260x): "
-              f"**{verdict}**.", ""]
-    lines += ["## `nnc` swept to its own best setting (iid, seed 0)", "",
-              "| setting | final acc | MB total | ratio to FedAvg |", "|---|---:|---:|---:|"]
-    for label in ["nnc", *NNC_SWEEP]:
-        s = result[("main", "iid|nnc")] if label == "nnc" else result[("nnc", f"iid|{label}")]
-        lines.append(f"| {label}{' (preset, mean of seeds)' if label == 'nnc' else ''} | {s['acc']:.4f} | "
-                     f"{s['total']:.3f} | {fedavg['total'] / s['total']:.1f}x |")
-    lines += ["", "## FSFL against top-k at equal bytes (bidirectional, server lr 1.5, iid)", "",
-              "| scheme, top-k fraction | final acc (mean ± sd) | MB total | ratio to FedAvg |",
-              "|---|---:|---:|---:|"]
-    curves = {}
-    for label in EQUAL_BYTES:
-        s = result[("equal", f"iid|{label}")]
-        lines.append(f"| {label} | {s['acc']:.4f} ± {s['acc_sd']:.4f} | {s['total']:.3f} | "
-                     f"{fedavg['total'] / s['total']:.1f}x |")
-        scheme = label.split()[0]
-        curves.setdefault(scheme, ([], []))
-        curves[scheme][0].append(s["total"])
-        curves[scheme][1].append(s["acc"])
-    plot_accuracy_vs_mb({k: (list(v[0]), list(v[1])) for k, v in curves.items()}, out / "comm_savings_equal_bytes.png")
-    lines += ["", "![final accuracy against total MB](comm_savings_equal_bytes.png)", "",
-              f"## FSFL ablation (`fsfl-bidir`, iid, {ABLATION_SEEDS} seeds)", "",
-              "| variant | final acc (mean ± sd) | MB total | ratio to FedAvg |", "|---|---:|---:|---:|"]
-    for label in ABLATION:
-        s = result[("ablation", f"iid|{label}")]
-        lines.append(f"| {label} | {s['acc']:.4f} ± {s['acc_sd']:.4f} | {s['total']:.3f} | "
-                     f"{fedavg['total'] / s['total']:.1f}x |")
-    lines += ["", "## Compression time against local training time (iid, mean over clients and rounds)", "",
-              "| preset | train s | compress s | share | decode s (downstream) |", "|---|---:|---:|---:|---:|"]
-    for name in MAIN_PRESETS[1:]:
-        s = result[("main", f"iid|{name}")]
-        if s["compress_s"] is not None and s["train_s"]:
-            lines.append(f"| {name} | {s['train_s']:.4f} | {s['compress_s']:.4f} | "
-                         f"{100 * s['compress_s'] / s['train_s']:.1f}% | {s['decode_s']:.4f} |")
-    lines += ["", "(`train s` includes the FSFL scales-only pass; `compress s` is error feedback, "
-              "sparsification, quantization and entropy coding of the update.)", ""]
-    compare_dirs = [groups[("main", f"iid|{name}")][0] for name in MAIN_PRESETS]
-    table = compare_runs(compare_dirs, out / "comm_savings_compare.md")
-    lines += ["## `fedcomp compare` of the iid seed-0 runs", "", table, ""]
-    return "\n".join(lines)
+    shutil.rmtree(ROOT / "runs" / "comm_savings", ignore_errors=True)  # the folders of the previous benchmark
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fedcomp.run.config import load_toml, parse_assignment, resolve
 from fedcomp.errors import ConfigError, FedcompError
-from fedcomp.run.presets import PRESETS, preset
+from fedcomp.run.presets import FLAGSHIP, PRESETS, compose, kind, preset
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="fedcomp: federated-learning simulations that measure communication.")
@@ -23,9 +23,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(soft_wrap=True)
 
 
-def build_config(preset_name: str, config_file: Optional[Path], assignments: list[str]) -> dict:
-    """Defaults < preset < TOML file < --set overrides, every value validated."""
-    layers = [preset(preset_name)]
+def build_config(preset_names: list[str], config_file: Optional[Path], assignments: list[str]) -> dict:
+    """Defaults < presets (composed in order) < TOML file < --set overrides, every value validated."""
+    layers = [compose(preset_names)]
     if config_file is not None:
         layers.append(load_toml(config_file))
     layers.append(dict(parse_assignment(a) for a in assignments))
@@ -50,7 +50,9 @@ def preflight(config: dict) -> None:
 
 
 # the options `run` and `deploy-local` share
-PresetOption = Annotated[str, typer.Option("--preset", "-p", help="preset to start from (see `fedcomp presets`)")]
+PresetOption = Annotated[Optional[list[str]], typer.Option(
+    "--preset", "-p", help="preset to start from (see `fedcomp presets`), repeatable: later ones override earlier "
+    "ones of their kind (--preset fmnist --preset fsfl-bidir)")]
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML file of settings")]
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="key=value override, repeatable")]
 OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default runs/<time>-<preset>)")]
@@ -58,24 +60,28 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", "-o", help="run fold
 
 @app.command()
 def run(
-    preset_name: PresetOption = "default",
+    preset_names: PresetOption = None,
     config_file: ConfigOption = None,
     assignments: SetOption = None,
     out: OutOption = None,
     resume: Annotated[Optional[Path], typer.Option(
         "--resume", help="continue the killed run in this folder from its last completed round")] = None,
 ) -> None:
-    """Run one simulation on Flower's Simulation Engine (Ray) and write its results."""
+    """Run one simulation on Flower's Simulation Engine (Ray) and write its results.
+
+    Without --preset it runs the flagship compression preset on the digits workload; --preset fedavg is the
+    uncompressed baseline.
+    """
     from fedcomp.launch.simulation import run_simulation
 
     if resume is not None:
-        if preset_name != "default" or config_file or assignments or out:
+        if preset_names or config_file or assignments or out:
             raise ConfigError("--resume continues a run with its own settings (its config.json): give no other "
                               "options")
         config = resume_config(resume)
-        execute(config, resume, str(config["output.preset"]), run_simulation)
+        execute(config, resume, run_simulation)
         return
-    execute(build_config(preset_name, config_file, assignments or []), out, preset_name, run_simulation)
+    execute(build_config(preset_names or [FLAGSHIP], config_file, assignments or []), out, run_simulation)
 
 
 def resume_config(run_dir: Path) -> dict:
@@ -91,12 +97,15 @@ def resume_config(run_dir: Path) -> dict:
     return resolve({**saved, "output.dir": str(run_dir.resolve()), "output.resume": True})
 
 
-def execute(config: dict, out: Optional[Path], preset_name: str, engine: Callable[..., dict]) -> dict:
-    """Run ``config`` with ``engine`` (``run_simulation`` or ``run_deployment``), showing progress; its summary."""
+def execute(config: dict, out: Optional[Path], engine: Callable[..., dict]) -> dict:
+    """Run ``config`` with ``engine`` (``run_simulation`` or ``run_deployment``), showing progress; its summary.
+
+    The last line says how many times fewer payload bytes than float32 FedAvg the run sent.
+    """
     from fedcomp.records.results import MB, default_run_dir
 
     preflight(config)
-    run_dir = out or default_run_dir(preset_name)
+    run_dir = out or default_run_dir(str(config["output.preset"]))
     console.print(f"[bold]fedcomp[/] {config['dataset']} / {config['model']}, {config['num_clients']} clients, "
                   f"{config['rounds']} rounds -> {run_dir}")
     with Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -113,9 +122,20 @@ def execute(config: dict, out: Optional[Path], preset_name: str, engine: Callabl
 
         summary = engine(config, Path(run_dir), on_round=on_round)
     console.print(f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
-                  f"{summary['bytes_total'] / MB:.3f} MB transmitted, {summary['compression_ratio']:.2f}x vs "
-                  f"float32 FedAvg; {summary['wall_seconds']:.1f} s. Results in {run_dir}")
+                  f"{summary['bytes_total'] / MB:.3f} MB transmitted; {summary['wall_seconds']:.1f} s. "
+                  f"Results in {run_dir}")
+    console.print(savings_line(summary, str(config["output.preset"])))
     return summary
+
+
+def savings_line(summary: dict, preset_names: str) -> str:
+    """How many times fewer payload bytes than FedAvg (float32 both ways, same rounds and clients) the run sent."""
+    from fedcomp.records.results import MB
+
+    ratio = summary["compression_ratio"]
+    return (f"{preset_names}: {ratio:.{0 if ratio >= 10 else 2}f}x fewer bytes than FedAvg would have sent "
+            f"({summary['bytes_total'] / MB:.3f} MB instead of {summary['fedavg_bytes_total'] / MB:.3f} MB)"
+            + ("" if preset_names == FLAGSHIP else f"; the flagship is --preset {FLAGSHIP}"))
 
 
 @app.command()
@@ -133,7 +153,7 @@ def compare(
 # --- Deployment Engine on loopback (issue 10) ---
 @app.command("deploy-local")
 def deploy_local(
-    preset_name: PresetOption = "default",
+    preset_names: PresetOption = None,
     config_file: ConfigOption = None,
     assignments: SetOption = None,
     out: OutOption = None,
@@ -147,8 +167,8 @@ def deploy_local(
     from fedcomp.launch.deploy import run_deployment
     from fedcomp.records.results import MB
 
-    config = build_config(preset_name, config_file, assignments or [])
-    summary = execute(config, out, preset_name, partial(run_deployment, tls=not insecure))
+    config = build_config(preset_names or ["default"], config_file, assignments or [])
+    summary = execute(config, out, partial(run_deployment, tls=not insecure))
     console.print(f"payload bytes up/down {summary['bytes_up']}/{summary['bytes_down']} "
                   f"({summary['bytes_total'] / MB:.3f} MB); serialised Flower messages up/down "
                   f"{summary['message_bytes_up']}/{summary['message_bytes_down']}")
@@ -182,7 +202,7 @@ def qat(
     from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train
     from fedcomp.local.training import TrainSettings, evaluate, train
 
-    config = build_config(preset_name, None, assignments or [])
+    config = build_config([preset_name], None, assignments or [])
     options = {"qat.method": method, "qat.bits": bits, "qat.gamma": gamma, "qat.p": p}
     config.update({key: validate_value(key, value) for key, value in options.items() if value is not None})
     settings = QATSettings.from_config(config)
@@ -330,7 +350,7 @@ def f4(
 def pretrain_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="weights file: .pt (torch state dict) or .npz "
                                       "(fedcomp's saved model); init.weights reads both")],
-    preset_name: PresetOption = "default",
+    preset_names: PresetOption = None,
     config_file: ConfigOption = None,
     assignments: SetOption = None,
     epochs: Annotated[int, typer.Option(help="epochs over the whole training set")] = 5,
@@ -339,7 +359,7 @@ def pretrain_command(
     from fedcomp.records.saved_model import save_run_model
     from fedcomp.run.experiment import pretrain
 
-    config = build_config(preset_name, config_file, assignments or [])
+    config = build_config(preset_names or ["default"], config_file, assignments or [])
     if epochs < 1:
         raise ConfigError(f"--epochs must be at least 1; got {epochs}")
     if os.getcwd() not in sys.path:  # python: plugins next to the user
@@ -374,7 +394,8 @@ def presets(
         return
     width = max(len(name) for name in PRESETS)
     for name, (description, _) in PRESETS.items():
-        typer.echo(f"{name:<{width}}  {description}")
+        flagship = " (the flagship: what a bare `fedcomp run` runs)" if name == FLAGSHIP else ""
+        typer.echo(f"{name:<{width}}  {kind(name):<11}  {description}{flagship}")
 
 
 def main() -> None:

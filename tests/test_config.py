@@ -26,7 +26,7 @@ def test_unknown_key_lists_the_valid_ones_and_a_close_match():
 
 @pytest.mark.parametrize("key,value,fragment", [
     ("partition", "random", "must be one of iid, dirichlet, pathological"),
-    ("model", "transformer", "must be one of cnn, cnn_bn, mlp"),
+    ("model", "transformer", "must be one of cnn, cnn_bn, lenet5, mlp"),
     ("dataset", "mnist", "folder:..."),
     ("fraction", 1.5, "in (0, 1]"),
     ("rounds", 0, "> 0"),

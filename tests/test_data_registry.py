@@ -234,8 +234,8 @@ def test_python_plugin_that_does_not_import(plugin_module: str) -> None:
 
 
 def test_unknown_dataset_lists_the_choices() -> None:
-    assert dataset_names() == ["cifar10", "digits", "folder:PATH", "clients:PATH", "csv:PATH", "parquet:PATH",
-                               "hf:PATH", "python:MODULE:FUNCTION"]
+    assert dataset_names() == ["cifar10", "digits", "fashion-mnist", "folder:PATH", "clients:PATH", "csv:PATH",
+                               "parquet:PATH", "hf:PATH", "python:MODULE:FUNCTION"]
     with pytest.raises(DatasetError) as error:
         load_dataset("mnist")
     assert isinstance(error.value, ValueError)

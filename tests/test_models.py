@@ -14,7 +14,7 @@ from fedcomp.data import load_dataset
 from fedcomp.errors import ModelError
 from fedcomp.models import build_model, model_names, register_model, registry
 
-BUILTIN = ["cnn", "cnn_bn", "mlp", "mobilenet_v2", "resnet18", "resnet20", "vgg11_bn"]
+BUILTIN = ["cnn", "cnn_bn", "lenet5", "mlp", "mobilenet_v2", "resnet18", "resnet20", "vgg11_bn"]
 
 
 def test_registered_names() -> None:

@@ -108,7 +108,7 @@ def _environ(proc: Path) -> list[bytes]:
 def test_cli_run_repeats_the_same_run_and_compare_reads_both(finished_run, tmp_path):
     run_dir, summary, rows = finished_run
     again = tmp_path / "again"
-    args = [FEDCOMP, "run", "--out", str(again), "--set", "output.dump_updates=true"]
+    args = [FEDCOMP, "run", "--preset", "fedavg", "--out", str(again), "--set", "output.dump_updates=true"]
     args += [arg for k, v in SMALL.items() for arg in ("--set", f"{k}={v}")]
     done = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

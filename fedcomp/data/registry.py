@@ -16,6 +16,7 @@ from fedcomp.data.bundle import DataOptions, DatasetBundle
 from fedcomp.data.cifar10 import load_cifar10
 from fedcomp.data.clients import load_clients
 from fedcomp.data.digits import load_digits
+from fedcomp.data.fashion_mnist import fashion_mnist_dir, load_fashion_mnist
 from fedcomp.data.folder import load_folder
 from fedcomp.data.labels import labels_of
 from fedcomp.data.tables import load_table
@@ -69,6 +70,7 @@ def _load_plugin_dataset(rest: str, options: DataOptions) -> DatasetBundle:
 LOADERS: dict[str, Loader] = {
     "cifar10": Loader("cifar10", lambda _, o: load_cifar10(_path(o.data_dir), o.download)),
     "digits": Loader("digits", lambda _, o: load_digits(o.seed)),
+    "fashion-mnist": Loader("fashion-mnist", lambda _, o: load_fashion_mnist(fashion_mnist_dir(_path(o.data_dir)))),
     "folder:": Loader("folder:PATH", lambda rest, o: load_folder(_path(rest)), path=True),
     "clients:": Loader("clients:PATH", lambda rest, o: load_clients(_path(rest), o), path=True),
     "csv:": Loader("csv:PATH", lambda rest, o: load_table(_path(rest), o, ".csv"), path=True),

@@ -1,4 +1,4 @@
-"""Small models for small inputs: ``cnn`` (the digits default) and ``mlp``."""
+"""Small models for small inputs: ``cnn`` (the digits default), ``mlp`` and ``lenet5`` (Fashion-MNIST)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 from torch import nn
 
+from fedcomp.errors import ModelError
 from fedcomp.models.registry import register_model
 
 CNN_POOLED_SIDE = 4  # feature maps are pooled to 4x4 before the head, whatever the input size
@@ -63,5 +64,40 @@ def mlp(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
             nn.Linear(64, 64),
             nn.ReLU(),
             nn.Linear(64, num_classes),
+        )
+    )
+
+
+LENET_SIDE = 5  # the head sees 16 x 5 x 5 features, as LeCun et al.'s on 28x28 (padded to 32x32)
+LENET_PADDED_BELOW = 12  # smaller images: the second conv is padded too, or its 5x5 kernel would not fit
+LENET_MIN_SIDE = 4
+
+
+@register_model("lenet5", images=True)
+def lenet5(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max-pooling: conv 6@5x5 (padding 2), conv 16@5x5, FC 120, 84.
+
+    61,706 parameters for 1x28x28 inputs and 10 classes (Fashion-MNIST). Other sizes are average-pooled
+    to 16x5x5 before the head, so the size stays the same; below 12x12 the second conv is padded as well.
+    No BatchNorm, as ``cnn``.
+    """
+    channels, height, width = input_shape
+    if min(height, width) < LENET_MIN_SIDE:
+        raise ModelError(f"lenet5 needs images of at least {LENET_MIN_SIDE}x{LENET_MIN_SIDE}, got {height}x{width}")
+    return he_initialised(
+        nn.Sequential(
+            nn.Conv2d(channels, 6, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5, padding=2 if min(height, width) < LENET_PADDED_BELOW else 0),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(LENET_SIDE),
+            nn.Flatten(),
+            nn.Linear(16 * LENET_SIDE**2, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
         )
     )

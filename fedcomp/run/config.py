@@ -24,10 +24,10 @@ from fedcomp.errors import ConfigError
 from fedcomp.compress.quant.staleness import valid_policy
 from fedcomp.settings import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, Check, Setting, Value, collect, declared
 
-def _preset_names() -> list[str]:
-    from fedcomp.run.presets import PRESETS
+def _known_presets(text: str) -> bool:
+    from fedcomp.run.presets import PRESETS, split_names
 
-    return list(PRESETS)
+    return all(name in PRESETS for name in split_names(text))
 
 
 #: The keys the ServerApp, the ClientApp and the launcher read themselves (no core dataclass holds them).
@@ -65,9 +65,10 @@ APP_SETTINGS: dict[str, Setting] = {
     "output.save_model": Setting(False, "write the final global model to model.npz in the run folder"),
     "output.checkpoint": Setting(True, "after every round, write checkpoint.npz to the run folder (atomically)"),
     "output.resume": Setting(False, "continue from the run folder's checkpoint (set by fedcomp run --resume)"),
-    # flwr run: a preset applied beneath the run config's other (non-default) keys
-    "preset": Setting("", "preset applied by the apps under `flwr run` (fedcomp run expands it itself)",
-                      choices=lambda: ["", *_preset_names()]),
+    # flwr run: presets applied beneath the run config's other (non-default) keys
+    "preset": Setting("", "presets applied in order by the apps under `flwr run`, comma-separated (fedcomp run "
+                      "expands them itself)", check=Check(_known_presets, "preset names, comma-separated "
+                                                          "(see `fedcomp presets`)")),
 }
 
 @cache
@@ -230,9 +231,9 @@ def from_run_config(run_config: Mapping[str, Any]) -> dict[str, Value]:
     """The settings a ServerApp/ClientApp sees, from Flower's ``context.run_config``; resolved once per run config.
 
     ``fedcomp run`` passes the fully resolved settings. Under ``flwr run`` a ``preset`` key
-    applies that preset first; the run config's keys that differ from their defaults go on
-    top of it (so, there, a key set back to its default does not override the preset).
-    A ClientApp calls this for every message: the same run config is resolved only once
+    applies those presets first (``fmnist,fsfl-bidir``: composed in order); the run config's keys
+    that differ from their defaults go on top (so, there, a key set back to its default does not
+    override a preset). A ClientApp calls this for every message: the same run config is resolved only once
     per process, and each call gets its own copy.
     """
     return dict(_resolved(tuple(sorted(run_config.items()))))
@@ -244,8 +245,8 @@ def _resolved(items: tuple[tuple[str, Any], ...]) -> dict[str, Value]:
     name = str(run_config.get("preset", ""))
     if not name:
         return resolve(run_config)
-    from fedcomp.run.presets import preset
+    from fedcomp.run.presets import compose, split_names
 
     changed = {k: v for k, v in run_config.items()
                if k != "preset" and (k not in registry() or validate_value(k, v) != registry()[k].default)}
-    return resolve(preset(name), changed)
+    return resolve(compose(split_names(name)), changed)

@@ -1,25 +1,54 @@
-"""Named starting points for a run: each preset is a small table of settings.
+"""Named starting points for a run: each preset is a small table of settings, of one of two kinds.
 
-A preset only overrides what differs from the defaults in `fedcomp.run.config`; a TOML file
-and ``--set`` overrides still apply on top of it.
+A *workload* preset says what is learned and by whom (dataset, model, clients, rounds, local training);
+a *compression* preset says how updates travel (``up.*``, ``down.*``, FSFL, partial updates, server lr).
+Presets compose: ``fedcomp run --preset fmnist --preset fsfl-bidir`` applies them in order, each one
+first setting every key of its kind back to the default, so a later preset of a kind replaces an
+earlier one of that kind and leaves the other kind alone. A preset only lists what differs from the
+defaults in `fedcomp.run.config`; a TOML file and ``--set`` overrides still apply on top of it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fedcomp.errors import ConfigError
 
+# the keys each kind of preset owns: exact names, or prefixes ending in a dot
+WORKLOAD_KEYS = ("dataset", "model", "num_clients", "rounds", "fraction", "partition", "local_epochs", "batch_size",
+                 "lr", "data.", "train.", "server.min_clients", "eval.", "init.")
+COMPRESSION_KEYS = ("up.", "down.", "fsfl.", "partial.", "server.lr", "qat.")
 
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("uncompressed FedAvg, digits, cnn, 10 clients, iid, 20 rounds", {}),
-    "fedavg-mlp": ("uncompressed FedAvg with the fully connected mlp on digits", {"model": "mlp", "lr": 0.1}),
-    "fedavg-noniid": ("uncompressed FedAvg, Dirichlet(0.5) label skew, 30 rounds",
+FLAGSHIP = "fsfl-bidir"  # what a bare `fedcomp run` runs (on the digits workload)
+
+# FedAvg on it (seed 0): 0.811 after 20 rounds, 0.824 after 30, 0.838 after 40, ~0.85 after 50 (+0.1 point a
+# round by then, still rising): 50 rounds keep a run under ~3 minutes on an idle core
+FMNIST_ROUNDS = 50
+
+WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "digits": ("digits (8x8), cnn, 10 clients, all sampled, iid, 20 rounds, 1 local epoch (the defaults)",
+               {}),
+    "fmnist": (f"Fashion-MNIST (28x28, apt-get install dataset-fashion-mnist), lenet5, 100 clients of 600 "
+               f"examples, 10 sampled per round, iid, {FMNIST_ROUNDS} rounds, 1 local epoch",
+               {"dataset": "fashion-mnist", "model": "lenet5", "num_clients": 100, "fraction": 0.1,
+                "rounds": FMNIST_ROUNDS}),
+    "fedavg-mlp": ("digits with the fully connected mlp", {"model": "mlp", "lr": 0.1}),
+    "fedavg-noniid": ("digits, Dirichlet(0.5) label skew, 30 rounds",
                       {"partition": "dirichlet", "data.alpha": 0.5, "rounds": 30}),
-    "quick": ("smoke test: 4 clients, 3 rounds", {"num_clients": 4, "rounds": 3}),
-    "cifar10-resnet20": ("uncompressed FedAvg, CIFAR-10 (local copy), resnet20, 10 clients, 50 rounds",
+    "quick": ("smoke test, digits, 4 clients, 3 rounds", {"num_clients": 4, "rounds": 3}),
+    "cifar10-resnet20": ("CIFAR-10 (local copy), resnet20, 10 clients, 50 rounds",
                          {"dataset": "cifar10", "model": "resnet20", "rounds": 50, "batch_size": 64,
                           "lr": 0.05, "train.weight_decay": 5e-4}),
+    # transfer workloads (issue 19): the target side of a pretrained source; add init.weights=FILE from
+    # `fedcomp pretrain` (without it they run from scratch) and compose with a compression preset
+    "transfer-digits28": ("transfer target, cross-domain: digits resized to 28x28, cnn_bn with a new head "
+                          "(source: Fashion-MNIST, 28x28)",
+                          {"dataset": "digits", "data.resize": 28, "model": "cnn_bn", "init.reset_head": True}),
+}
+
+COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # compressed FL (issue 6); each is a small table to copy and change
     "fedavg": ("uncompressed FedAvg (the baseline the compressed presets are measured against)", {}),
     "topk-ef": ("sparse differential updates upstream: top-2% + uniform qp -32 + ans, error feedback",
@@ -36,7 +65,9 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # scale lr 0.05 (issue 18): at 0.2, on cross-device Fashion-MNIST (600-example clients, 19 steps a
     # pass), scales moved up to +-100% a round and the fold grew the first conv's weights 13-fold in 20
     # rounds; the run collapsed and diverged
-    "fsfl-bidir": ("FSFL both ways: top-0.7% up and down, scales (lr 0.05, qp -36), error feedback, server lr 1.5",
+    "fsfl-bidir": ("FSFL both ways: top-0.7% up and down, scales (lr 0.05, qp -36), error feedback, server lr 1.5; "
+                   "on digits dominated (3 seeds) by FSFL on uniform qp -12 and by uniform+EF qp -16 "
+                   "(benchmarks/results/comm_savings.md)",
                    {"up.scheme": "topk-uniform-ans", "up.fraction": 0.007, "down.scheme": "topk-uniform-ans",
                     "down.fraction": 0.007, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.05, "fsfl.scale_qp": -36,
                     "server.lr": 1.5}),
@@ -56,12 +87,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
                         {"up.scheme": "ecqx-ans", "up.bits": 2, "up.gamma": 0.6, "down.scheme": "ecqx-ans",
                          "down.bits": 2, "down.gamma": 0.6, "fsfl.mode": "compensate", "fsfl.scale_lr": 0.2,
                          "fsfl.scale_qp": -36}),
-    # transfer workloads (issue 19): the target side of a pretrained source; add init.weights=FILE from
-    # `fedcomp pretrain` (without it they run from scratch) and compose with a compression preset's keys
-    "transfer-digits28": ("transfer target, cross-domain: digits resized to 28x28, cnn_bn with a new head "
-                          "(source: Fashion-MNIST, 28x28)",
-                          {"dataset": "digits", "data.resize": 28, "model": "cnn_bn", "init.reset_head": True}),
 }
+
+# `default` is both kinds: every setting at its default (uncompressed FedAvg on digits)
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("every setting at its default: uncompressed FedAvg on the digits workload", {}),
+    **WORKLOADS, **COMPRESSIONS}
+
+SEPARATORS = re.compile(r"[,+]")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -69,3 +102,42 @@ def preset(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(PRESETS)}")
     return {**PRESETS[name][1], "output.preset": name}
+
+
+KIND_KEYS = {"workload": WORKLOAD_KEYS, "compression": COMPRESSION_KEYS, "both": WORKLOAD_KEYS + COMPRESSION_KEYS}
+
+
+def kind(name: str) -> str:
+    """``workload``, ``compression`` or (``default``) ``both``: which settings preset ``name`` owns."""
+    preset(name)  # unknown names get the usual one-line error
+    return "workload" if name in WORKLOADS else "compression" if name in COMPRESSIONS else "both"
+
+
+def owned_keys(name: str) -> tuple[str, ...]:
+    """The keys preset ``name`` owns (exact names, or prefixes ending in a dot): those of its kind."""
+    return KIND_KEYS[kind(name)]
+
+
+def owns(keys: tuple[str, ...], key: str) -> bool:
+    """Whether ``key`` is one of ``keys`` or under one of its dotted prefixes."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in keys)
+
+
+def split_names(text: str) -> list[str]:
+    """Preset names written as one string, separated by commas or ``+`` (``fmnist,fsfl-bidir``)."""
+    return [name.strip() for name in SEPARATORS.split(text) if name.strip()]
+
+
+def compose(names: Sequence[str]) -> dict[str, Any]:
+    """One settings layer applying presets ``names`` in order; ``output.preset`` joins their names with ``+``.
+
+    Each preset first sets every key of its kind (`owned_keys`) back to its default, then its own
+    values, so a later preset replaces an earlier one of its kind and leaves the other kind alone.
+    """
+    if not names:
+        raise ConfigError("no preset named; available presets: " + ", ".join(PRESETS))
+    layer: dict[str, Any] = {}
+    for name in names:
+        keys = owned_keys(name)
+        layer = {k: v for k, v in layer.items() if not owns(keys, k)} | PRESETS[name][1]
+    return {**layer, "output.preset": "+".join(names)}

@@ -20,7 +20,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHORT = {"rounds": 3, "seed": 0, "output.checkpoint": False}
-NEEDS_FILES = {"cifar10-resnet20"}  # a local CIFAR-10 copy, absent on a fresh machine
+NEEDS_FILES = {"cifar10-resnet20", "fmnist"}  # data not on every fresh machine (CIFAR-10 copy, a Debian package)
 
 
 def short_run(settings: dict) -> list[dict]:
