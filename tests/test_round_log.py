@@ -18,10 +18,12 @@ def test_each_round_is_one_line_when_stdout_is_not_a_terminal(monkeypatch, tmp_p
         for row in rows:
             on_round(row)
         return {"final_accuracy": 0.9123, "best_accuracy": 0.9123, "bytes_total": rows[-1]["cum_bytes_total"],
-                "compression_ratio": 1.0, "wall_seconds": 1.5}
+                "compression_ratio": 1.0, "fedavg_bytes_total": rows[-1]["cum_bytes_total"],
+                "wall_seconds": 1.5}
 
     run_dir = tmp_path / ("a-long-run-folder-name-" * 3)
-    cli.execute(resolve({"num_clients": 2, "rounds": rounds}), run_dir, "default", engine)
+    config = resolve({"num_clients": 2, "rounds": rounds})
+    cli.execute(config, run_dir, engine)
     lines = [line for line in out.getvalue().splitlines() if line]  # the closed progress bar leaves a blank line
     round_lines = [line for line in lines if line.startswith("round ")]
     assert len(round_lines) == rounds
@@ -29,4 +31,6 @@ def test_each_round_is_one_line_when_stdout_is_not_a_terminal(monkeypatch, tmp_p
         assert len(line) > 80  # longer than rich's default width off a terminal
         assert f"total so far {row['cum_bytes_total'] / MB:.3f} MB" in line and "f4 acc 0.8765" in line
     assert len([line for line in lines if line.startswith("final accuracy")]) == 1
-    assert lines[-1].endswith(f"Results in {run_dir}") and len(lines) == 2 + rounds
+    assert lines[-2].endswith(f"Results in {run_dir}")
+    assert lines[-1] == cli.savings_line(engine(config, run_dir, lambda row: None), str(config["output.preset"]))
+    assert len(lines) == 3 + rounds  # the header, the rounds, the final line and the savings line

@@ -255,4 +255,4 @@ def test_pretrain_refuses_a_bad_epoch_count(tmp_path):
     from fedcomp.cli import pretrain_command
 
     with pytest.raises(ConfigError, match="--epochs must be at least 1"):
-        pretrain_command(out=tmp_path / "x.pt", preset_name="default", config_file=None, assignments=[], epochs=0)
+        pretrain_command(out=tmp_path / "x.pt", preset_names=["default"], config_file=None, assignments=[], epochs=0)
