@@ -107,11 +107,13 @@ def cli_reference() -> str:
 
 
 def presets_table() -> str:
-    """Every preset with its one-line description, in the order ``fedcomp presets`` lists them."""
-    from fedcomp.run.presets import PRESETS
+    """Every preset with its kind and one-line description, in the order ``fedcomp presets`` lists them."""
+    from fedcomp.run.presets import FLAGSHIP, PRESETS, kind
 
-    rows = [f"| `{name}` | {_text(description)} |" for name, (description, _) in PRESETS.items()]
-    return "\n".join(["| preset | what it is |", "|---|---|", *rows])
+    flagship = " (the flagship: what a bare `fedcomp run` runs)"
+    rows = [f"| `{name}` | {kind(name)} | {_text(description)}{flagship if name == FLAGSHIP else ''} |"
+            for name, (description, _) in PRESETS.items()]
+    return "\n".join(["| preset | kind | what it is |", "|---|---|---|", *rows])
 
 
 GENERATED = {"<!-- generated: presets -->": presets_table}
