@@ -79,9 +79,50 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return found
 
 
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent PID, start time in clock ticks) of ``pid``; None once it is gone."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them in the process tree, as it is now."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and (stat := _stat(int(proc.name))) is not None:
+            children.setdefault(stat[0], []).append(int(proc.name))
+    found, todo = set(pids), list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and child != os.getpid():
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
 def processes_with_token(token: str) -> list[int]:
-    """PIDs whose environment carries ``token`` (a run's processes and all they spawned, Ray included)."""
-    return processes_with_env(TOKEN_VARIABLE, token)
+    """PIDs of a run: those whose environment carries ``token`` and every process below them.
+
+    The environment alone misses some: Ray's DashboardAgent and RuntimeEnvAgent, started by the
+    raylet, were found alive without the token after their raylet was killed.
+    """
+    return with_descendants(processes_with_env(TOKEN_VARIABLE, token))
+
+
+class _Seen:
+    """Every process a finder has returned, by PID and start time (so a reused PID is never taken for it)."""
+
+    def __init__(self, find: Callable[[], list[int]]) -> None:
+        self.find, self.started = find, {}
+
+    def __call__(self) -> list[int]:
+        for pid in self.find():
+            if (stat := _stat(pid)) is not None:
+                self.started.setdefault(pid, stat[1])
+        return [pid for pid, start in self.started.items() if (stat := _stat(pid)) is not None and stat[1] == start]
 
 
 def kill_until_gone(find: Callable[[], list[int]], timeout: float = KILL_TIMEOUT) -> list[int]:
@@ -108,6 +149,10 @@ def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float 
     """Terminate the run's process groups, wait up to ``grace`` seconds, then kill anything still
     carrying the run's token (with ``token`` None: the given processes' groups only); returns
     once they are gone."""
+    # what was ever part of the run stays a straggler while alive: a raylet that exits on SIGTERM
+    # leaves its agents without a parent to find them by
+    stragglers = _Seen(lambda: processes_with_token(token) if token is not None else [])
+    stragglers()
     for process in processes:
         if process.poll() is None:
             try:
@@ -115,9 +160,6 @@ def stop_all(processes: list[subprocess.Popen], token: str | None, grace: float 
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace
-    def stragglers() -> list[int]:
-        return processes_with_token(token) if token is not None else []
-
     while time.monotonic() < deadline and (any(p.poll() is None for p in processes) or stragglers()):
         time.sleep(0.2)
     left = kill_until_gone(stragglers, KILL_TIMEOUT)
