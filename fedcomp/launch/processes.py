@@ -2,12 +2,14 @@
 
 Each run gets a random token in its processes' environment (``FEDCOMP_RUN_TOKEN``). Every
 process started for the run inherits it, including those Flower and Ray spawn on their
-own, so `stop_all` finds them by the token even when they left the process group.
+own, so `stop_all` finds them by the token even when they left the process group, and with
+them every process below them (`processes_with_token`): Ray's agents rename themselves with
+setproctitle, which overwrites what ``/proc/PID/environ`` shows of their environment.
 
 The processes outlive a parent that dies without cleaning up (SIGKILL, the OOM killer): the
 SuperLink does not watch its parent. So each launch also starts a `watchdog`, a small process
 that polls its parent (the process that launched the run) and, once that parent is gone, kills
-everything carrying the run's token until none is left. It runs in its own session, so a signal
+the run's processes until none is left. It runs in its own session, so a signal
 to the parent's process group does not end it first, and it does not carry the token itself.
 """
 
@@ -106,8 +108,8 @@ def with_descendants(pids: list[int]) -> list[int]:
 def processes_with_token(token: str) -> list[int]:
     """PIDs of a run: those whose environment carries ``token`` and every process below them.
 
-    The environment alone misses some: Ray's DashboardAgent and RuntimeEnvAgent, started by the
-    raylet, were found alive without the token after their raylet was killed.
+    The environment alone misses some: Ray's DashboardAgent and RuntimeEnvAgent, children of the
+    raylet, rename themselves with setproctitle, which overwrites their ``/proc/PID/environ``.
     """
     return with_descendants(processes_with_env(TOKEN_VARIABLE, token))
 
