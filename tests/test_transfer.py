@@ -256,3 +256,8 @@ def test_pretrain_refuses_a_bad_epoch_count(tmp_path):
 
     with pytest.raises(ConfigError, match="--epochs must be at least 1"):
         pretrain_command(out=tmp_path / "x.pt", preset_names=["default"], config_file=None, assignments=[], epochs=0)
+
+
+def test_a_malformed_class_subset_is_refused_when_the_settings_are_read():
+    with pytest.raises(ConfigError, match="setting 'data.subset' must be distinct class ids or ranges"):
+        resolve({"data.subset": "5-x"})

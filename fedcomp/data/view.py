@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from fedcomp.data.bundle import DatasetBundle, TensorExamples
 from fedcomp.data.labels import labels_of
 from fedcomp.errors import ConfigError, DatasetError
-from fedcomp.settings import NON_NEGATIVE, build, setting
+from fedcomp.settings import NON_NEGATIVE, Check, build, setting
 
 
 def parse_classes(text: str) -> tuple[int, ...]:
@@ -58,13 +58,24 @@ class _LazyView(Dataset):
         return example, int(self.targets[index])
 
 
+def _valid_classes(text: str) -> bool:
+    try:
+        parse_classes(text)
+    except ConfigError:
+        return False
+    return True
+
+
+CLASS_LIST = Check(_valid_classes, "distinct class ids or ranges, e.g. 5-9 or 0,2,4")
+
+
 @dataclass(frozen=True)
 class DataView:
     """Which classes to keep (in their new label order; empty: all) and the image side (0: unchanged)."""
 
     classes: tuple[int, ...] = setting("data.subset", "", "keep only these classes, relabelled 0.. in this order: "
                                        "ids or ranges, e.g. 5-9 or 0,2,4; empty keeps every class",
-                                       parse=parse_classes)
+                                       check=CLASS_LIST, parse=parse_classes)
     side: int = setting("data.resize", 0, "resize images to N x N pixels (bilinear); 0 keeps their size",
                         check=NON_NEGATIVE)
 
