@@ -44,8 +44,10 @@ from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, C
 from fedcomp.local.scaling import compensation, effective, is_scale, scale_updates
 from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.exchange.updates import Tensors, UpdateSettings
+from fedcomp.records.stages import record_stages
 
 app = ClientApp()
+IMPORTED = time.time()  # when this module had been imported: the stage log's first stamp after the process start
 
 VERSION_KEY = "version"  # state: the version of the held counts (FULL_MODEL: none held)
 ROUND_KEY = "round"  # state: the round it was saved in (the residual's age)
@@ -82,6 +84,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train_step(msg: Message, context: Context) -> Message:
     """Train the global model on the local partition; reply with the local model or its coded update."""
+    stages = {"imported": IMPORTED, "entered": time.time()}
     config, pid, model, settings = _setup(context)
     server_round = int(msg.content[CONFIG].get(SERVER_ROUND, 0))
     faults = FaultPlan.from_config(config).draw(server_round, pid)
@@ -107,6 +110,7 @@ def train_step(msg: Message, context: Context) -> Message:
         version, counts = 0, None
     decode_seconds = time.perf_counter() - started
     loader = client_loader(config, pid, server_round, context.node_config)
+    stages["data_ready"] = time.time()  # model built, message decoded, dataset and partition loaded
     torch.manual_seed(local_seed(config, server_round, pid))
     if not settings.differential:
         load_arrays(model, global_tensors)
@@ -127,6 +131,7 @@ def train_step(msg: Message, context: Context) -> Message:
         reply_record = corrupt(reply_record, server_round, pid)
     metrics = MetricRecord({**stats, **timings, DECODE_SECONDS: decode_seconds, VERSION: version,
                             NUM_EXAMPLES: len(loader.dataset), PARTITION_ID: pid})
+    record_stages("train", {**stages, "trained": time.time()})
     return Message(RecordDict({ARRAYS: reply_record, METRICS: metrics}), reply_to=msg)
 
 

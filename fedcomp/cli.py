@@ -164,10 +164,11 @@ def deploy_local(
     TLS with certificates made for the run and SuperNode authentication (keys registered
     with the Flower CLI) are on by default. Every process started is stopped at the end.
     """
-    from fedcomp.launch.deploy import run_deployment
+    from fedcomp.launch.deploy import deployment_mode, run_deployment
     from fedcomp.records.results import MB
 
     config = build_config(preset_names or ["default"], config_file, assignments or [])
+    console.print(deployment_mode(tls=not insecure), markup=False)
     summary = execute(config, out, partial(run_deployment, tls=not insecure))
     console.print(f"payload bytes up/down {summary['bytes_up']}/{summary['bytes_down']} "
                   f"({summary['bytes_total'] / MB:.3f} MB); serialised Flower messages up/down "

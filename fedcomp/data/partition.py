@@ -1,4 +1,10 @@
-"""Splitting a training set among clients with flwr-datasets' partitioners."""
+"""Splitting a training set among clients with flwr-datasets' partitioners.
+
+flwr-datasets and Hugging Face ``datasets`` are imported when a partition is built, not when
+this module is: together they take 2 s (flwr-datasets' visualisation pulls in matplotlib and
+seaborn), which a process that finds its partition in the cache (`fedcomp.data.partition_cache`)
+never needs to pay.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +12,32 @@ import contextlib
 import io
 import warnings
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-from datasets import Dataset as HFDataset
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    NaturalIdPartitioner,
-    Partitioner,
-    PathologicalPartitioner,
-)
 
+from fedcomp.data.partition_cache import cached, partition_key
 from fedcomp.errors import ConfigError
+
+
+def _partitioner(name: str) -> Callable[..., Any]:
+    """flwr-datasets' partitioner class ``name`` (imported on first use)."""
+    import flwr_datasets.partitioner
+
+    return getattr(flwr_datasets.partitioner, name)
+
 
 # scheme -> builder (num_clients, seed, alpha, classes_per_client) of a partitioner over the
 # columns "label", "idx" and, for natural partitions, "group".
-PARTITIONERS: dict[str, Callable[[int, int, float, int], Partitioner]] = {
-    "iid": lambda clients, seed, alpha, per_client: IidPartitioner(num_partitions=clients),
-    "dirichlet": lambda clients, seed, alpha, per_client: DirichletPartitioner(
+PARTITIONERS: dict[str, Callable[[int, int, float, int], Any]] = {
+    "iid": lambda clients, seed, alpha, per_client: _partitioner("IidPartitioner")(num_partitions=clients),
+    "dirichlet": lambda clients, seed, alpha, per_client: _partitioner("DirichletPartitioner")(
         num_partitions=clients, partition_by="label", alpha=alpha, min_partition_size=1, seed=seed),
-    "pathological": lambda clients, seed, alpha, per_client: PathologicalPartitioner(
+    "pathological": lambda clients, seed, alpha, per_client: _partitioner("PathologicalPartitioner")(
         num_partitions=clients, partition_by="label", num_classes_per_partition=per_client,
         class_assignment_mode="first-deterministic", seed=seed),
-    "natural": lambda clients, seed, alpha, per_client: NaturalIdPartitioner(partition_by="group"),
+    "natural": lambda clients, seed, alpha, per_client: _partitioner("NaturalIdPartitioner")(partition_by="group"),
 }
 SCHEMES = tuple(PARTITIONERS)
 
@@ -42,6 +51,7 @@ def partition(
     classes_per_client: int = 2,
     groups: np.ndarray | None = None,
     groups_from: str = "",
+    cache: Path | None = None,
 ) -> list[np.ndarray]:
     """Assign the samples with these ``labels`` to ``num_clients`` clients.
 
@@ -56,12 +66,27 @@ def partition(
     - ``natural``: one client per distinct value of ``groups`` (a key per sample, e.g. a writer
       or a client folder), in sorted order; needs ``num_clients`` equal to their number.
       ``groups_from`` names where the keys come from, for the error message.
+
+    With ``cache`` (a folder) the partitions are read from there when an earlier call with the
+    same arguments saved them, and saved there otherwise (`fedcomp.data.partition_cache`).
     """
     labels = np.asarray(labels)
     _check_arguments(labels, num_clients, scheme, alpha, classes_per_client)
+    if cache is None:
+        return _build(labels, num_clients, scheme, seed, alpha, classes_per_client, groups, groups_from)
+    key = partition_key(labels, groups, num_clients=num_clients, scheme=scheme, seed=seed, alpha=float(alpha),
+                        classes_per_client=classes_per_client)
+    return list(cached(key, lambda: _build(labels, num_clients, scheme, seed, alpha, classes_per_client, groups,
+                                           groups_from), cache))
+
+
+def _build(labels: np.ndarray, num_clients: int, scheme: str, seed: int, alpha: float, classes_per_client: int,
+           groups: np.ndarray | None, groups_from: str) -> list[np.ndarray]:
     columns = {"label": labels.astype(np.int64), "idx": np.arange(len(labels))}
     if scheme == "natural":
         columns["group"] = _check_groups(groups, labels, num_clients, groups_from)
+    from datasets import Dataset as HFDataset
+
     partitioner = PARTITIONERS[scheme](num_clients, seed, float(alpha), classes_per_client)
     table = HFDataset.from_dict(columns)
     if scheme == "iid":

@@ -2,10 +2,15 @@
 
 A registry key without a colon is a whole name (``digits``); a key ending in a colon is a
 prefix (``csv:``) whose loader receives the rest of the name (a path, a plugin reference).
+
+Each loader's module is imported only when that loader runs: torchvision (1.4 s, it pulls in
+``torch._dynamo``), pyarrow and scikit-learn are paid for only by the runs that read such data,
+not by every process that imports this registry (a deployed ClientApp starts one per message).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +18,7 @@ from pathlib import Path
 import torch
 
 from fedcomp.data.bundle import DataOptions, DatasetBundle
-from fedcomp.data.cifar10 import load_cifar10
-from fedcomp.data.clients import load_clients
-from fedcomp.data.digits import load_digits
-from fedcomp.data.fashion_mnist import fashion_mnist_dir, load_fashion_mnist
-from fedcomp.data.folder import load_folder
 from fedcomp.data.labels import labels_of
-from fedcomp.data.tables import load_table
 from fedcomp.errors import DatasetError
 from fedcomp.plugins import PLUGIN_FORM, PLUGIN_PREFIX, load_plugin
 
@@ -35,6 +34,16 @@ class Loader:
 
 def _path(rest: str) -> Path:
     return Path(rest).expanduser()
+
+
+def _function(module: str, name: str) -> Callable:
+    """``fedcomp.data.<module>.<name>``, imported now (a loader's module is imported when it first loads)."""
+    return getattr(importlib.import_module(f"fedcomp.data.{module}"), name)
+
+
+def _fashion_mnist(options: DataOptions) -> DatasetBundle:
+    return _function("fashion_mnist", "load_fashion_mnist")(
+        _function("fashion_mnist", "fashion_mnist_dir")(_path(options.data_dir)))
 
 
 def _load_plugin_dataset(rest: str, options: DataOptions) -> DatasetBundle:
@@ -68,14 +77,16 @@ def _load_plugin_dataset(rest: str, options: DataOptions) -> DatasetBundle:
 
 
 LOADERS: dict[str, Loader] = {
-    "cifar10": Loader("cifar10", lambda _, o: load_cifar10(_path(o.data_dir), o.download)),
-    "digits": Loader("digits", lambda _, o: load_digits(o.seed)),
-    "fashion-mnist": Loader("fashion-mnist", lambda _, o: load_fashion_mnist(fashion_mnist_dir(_path(o.data_dir)))),
-    "folder:": Loader("folder:PATH", lambda rest, o: load_folder(_path(rest)), path=True),
-    "clients:": Loader("clients:PATH", lambda rest, o: load_clients(_path(rest), o), path=True),
-    "csv:": Loader("csv:PATH", lambda rest, o: load_table(_path(rest), o, ".csv"), path=True),
-    "parquet:": Loader("parquet:PATH", lambda rest, o: load_table(_path(rest), o, ".parquet"), path=True),
-    "hf:": Loader("hf:PATH", lambda rest, o: load_table(_path(rest), o, "hf"), path=True),
+    "cifar10": Loader("cifar10", lambda _, o: _function("cifar10", "load_cifar10")(_path(o.data_dir), o.download)),
+    "digits": Loader("digits", lambda _, o: _function("digits", "load_digits")(o.seed)),
+    "fashion-mnist": Loader("fashion-mnist", lambda _, o: _fashion_mnist(o)),
+    "folder:": Loader("folder:PATH", lambda rest, o: _function("folder", "load_folder")(_path(rest)), path=True),
+    "clients:": Loader("clients:PATH", lambda rest, o: _function("clients", "load_clients")(_path(rest), o),
+                       path=True),
+    "csv:": Loader("csv:PATH", lambda rest, o: _function("tables", "load_table")(_path(rest), o, ".csv"), path=True),
+    "parquet:": Loader("parquet:PATH", lambda rest, o: _function("tables", "load_table")(_path(rest), o, ".parquet"),
+                       path=True),
+    "hf:": Loader("hf:PATH", lambda rest, o: _function("tables", "load_table")(_path(rest), o, "hf"), path=True),
     PLUGIN_PREFIX: Loader(PLUGIN_FORM, _load_plugin_dataset),
 }
 

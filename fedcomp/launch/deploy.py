@@ -16,6 +16,16 @@
 A SuperNode whose key was not registered is refused by the SuperLink. ``tls=False`` runs
 the same without certificates and without authentication (Flower allows authentication
 only over TLS).
+
+How ClientApps run (`ISOLATION`): Flower 1.42 starts one fresh ``flwr-clientapp`` process for
+every message in both of its isolation modes. ``subprocess`` has the SuperNode's own SuperExec
+start it; ``process`` has a separate ``flower-superexec --plugin-type clientapp`` beside each
+SuperNode do the same (``SubprocessExecutor.launch``: one ``flwr-clientapp --token`` per task),
+which adds a process per node and saves nothing. Flower's prestarted "warm" executors serve
+only its Kubernetes executor. So a message's cost is what a fresh process pays before its
+handler runs; fedcomp keeps that small by importing only what the message needs and by
+mapping the node's partition from the on-disk cache (`fedcomp.data.partition_cache`)
+instead of rebuilding it. `benchmarks/deploy_bench.py` measures where the time goes.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ from fedcomp.launch.processes import LaunchError, free_port, tail, wait_for_port
 from fedcomp.launch.simulation import APP_COMPONENTS, Launch, run_app
 
 CONNECTION = "fedcomp"  # the SuperLink connection's name in the run's $FLWR_HOME/config.toml
+ISOLATION = "subprocess"  # how SuperLink and SuperNodes run their apps (the module docstring says why)
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,7 @@ def start_superlink(launch: Launch, certificates: Certificates | None, authentic
                 ["--ssl-ca-certfile", str(certificates.ca), "--ssl-certfile", str(certificates.cert),
                  "--ssl-keyfile", str(certificates.key)])
     superlink = launch.start("flower-superlink", [
-        *security, *(["--enable-supernode-auth"] if authenticate else []), "--isolation", "subprocess",
+        *security, *(["--enable-supernode-auth"] if authenticate else []), "--isolation", ISOLATION,
         "--host", "127.0.0.1", "--port", str(port), "--disable-runtime-dependency-installation"])
     wait_for_port(port, superlink, timeout, launch.log, "flower-superlink")
     launch.connection(port, "insecure = true" if certificates is None else f'root-certificates = "{certificates.ca}"')
@@ -162,7 +173,7 @@ def start_supernode(launch: Launch, superlink_port: int, certificates: Certifica
                     node_config: Mapping[str, Any], max_wait: float | None = None) -> subprocess.Popen:
     """Start one ``flower-supernode`` connecting to the SuperLink on 127.0.0.1, with its own runtime port."""
     config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
-    args = ["--superlink", f"127.0.0.1:{superlink_port}", "--node-config", config, "--isolation", "subprocess",
+    args = ["--superlink", f"127.0.0.1:{superlink_port}", "--node-config", config, "--isolation", ISOLATION,
             "--host", "127.0.0.1", "--port", str(free_port())]
     args += ["--insecure"] if certificates is None else ["--root-certificates", str(certificates.ca)]
     if key is not None:
@@ -183,6 +194,18 @@ def wait_until_online(launch: Launch, count: int, nodes: list[subprocess.Popen],
             return
         time.sleep(0.5)
     raise LaunchError(f"SuperNodes not online after {timeout:.0f} s ({node_statuses(launch)}):\n{tail(launch.log)}")
+
+
+def deployment_mode(tls: bool) -> str:
+    """One line saying how `run_deployment` runs: security, and how each message reaches the ClientApp."""
+    from fedcomp.data.partition_cache import cache_dir
+
+    cache = cache_dir()
+    security = "TLS (certificates made for the run) + SuperNode authentication" if tls else \
+        "insecure (no TLS, no SuperNode authentication)"
+    return (f"deployment mode: {security}; isolation {ISOLATION}: one ClientApp process per message "
+            f"(Flower 1.42 has no long-lived ClientApp), partition cache "
+            f"{cache if cache is not None else 'off'}")
 
 
 def run_deployment(config: Mapping[str, Any], run_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None,

@@ -17,14 +17,15 @@ for the other classes), as in the ECQx authors' code (``docs/explanation/ecq.md`
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zennit.composites import EpsilonPlusFlat
-from zennit.core import Composite
+
+if TYPE_CHECKING:  # zennit imports torchvision (1.4 s): only a run computing relevances pays for it
+    from zennit.core import Composite
 
 from fedcomp.local.training import model_device
 
@@ -39,6 +40,8 @@ def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 def default_composite() -> Composite:
     """Epsilon for dense layers, z-plus for convolutions, flat for the first layer, BN passed."""
+    from zennit.composites import EpsilonPlusFlat
+
     return EpsilonPlusFlat()
 
 

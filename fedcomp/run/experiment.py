@@ -22,7 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from fedcomp.data import DataOptions, DatasetBundle, dataset_names, labels_of, load_dataset, partition
 from fedcomp.data.bundle import TensorExamples
-from fedcomp.data.clients import load_client_folder
+from fedcomp.data.partition_cache import cache_dir
 from fedcomp.data.view import DataView
 from fedcomp.local.partial import select
 from fedcomp.local.training import TrainSettings, evaluate, train
@@ -72,6 +72,8 @@ def dataset(name: str, options: DataOptions, view: DataView) -> DatasetBundle:
 @lru_cache(maxsize=4)
 def own_dataset(data_path: str, options: DataOptions, view: DataView) -> DatasetBundle:
     """A node's own client folder (its ``data-path``) seen through ``view``, loaded once per process."""
+    from fedcomp.data.clients import load_client_folder  # torchvision and pyarrow: only for this data
+
     return view.apply(load_client_folder(Path(data_path).expanduser(), options))
 
 
@@ -105,7 +107,7 @@ def _partitions(name: str, options: DataOptions, view: DataView, num_clients: in
         scheme = "natural"
     return tuple(partition(labels_of(bundle.train), num_clients, scheme=scheme, seed=options.seed, alpha=alpha,
                            classes_per_client=classes_per_client, groups=bundle.groups,
-                           groups_from=bundle.groups_from))
+                           groups_from=bundle.groups_from, cache=cache_dir()))
 
 
 def client_indices(config: Mapping, partition_id: int, node_config: Mapping | None = None) -> np.ndarray:
