@@ -3,7 +3,9 @@
 For each preset (``--presets``, 3 SuperNodes, ``--rounds`` rounds, seed 0) it runs:
 
 - ``deploy-local``'s engine (`run_deployment`: SuperLink + 3 SuperNodes on 127.0.0.1, TLS with
-  certificates made for the run, SuperNode authentication) with fedcomp's apps;
+  certificates made for the run, SuperNode authentication) with fedcomp's apps, warm (each
+  message's ClientApp process forked from a preloaded launcher, the default) and, for the first
+  preset, cold (Flower starts each one fresh: ``deploy-local --cold``);
 - the same under the Simulation Engine (`run_simulation`): seconds per round, and payload
   bytes and final accuracy, which must equal the deployment's;
 - with ``--before REV``, the deployment again with the apps of commit REV (its tree extracted
@@ -11,14 +13,14 @@ For each preset (``--presets``, 3 SuperNodes, ``--rounds`` rounds, seed 0) it ru
 
 Once, the anchor: a minimal stock Flower PyTorch ClientApp (`benchmarks/stock_client_app.py`,
 the same model and data, plain FedAvg through `benchmarks/stock_server_app.py`) under the
-same deployment. A round's seconds are the ServerApp's ``round_seconds`` (``rounds.jsonl``);
-"s/round" is the median over rounds 2..N.
+same deployment as Flower runs it (each message a fresh process: cold). A round's seconds
+are the ServerApp's ``round_seconds`` (``rounds.jsonl``); "s/round" is the median over rounds 2..N.
 
 Where the time goes, two ways:
 
 1. in the deployment itself: each of fedcomp's ClientApp processes writes its stage stamps
-   (`fedcomp.records.stages`: process started, module imported, data ready, trained), so a
-   training message's time splits into process start + imports, data (model, dataset,
+   (`fedcomp.records.stages`: process started (forked), handler entered, data ready, trained),
+   so a training message's time splits into process start + imports, data (model, dataset,
    partition) and training + encoding; what is left of the round (round s minus the slowest
    client's span) is messaging, the server's aggregation and its central evaluation;
 2. in a fresh process per tree (this tree, and REV's), timed step by step as a ClientApp
@@ -112,21 +114,22 @@ def stage_spans(log: Path) -> list[dict[str, float]]:
     spans = []
     for line in log.read_text().splitlines() if log.is_file() else []:
         s = json.loads(line)
-        spans.append({"start_and_imports": s["imported"] - s["process_started"],
+        spans.append({"start_and_imports": s["entered"] - s["process_started"],
                       "data": s["data_ready"] - s["entered"], "training": s["trained"] - s["data_ready"],
                       "span": s["trained"] - s["process_started"]})
     return spans
 
 
 def deploy_row(name: str, config: dict[str, Any], out: Path, components: dict[str, str] | None = None,
-               tree: Path | None = None) -> dict[str, Any]:
+               tree: Path | None = None, warm: bool = True) -> dict[str, Any]:
     stages = out / f"{name}.stages.jsonl"
     stages.unlink(missing_ok=True)
     os.environ[STAGE_VARIABLE] = str(stages)
     started = time.perf_counter()
     try:
         with apps_from(tree):
-            summary = run_deployment(config, out / name, **({"components": components} if components else {}))
+            summary = run_deployment(config, out / name, warm=warm,
+                                     **({"components": components} if components else {}))
     finally:
         del os.environ[STAGE_VARIABLE]
     rows = read_rounds(out / name)
@@ -136,7 +139,8 @@ def deploy_row(name: str, config: dict[str, Any], out: Path, components: dict[st
     later_spans = [s for group in per_round[1:] for s in group]
     slowest = [max(s["span"] for s in group) for group in per_round[1:]]
     rest = [r["round_seconds"] - slow for r, slow in zip(rows[1:], slowest)]
-    return {"name": name, "engine": "deployment", "round_s": [r["round_seconds"] for r in rows],
+    return {"name": name, "engine": "deployment (warm)" if warm else "deployment (cold)",
+            "round_s": [r["round_seconds"] for r in rows],
             "later_s": later_median(rows), "accuracy": summary["final_accuracy"],
             "bytes_up": summary.get("bytes_up"), "bytes_down": summary.get("bytes_down"),
             "wall_s": time.perf_counter() - started,
@@ -188,14 +192,15 @@ def render(rows: list[dict[str, Any]], steps: dict[str, list[dict[str, float]]],
         f"({platform.processor() or platform.machine()}, shared with other work: load average "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {version('torch')}, flwr {version('flwr')}. "
         f"Command: `python benchmarks/deploy_bench.py {' '.join(sys.argv[1:])}`.", "",
-        f"Every deployment: {deployment_mode(tls=True)}. {CLIENTS} SuperNodes, {args.rounds} rounds, seed 0, "
+        f"Every deployment: {deployment_mode(tls=True, warm=True)} (warm) or started fresh by Flower "
+        f"(cold). {CLIENTS} SuperNodes, {args.rounds} rounds, seed 0, "
         "all on one machine. s/round is the median `round_seconds` over rounds 2.."
         f"{args.rounds} (round 1 carries the first process's partition build and Flower's run start).", "",
         "## Seconds per round", "",
         "| run | engine | apps | s/round (rounds 2+) | every round s | vs stock ClientApp | final accuracy "
         "| payload up B | payload down B |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r['later_s'] / stock['later_s']:.2f}x" if stock and r["engine"] == "deployment" else ""
+        ratio = f"{r['later_s'] / stock['later_s']:.2f}x" if stock and r["engine"] != "simulation" else ""
         apps = "stock Flower FedAvg + stock PyTorch ClientApp" if r["name"] == "stock" else (
             f"fedcomp at {args.before}" if r["name"].endswith("-before") else "fedcomp")
         lines.append(f"| {r['name']} | {r['engine']} | {apps} | {r['later_s']:.2f} | "
@@ -203,15 +208,17 @@ def render(rows: list[dict[str, Any]], steps: dict[str, list[dict[str, float]]],
                      f"{r.get('bytes_up') or ''} | {r.get('bytes_down') or ''} |")
     lines += ["", "Payload bytes and final accuracy, deployment vs simulation:", ""]
     for name in args.presets:
-        dep, sim = by[name], by[f"{name}-simulation"]
-        same = all(dep[k] == sim[k] for k in ("bytes_up", "bytes_down", "accuracy"))
-        lines.append(f"- `{name}`: {'equal' if same else 'NOT EQUAL'} (up {dep['bytes_up']} vs {sim['bytes_up']}, "
-                     f"down {dep['bytes_down']} vs {sim['bytes_down']}, accuracy {dep['accuracy']:.4f} vs "
-                     f"{sim['accuracy']:.4f}).")
+        sim = by[f"{name}-simulation"]
+        for dep in (by[label] for label in (name, f"{name}-cold") if label in by):
+            same = all(dep[k] == sim[k] for k in ("bytes_up", "bytes_down", "accuracy"))
+            lines.append(f"- `{dep['name']}`, {dep['engine']}: {'equal' if same else 'NOT EQUAL'} (up "
+                         f"{dep['bytes_up']} vs {sim['bytes_up']}, down {dep['bytes_down']} vs {sim['bytes_down']}, "
+                         f"accuracy {dep['accuracy']:.4f} vs {sim['accuracy']:.4f}).")
     lines += ["", "## Where a deployed round's time goes (stage stamps of fedcomp's ClientApp processes)", "",
               "Medians over the training messages of rounds 2+. A message's process: start and imports = from "
-              "the process's start (`/proc`) to the app module imported (interpreter, Flower's ClientApp runtime, "
-              "pulling the message, installing the app, importing fedcomp); data = handler entered to loader ready "
+              "the process's start (`/proc`; a warm child's fork) to its handler entered (interpreter, Flower's "
+              "ClientApp runtime, pulling the message, installing the app, importing fedcomp; a warm child "
+              "inherits the imports); data = handler entered to loader ready "
               "(settings, model, decoding the message, dataset, partition); training = local training and encoding "
               "the reply. Rest of the round = s/round minus the slowest client's span: sending and receiving "
               "messages, the SuperNodes' process launch, the server's aggregation and central evaluation.", "",
@@ -254,11 +261,13 @@ def main() -> None:
                 print(label, steps[label], flush=True)
         for name in args.presets:
             config = resolve(preset(name), {"num_clients": CLIENTS, "rounds": args.rounds, "seed": 0})
-            plan = [(name, None, None), ("stock", STOCK, None)] if name == args.presets[0] else [(name, None, None)]
-            if before is not None:
-                plan.append((f"{name}-before", None, before))
-            for label, components, tree in plan:
-                rows.append(deploy_row(label, config, runs, components, tree))
+            plan = [(name, None, None, True)]
+            if name == args.presets[0]:
+                plan += [(f"{name}-cold", None, None, False), ("stock", STOCK, None, False)]
+                if before is not None:
+                    plan.append((f"{name}-before", None, before, False))
+            for label, components, tree, warm in plan:
+                rows.append(deploy_row(label, config, runs, components, tree, warm))
                 print(rows[-1], flush=True)
             rows.append(simulation_row(f"{name}-simulation", config, runs))
             print(rows[-1], flush=True)

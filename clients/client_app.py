@@ -47,7 +47,6 @@ from fedcomp.exchange.updates import Tensors, UpdateSettings
 from fedcomp.records.stages import record_stages
 
 app = ClientApp()
-IMPORTED = time.time()  # when this module had been imported: the stage log's first stamp after the process start
 
 VERSION_KEY = "version"  # state: the version of the held counts (FULL_MODEL: none held)
 ROUND_KEY = "round"  # state: the round it was saved in (the residual's age)
@@ -84,7 +83,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train_step(msg: Message, context: Context) -> Message:
     """Train the global model on the local partition; reply with the local model or its coded update."""
-    stages = {"imported": IMPORTED, "entered": time.time()}
+    stages = {"entered": time.time()}
     config, pid, model, settings = _setup(context)
     server_round = int(msg.content[CONFIG].get(SERVER_ROUND, 0))
     faults = FaultPlan.from_config(config).draw(server_round, pid)

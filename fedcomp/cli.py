@@ -158,6 +158,8 @@ def deploy_local(
     assignments: SetOption = None,
     out: OutOption = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="no TLS and no SuperNode authentication")] = False,
+    cold: Annotated[bool, typer.Option("--cold", help="let Flower start every ClientApp process fresh instead "
+                                       "of forking it from a warm launcher (slower, same results)")] = False,
 ) -> None:
     """Run on Flower's Deployment Engine: a SuperLink and num_clients SuperNodes on 127.0.0.1.
 
@@ -168,8 +170,8 @@ def deploy_local(
     from fedcomp.records.results import MB
 
     config = build_config(preset_names or ["default"], config_file, assignments or [])
-    console.print(deployment_mode(tls=not insecure), markup=False)
-    summary = execute(config, out, partial(run_deployment, tls=not insecure))
+    console.print(deployment_mode(tls=not insecure, warm=not cold), markup=False)
+    summary = execute(config, out, partial(run_deployment, tls=not insecure, warm=not cold))
     console.print(f"payload bytes up/down {summary['bytes_up']}/{summary['bytes_down']} "
                   f"({summary['bytes_total'] / MB:.3f} MB); serialised Flower messages up/down "
                   f"{summary['message_bytes_up']}/{summary['message_bytes_down']}")

@@ -15,6 +15,7 @@ from fedcomp.launch.deploy import (make_certificates, make_node_key, node_status
                             start_superlink, start_supernode)
 from fedcomp.run.presets import preset
 from fedcomp.launch.simulation import launched, run_simulation
+from fedcomp.records.results import read_rounds
 
 PRESET = "topk-ef"  # a compressed preset (issue 6): sparse differential updates with error feedback
 SMALL = {"num_clients": 3, "rounds": 2, "seed": 5}
@@ -116,8 +117,34 @@ def test_an_unregistered_supernode_is_refused(tmp_path):
 @pytest.mark.slow
 def test_cli_deploy_local_runs_and_reports_both_sizes(tmp_path):
     fedcomp = str(Path(sys.executable).parent / "fedcomp")
-    done = subprocess.run([fedcomp, "deploy-local", "--out", str(tmp_path / "run"), "--set", "num_clients=2",
+    done = subprocess.run([fedcomp, "deploy-local", "--cold", "--out", str(tmp_path / "run"), "--set", "num_clients=2",
                            "--set", "rounds=1", "--set", "model=mlp"], capture_output=True, text=True, timeout=400,
                           cwd=tmp_path, env={**os.environ, "COLUMNS": "400"})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "round   1" in done.stdout and "serialised Flower messages up/down" in done.stdout
+    assert "TLS (certificates made for the run) + SuperNode authentication" in done.stdout
+    assert "started fresh (cold)" in done.stdout
+
+
+STOCK_APPS = {"serverapp": "benchmarks.stock_server_app:app", "clientapp": "benchmarks.stock_client_app:app"}
+STOCK_BOUND = 2.0  # see the test's docstring
+
+
+@pytest.mark.slow
+def test_a_later_deployed_round_takes_at_most_twice_the_stock_clientapps(tmp_path):
+    """fedcomp's deployed round (default settings, warm launcher) against a stock Flower PyTorch ClientApp
+    (same model, data and FedAvg, each message a fresh process as Flower runs it), 3 TLS-authenticated
+    SuperNodes each, measured one after the other in this test.
+
+    The measured ratio is in benchmarks/results/deploy.md. The bound is 2x, not the 1.2x target:
+    two runs measured a minute apart on a shared 2-core CI machine differ from load alone (the
+    better of rounds 2 and 3 is taken for each to damp that), and the test must not fail on noise.
+    """
+    config = resolve({"num_clients": 3, "rounds": 3, "seed": 0})
+    seconds = {}
+    for name, components in (("fedcomp", None), ("stock", STOCK_APPS)):
+        run_deployment(config, tmp_path / name, **({"components": components} if components else {}))
+        rows = read_rounds(tmp_path / name)
+        assert [r["round"] for r in rows] == [1, 2, 3]
+        seconds[name] = min(r["round_seconds"] for r in rows[1:])  # the less disturbed of rounds 2 and 3
+    assert seconds["fedcomp"] <= STOCK_BOUND * seconds["stock"], seconds

@@ -23,9 +23,12 @@ start it; ``process`` has a separate ``flower-superexec --plugin-type clientapp`
 SuperNode do the same (``SubprocessExecutor.launch``: one ``flwr-clientapp --token`` per task),
 which adds a process per node and saves nothing. Flower's prestarted "warm" executors serve
 only its Kubernetes executor. So a message's cost is what a fresh process pays before its
-handler runs; fedcomp keeps that small by importing only what the message needs and by
+handler runs. fedcomp keeps that small by importing only what the message needs and by
 mapping the node's partition from the on-disk cache (`fedcomp.data.partition_cache`)
-instead of rebuilding it. `benchmarks/deploy_bench.py` measures where the time goes.
+instead of rebuilding it, and by default (``warm=True``) removes it: each message's
+``flwr-clientapp`` is forked from a launcher that has imported everything and loaded the
+data once (`fedcomp.launch.warm`), with the same security and the same replies.
+`benchmarks/deploy_bench.py` measures where the time goes.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from cryptography.x509.oid import NameOID
 
 from fedcomp.launch.processes import LaunchError, free_port, tail, wait_for_port
 from fedcomp.launch.simulation import APP_COMPONENTS, Launch, run_app
+from fedcomp.launch.warm import start_launcher
 
 CONNECTION = "fedcomp"  # the SuperLink connection's name in the run's $FLWR_HOME/config.toml
 ISOLATION = "subprocess"  # how SuperLink and SuperNodes run their apps (the module docstring says why)
@@ -170,8 +174,10 @@ def node_statuses(launch: Launch) -> dict[int, str]:
 
 
 def start_supernode(launch: Launch, superlink_port: int, certificates: Certificates | None, key: NodeKey | None,
-                    node_config: Mapping[str, Any], max_wait: float | None = None) -> subprocess.Popen:
-    """Start one ``flower-supernode`` connecting to the SuperLink on 127.0.0.1, with its own runtime port."""
+                    node_config: Mapping[str, Any], max_wait: float | None = None,
+                    env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start one ``flower-supernode`` connecting to the SuperLink on 127.0.0.1, with its own runtime port
+    (and ``env``, a warm launcher's environment, in place of the run's)."""
     config = " ".join(f"{k}={json.dumps(v)}" for k, v in node_config.items())
     args = ["--superlink", f"127.0.0.1:{superlink_port}", "--node-config", config, "--isolation", ISOLATION,
             "--host", "127.0.0.1", "--port", str(free_port())]
@@ -180,7 +186,7 @@ def start_supernode(launch: Launch, superlink_port: int, certificates: Certifica
         args += ["--auth-supernode-private-key", str(key.private)]
     if max_wait is not None:
         args += ["--max-wait-time", str(max_wait)]
-    return launch.start("flower-supernode", args)
+    return launch.start("flower-supernode", args, **({"env": env} if env is not None else {}))
 
 
 def wait_until_online(launch: Launch, count: int, nodes: list[subprocess.Popen], timeout: float) -> None:
@@ -196,25 +202,28 @@ def wait_until_online(launch: Launch, count: int, nodes: list[subprocess.Popen],
     raise LaunchError(f"SuperNodes not online after {timeout:.0f} s ({node_statuses(launch)}):\n{tail(launch.log)}")
 
 
-def deployment_mode(tls: bool) -> str:
+def deployment_mode(tls: bool, warm: bool) -> str:
     """One line saying how `run_deployment` runs: security, and how each message reaches the ClientApp."""
     from fedcomp.data.partition_cache import cache_dir
 
     cache = cache_dir()
     security = "TLS (certificates made for the run) + SuperNode authentication" if tls else \
         "insecure (no TLS, no SuperNode authentication)"
-    return (f"deployment mode: {security}; isolation {ISOLATION}: one ClientApp process per message "
-            f"(Flower 1.42 has no long-lived ClientApp), partition cache "
-            f"{cache if cache is not None else 'off'}")
+    start = ("forked from a warm launcher that preloaded the app and its data" if warm else
+             "started fresh (cold)")
+    return (f"deployment mode: {security}; isolation {ISOLATION}, one ClientApp process per message, {start}; "
+            f"partition cache {cache if cache is not None else 'off'}")
 
 
 def run_deployment(config: Mapping[str, Any], run_dir: Path, on_round: Callable[[dict[str, Any]], None] | None = None,
                    tls: bool = True, startup_timeout: float = 120.0,
-                   components: Mapping[str, str] = APP_COMPONENTS) -> dict[str, Any]:
+                   components: Mapping[str, str] = APP_COMPONENTS, warm: bool = True) -> dict[str, Any]:
     """Run the app on a loopback Deployment Engine with ``num_clients`` SuperNodes; return its summary.
 
     With ``tls`` (the default) the SuperLink serves TLS with certificates made for this run and
-    admits only the SuperNodes whose keys were registered through the Flower CLI.
+    admits only the SuperNodes whose keys were registered through the Flower CLI. With ``warm``
+    (the default) each message's ClientApp process is forked from a preloaded launcher
+    (`fedcomp.launch.warm`); without it Flower starts each one fresh.
     """
     num_nodes = int(config["num_clients"])
 
@@ -227,8 +236,9 @@ def run_deployment(config: Mapping[str, Any], run_dir: Path, on_round: Callable[
         for key in keys:
             if key is not None:
                 register_node(launch, key)
-        nodes = [start_supernode(launch, port, certificates, key, {"partition-id": i, "num-partitions": num_nodes})
-                 for i, key in enumerate(keys)]
+        env = start_launcher(launch, config, components["clientapp"], startup_timeout) if warm else None
+        nodes = [start_supernode(launch, port, certificates, key, {"partition-id": i, "num-partitions": num_nodes},
+                                 env=env) for i, key in enumerate(keys)]
         wait_until_online(launch, num_nodes, nodes, startup_timeout)
         return []
 

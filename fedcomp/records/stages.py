@@ -1,8 +1,9 @@
 """Where a ClientApp process's time goes, for the deployment benchmark (`benchmarks/deploy_bench.py`).
 
 With ``FEDCOMP_STAGE_LOG=FILE`` in its environment, a ClientApp appends one JSON line per
-message to FILE: the wall-clock time its process was started (from ``/proc``), when its
-module began and finished importing, and when each stage of the message ended. Without the
+message to FILE: the wall-clock time its process was started (from ``/proc``; for a process
+forked by the warm launcher, the fork), when its handler was entered, and when each stage of
+the message ended. Without the
 variable nothing is written. Under the Deployment Engine each message is a fresh process, so
 the line shows what a message costs before its handler even runs.
 """
