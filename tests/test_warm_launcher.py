@@ -55,3 +55,9 @@ def test_a_malformed_request_is_refused_and_the_launcher_keeps_serving(launcher)
         conn.sendall(b'{"not": "a list"}\n')
         assert conn.makefile().readline().strip() == "2"
     assert _shim(shim, path, "--help").returncode == 0
+
+
+def test_without_a_launcher_the_shim_runs_flowers_own_command(tmp_path):
+    shim = install_shim(tmp_path / "bin") / "flwr-clientapp"
+    done = _shim(shim, tmp_path / "gone.sock", "--help")
+    assert done.returncode == 0 and "--runtime-api-address" in done.stdout

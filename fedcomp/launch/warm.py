@@ -9,6 +9,8 @@ dataset, and then waits on a Unix socket. The SuperNodes find a small ``flwr-cli
 on their ``PATH`` (`install_shim`): it sends its arguments (the Runtime API address, the task's
 token, ``--insecure`` or the root certificates, ``--parent-pid``) to the launcher, which forks a
 child that runs Flower's own ``flwr_clientapp()`` with them, and answers the child's exit code.
+A shim that finds no launcher (it died) runs Flower's ``flwr-clientapp`` itself, so a message is
+never lost to the launcher: it only costs a fresh process again.
 
 Nothing changes between SuperLink and SuperNodes (TLS, SuperNode authentication), nor between
 SuperNode and ClientApp: the child speaks to the SuperNode's Runtime API exactly as the process
@@ -47,8 +49,12 @@ ACCEPT_TIMEOUT = 10.0  # seconds a shim may take to send its arguments once conn
 SHIM = """#!{python} -I
 # fedcomp's warm launcher stands in for Flower's flwr-clientapp (fedcomp.launch.warm)
 import json, os, socket, sys
-with socket.socket(socket.AF_UNIX) as launcher:
+try:
+    launcher = socket.socket(socket.AF_UNIX)
     launcher.connect(os.environ["{variable}"])
+except (OSError, KeyError):  # no launcher (it died): Flower's own command, started fresh
+    os.execv("{real}", ["{real}", *sys.argv[1:]])
+with launcher:
     launcher.sendall(json.dumps(sys.argv[1:]).encode() + b"\\n")
     answer = launcher.makefile().readline().strip()
 sys.exit(int(answer) if answer.lstrip("-").isdigit() else 1)
@@ -59,7 +65,8 @@ def install_shim(folder: Path) -> Path:
     """Write the ``flwr-clientapp`` stand-in into ``folder`` (put it first on the SuperNodes' PATH); the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     shim = folder / COMMAND
-    shim.write_text(SHIM.format(python=sys.executable, variable=SOCKET_VARIABLE))
+    shim.write_text(SHIM.format(python=sys.executable, variable=SOCKET_VARIABLE,
+                                real=Path(sys.executable).parent / COMMAND))
     shim.chmod(0o700)
     return folder
 
