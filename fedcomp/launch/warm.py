@@ -100,6 +100,8 @@ def preload(modules: list[str], config: Mapping[str, Any] | None) -> None:
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool before a fork
+    # torch.optim imports torch._dynamo on an optimizer's first step (1-2 s): once here, not in every child
+    importlib.import_module("torch._dynamo")
     importlib.import_module("flwr.supernode.cli.flwr_clientapp")
     for module in modules:
         importlib.import_module(module)
