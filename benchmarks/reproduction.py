@@ -53,7 +53,6 @@ RESULTS = Path(__file__).parent / "results"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 BITS = (2, 3, 4, 5)
 GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.4)
-QAT_GAMMAS = (0.1, 0.3)
 Cache = dict[str, Any]
 
 
@@ -202,12 +201,14 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
                 relevance = weight_relevance(model, rel_x, rel_y)
                 return ptq(model, ECQxQuantizer(bits, gamma), relevance, test_loader)
             cell(cache, path, f"{prefix}/ptq/ecqx/{bits}/{gamma}", ecqx_ptq, render)
+    if "ec2t" in args.sections:
+        ec2t(args, cache, path, render, seed, data, test_loader, loader)
     if "qat" not in args.sections:
         return
     qat_settings = TrainSettings(epochs=args.qat_epochs, lr=0.01)
     for bits in args.qat_bits:
         for method in ("ecq", "ecqx"):
-            for gamma in QAT_GAMMAS:
+            for gamma in args.qat_gammas:
                 cell(cache, path, f"{prefix}/qat/{method}/{bits}/{gamma}",
                      lambda bits=bits, method=method, gamma=gamma: qat(
                          fresh(), loader(seed + 1), qat_settings, method, bits, gamma, test_loader), render)
@@ -222,6 +223,13 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
     cell(cache, path, f"{prefix}/f4/ptq", lambda: device(None), render)
     cell(cache, path, f"{prefix}/f4/qat", lambda: device(0.1), render)
 
+
+def ec2t(args, cache: Cache, path: Path, render, seed: int, data, test_loader, loader) -> None:
+    prefix = f"{args.dataset}/s{seed}"
+    train_set, _, classes, shape = data
+
+    def fresh(width: int) -> nn.Module:
+        return copy_of(float_model(args, seed, width, data), classes, shape, width)
     base = args.width // 2
     cell(cache, path, f"{prefix}/ec2t/base_float", lambda: {
         "accuracy": evaluate(fresh(base), test_loader)["accuracy"],
@@ -323,7 +331,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             row("ECQx", f"{bits}-bit sparse network keeps accuracy", "'maintain or even improve'",
                 f"PTQ {bits} bit, best gamma of {list(GAMMAS)}", f"Δ vs float {spread(best)} points",
                 f"float {spread(float_acc)}", verdict)
-    for bits, method, g in [(b, m, g) for b in args.qat_bits for m in ("ecqx", "ecq") for g in QAT_GAMMAS]:
+    for bits, method, g in [(b, m, g) for b in args.qat_bits for m in ("ecqx", "ecq") for g in args.qat_gammas]:
         acc = values(f"qat/{method}/{bits}/{g}")
         if acc:
             d = (np.mean(acc) - np.mean(float_acc)) * 100
@@ -350,7 +358,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
                 f"ECQx − ECQ {d:+.1f} points on average; ECQx >= ECQ at {sum(x >= 0 for x in diffs)} of "
                 f"{len(diffs)} (gamma, seed) points", "ECQ, same run",
                 "reproduced" if d > 0.1 else "not reproduced (equal within noise)" if d > -0.3 else "not reproduced")
-    for bits, g in [(b, g) for b in args.qat_bits for g in QAT_GAMMAS]:
+    for bits, g in [(b, g) for b in args.qat_bits for g in args.qat_gammas]:
         ecqx, ecq = values(f"qat/ecqx/{bits}/{g}"), values(f"qat/ecq/{bits}/{g}")
         if ecqx and ecq:
             sx, sq = values(f"qat/ecqx/{bits}/{g}", "sparsity"), values(f"qat/ecq/{bits}/{g}", "sparsity")
@@ -459,14 +467,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-bits", type=int, nargs="+", default=[4], help="bit widths of the ECQ/ECQx QAT cells")
+    parser.add_argument("--qat-gammas", type=float, nargs="+", default=[0.1, 0.3], help="gammas of those cells")
     parser.add_argument("--ec2t-gamma", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "federated", "fed-qat"],
-                        help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4, EC2T; "
+    parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "ec2t", "federated", "fed-qat"],
+                        help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4; ec2t: EC2T; "
                              "federated: FedAvg (and FSFL on digits) loopback runs; fed-qat: federated QAT")
     parser.add_argument("--fresh", action="store_true", help="discard the cached cells")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from the cache, measure nothing")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction",
+                        help="where the trained float models are kept (.npz)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -477,7 +487,7 @@ def main() -> None:
         redraw()
         return
     for seed in args.seeds:
-        if {"ptq", "qat"} & set(args.sections):
+        if {"ptq", "qat", "ec2t"} & set(args.sections):
             central(args, cache, path, redraw, seed)
     for seed in args.seeds:
         if {"federated", "fed-qat"} & set(args.sections):
