@@ -47,6 +47,7 @@ from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train, quantize
 from fedcomp.local.relevance import weight_relevance
 from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.models.small import he_initialised
+from fedcomp.models.supernet import scale_mlp
 from fedcomp.records.provenance import source_commit
 
 RESULTS = Path(__file__).parent / "results"
@@ -156,8 +157,9 @@ def ptq(model, quantizer, relevance, test_loader) -> dict:
             "bytes": min(compressed_sizes(tensors).values())}
 
 
-def qat(model, loader, settings: TrainSettings, method: str, bits: int, gamma: float, test_loader) -> dict:
-    result = qat_train(model, loader, settings, QATSettings(method, bits, gamma))
+def qat(model, loader, settings: TrainSettings, method: str, bits: int, gamma: float, test_loader,
+        frozen_epochs: int = 0) -> dict:
+    result = qat_train(model, loader, settings, QATSettings(method, bits, gamma), frozen_epochs)
     return {"accuracy": evaluate(model, test_loader)["accuracy"], "sparsity": result.metrics["weight_sparsity"],
             "bytes": min(compressed_sizes(result.tensors).values())}
 
@@ -224,22 +226,34 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
     cell(cache, path, f"{prefix}/f4/qat", lambda: device(0.1), render)
 
 
-def ec2t(args, cache: Cache, path: Path, render, seed: int, data, test_loader, loader) -> None:
-    prefix = f"{args.dataset}/s{seed}"
-    train_set, _, classes, shape = data
+EC2T_SCALINGS = {"base": (1.0, 0), "w2": (2.0, 0), "w2d1": (2.0, 1)}  # (width multiplier, extra layers)
 
-    def fresh(width: int) -> nn.Module:
-        return copy_of(float_model(args, seed, width, data), classes, shape, width)
+
+def ec2t(args, cache: Cache, path: Path, render, seed: int, data, test_loader, loader) -> None:
+    """EC2T as its paper defines it: the float base, its super-network scaled up in width (and
+    depth) and trained in float, then entropy-constrained trained ternarization (phase 1) and
+    the ternary values retrained with the assignment frozen (phase 2)."""
+    prefix = f"{args.dataset}/s{seed}"
+    _, _, classes, shape = data
     base = args.width // 2
+
+    def base_model() -> nn.Module:
+        return copy_of(float_model(args, seed, base, data), classes, shape, base)
     cell(cache, path, f"{prefix}/ec2t/base_float", lambda: {
-        "accuracy": evaluate(fresh(base), test_loader)["accuracy"],
-        "float32_bytes": 4 * sum(p.numel() for p in fresh(base).parameters())}, render)
-    cell(cache, path, f"{prefix}/ec2t/super_ternary",
-         lambda: qat(fresh(), loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
-                     args.ec2t_gamma, test_loader), render)
-    cell(cache, path, f"{prefix}/ec2t/base_ternary",
-         lambda: qat(fresh(base), loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
-                     args.ec2t_gamma, test_loader), render)
+        "accuracy": evaluate(base_model(), test_loader)["accuracy"],
+        "float32_bytes": 4 * sum(p.numel() for p in base_model().parameters())}, render)
+
+    def ternary(width: float, extra_depth: int) -> dict:
+        model = scale_mlp(base_model(), width, extra_depth, noise=0.01, generator=torch.Generator().manual_seed(seed))
+        out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+        if (width, extra_depth) != (1.0, 0):  # the super-network's own float training
+            train(model, loader(seed + 4), TrainSettings(epochs=args.ec2t_finetune, lr=0.01))
+            out["float_accuracy"] = evaluate(model, test_loader)["accuracy"]
+        result = qat(model, loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
+                     args.ec2t_gamma, test_loader, frozen_epochs=args.ec2t_frozen)
+        return {**out, **result, "bits_per_weight": 8 * result["bytes"] / out["params"]}
+    for name, (width, extra_depth) in EC2T_SCALINGS.items():
+        cell(cache, path, f"{prefix}/ec2t/{name}", lambda w=width, d=extra_depth: ternary(w, d), render)
 
 
 # --- federated measurements (loopback: the real ServerApp and ClientApp, no Ray) ---
@@ -405,19 +419,27 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
              "device target met, float-cost target missed" if gap_edge >= -1 else "not reproduced") +
             f" (QAT device − QAT float {gap_edge:+.1f}; QAT float − FedAvg float {gap_fed:+.1f}; "
             f"QAT device − FedAvg float {(np.mean(fq) - np.mean(af)) * 100:+.1f} points)")
-    # EC2T
-    base, tern, base_t = values("ec2t/base_float"), values("ec2t/super_ternary"), values("ec2t/base_ternary")
-    if tern:
+    # EC2T: every scaling against the float base
+    base, bb = values("ec2t/base_float"), values("ec2t/base_float", "float32_bytes")
+    for name, (width, extra_depth) in EC2T_SCALINGS.items():
+        tern = values(f"ec2t/{name}")
+        if not (tern and base):
+            continue
         d = (np.mean(tern) - np.mean(base)) * 100
-        sp = values("ec2t/super_ternary", "sparsity")
-        tb, bb = values("ec2t/super_ternary", "bytes"), values("ec2t/base_float", "float32_bytes")
-        row("EC2T", "super-network (width x2), then entropy-constrained ternarization keeps accuracy",
-            "(CIFAR/ImageNet: close to float)", f"{args.width // 2}x3 base, {args.width}x3 super, EC2T QAT "
-            f"gamma {args.ec2t_gamma}, {args.qat_epochs} epoch(s)",
-            f"ternary super {spread(tern)}, sparsity {spread(sp, 1.0, 2)}, {np.mean(tb):.0f} bytes",
-            f"float base {spread(base)} ({np.mean(bb):.0f} bytes); ternary base {spread(base_t)}",
-            ("reproduced" if d >= -1 else "not reproduced") + f" ({d:+.1f} points, "
-            f"{np.mean(bb) / np.mean(tb):.0f}x smaller)")
+        sp, tb = values(f"ec2t/{name}", "sparsity"), values(f"ec2t/{name}", "bytes")
+        bpw, sf = values(f"ec2t/{name}", "bits_per_weight"), values(f"ec2t/{name}", "float_accuracy")
+        scaled = (f"super-network width x{width:g}" + (f", +{extra_depth} layer(s)" if extra_depth else "") +
+                  f" (Net2Net from the trained base, {args.ec2t_finetune} float epoch(s): {spread(sf)}), then "
+                  if sf else "the base itself (no scaling), ")
+        row("EC2T", "super-network, then entropy-constrained trained ternarization: sparse ternary network "
+            "close to float", "(CIFAR/ImageNet: close to float)",
+            f"{args.width // 2}x3 float base; {scaled}EC2T gamma {args.ec2t_gamma}: {args.qat_epochs} epoch(s), then "
+            f"{args.ec2t_frozen} with the assignment frozen",
+            f"ternary {spread(tern)}, sparsity {spread(sp, 1.0, 2)}, {np.mean(tb):.0f} bytes "
+            f"({np.mean(bpw):.2f} bits/parameter)",
+            f"float base {spread(base)} ({np.mean(bb):.0f} bytes float32)",
+            ("reproduced" if d >= -1 else "direction reproduced" if d >= -2 else "not reproduced") +
+            f" ({d:+.1f} points, {np.mean(bb) / np.mean(tb):.0f}x smaller than the float base)")
     # FSFL
     fs, tk, fa2 = values("fed/fsfl"), values("fed/topk-ef"), values("fed/fedavg")
     if fs and tk:
@@ -469,6 +491,8 @@ def main() -> None:
     parser.add_argument("--qat-bits", type=int, nargs="+", default=[4], help="bit widths of the ECQ/ECQx QAT cells")
     parser.add_argument("--qat-gammas", type=float, nargs="+", default=[0.1, 0.3], help="gammas of those cells")
     parser.add_argument("--ec2t-gamma", type=float, default=0.1)
+    parser.add_argument("--ec2t-finetune", type=int, default=1, help="float epochs of the scaled super-network")
+    parser.add_argument("--ec2t-frozen", type=int, default=1, help="EC2T phase 2: epochs with the assignment frozen")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "ec2t", "federated", "fed-qat"],
                         help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4; ec2t: EC2T; "
