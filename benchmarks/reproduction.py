@@ -270,12 +270,15 @@ def loopback(settings: dict) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict:
+    """The last round's accuracy (and device metrics), the run's bytes, and the per-round accuracies."""
     last = rows[-1]
     up = sum(r.get("bytes_up") or 0 for r in rows)
     down = sum(r.get("bytes_down") or 0 for r in rows)
-    out = {"accuracy": last["accuracy"], "bytes": up + down, "rounds": len(rows)}
+    out = {"accuracy": last["accuracy"], "bytes": up + down, "rounds": len(rows),
+           "per_round": [r["accuracy"] for r in rows]}
     if "f4_accuracy" in last:
         out |= {k: last[k] for k in ("f4_accuracy", "f4_latency_us", "f4_energy_uj", "f4_model_bytes")}
+        out["f4_per_round"] = [r.get("f4_accuracy") for r in rows]
     return out
 
 
@@ -284,7 +287,7 @@ def federated(args, cache: Cache, path: Path, render, seed: int) -> None:
             if args.dataset == "fashion-mnist" else {"dataset": args.dataset})
     common = {**data, "seed": seed, "rounds": args.rounds}
     prefix = f"{args.dataset}/s{seed}/fed"
-    f4 = {"model": "python:benchmarks.reproduction:fed_mlp", "edge.fantastic4": True, "edge.every": args.rounds,
+    f4 = {"model": "python:benchmarks.reproduction:fed_mlp", "edge.fantastic4": True, "edge.every": 1,
           "edge.gamma": 0.1}
     if "federated" in args.sections:
         cell(cache, path, f"{prefix}/fedavg-mlp", lambda: summary(loopback({**common, **f4})), render)
@@ -293,9 +296,15 @@ def federated(args, cache: Cache, path: Path, render, seed: int) -> None:
         for name in ("fedavg", "topk-ef", "fsfl", "fsfl-bidir"):
             cell(cache, path, f"{prefix}/{name}", lambda name=name: summary(loopback({**preset(name), **common})),
                  render)
-    if "fed-qat" in args.sections:
-        cell(cache, path, f"{prefix}/qat-ecq4-mlp", lambda: summary(loopback(
-            {**common, **f4, "qat.method": "ecq", "qat.bits": 4, "qat.gamma": 0.1})), render)
+    for start in args.qat_start if "fed-qat" in args.sections else ():
+        cell(cache, path, f"{prefix}/{qat_cell(start)}", lambda start=start: summary(loopback(
+            {**common, **f4, "qat.method": "ecq", "qat.bits": 4, "qat.gamma": 0.1, "qat.start_round": start})),
+            render)
+
+
+def qat_cell(start: int) -> str:
+    """The federated QAT cell whose clients start QAT in round ``start`` (float before)."""
+    return "qat-ecq4-mlp" if start == 1 else f"qat-ecq4-mlp-start{start}"
 
 
 # --- the report ---
@@ -406,15 +415,22 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             f"{spread(en, 1.0, 4)} uJ per inference", "none", "not reproducible: the figures calibrate our cost model")
     row("FantastIC4", "51x throughput, 145x area efficiency vs other GSC accelerators", "51x, 145x", "-", "-",
         "no other accelerator is emulated", "not reproduced: no baseline available")
-    fq, fa = values("fed/qat-ecq4-mlp", "f4_accuracy"), values("fed/fedavg-mlp", "f4_accuracy")
-    if fq:
-        qf, af = values("fed/qat-ecq4-mlp"), values("fed/fedavg-mlp")
+    af, fa = values("fed/fedavg-mlp"), values("fed/fedavg-mlp", "f4_accuracy")
+    for start in args.qat_start:
+        name = f"fed/{qat_cell(start)}"
+        qf, fq = values(name), values(name, "f4_accuracy")
+        if not (fq and af):
+            continue
         gap_edge = (np.mean(fq) - np.mean(qf)) * 100
         gap_fed = (np.mean(qf) - np.mean(af)) * 100
+        lat, en = values(name, "f4_latency_us"), values(name, "f4_energy_uj")
+        warm = f"float rounds 1-{start - 1}, then " if start > 1 else ""
         row("FantastIC4 (federated)", "global MLP robust to 4 bits on the device (target: within 1 point of float; "
             "QAT costs <= 1 point vs FedAvg)", "(robust)",
-            f"fed_mlp 256x2, {args.rounds} rounds, clients ECQ QAT 4 bit gamma 0.1, edge gamma 0.1",
-            f"device {spread(fq)}, float {spread(qf)}", f"FedAvg float {spread(af)}, FedAvg on device {spread(fa)}",
+            f"fed_mlp 256x2, {args.rounds} rounds, {warm}clients ECQ QAT 4 bit gamma 0.1; edge gamma 0.1, every round",
+            f"device {spread(fq)}, float {spread(qf)}; device latency {spread(lat, 1.0, 3)} us, energy "
+            f"{spread(en, 1.0, 4)} uJ per inference (FPGA profile, edge.target's default)",
+            f"FedAvg float {spread(af)}, FedAvg on device {spread(fa)}",
             ("reproduced" if gap_edge >= -1 and gap_fed >= -1 else
              "device target met, float-cost target missed" if gap_edge >= -1 else "not reproduced") +
             f" (QAT device − QAT float {gap_edge:+.1f}; QAT float − FedAvg float {gap_fed:+.1f}; "
@@ -470,6 +486,20 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             f"other jobs sized this run: it is the smallest meaningful version, not the papers' scale.", "",
             "| paper | claim | paper's figure | our setting | ours | baseline (same run) | verdict |",
             "|---|---|---|---|---|---|---|", *rows, ""]
+    curves = [("fed/fedavg-mlp", "FedAvg")] + [(f"fed/{qat_cell(r)}", f"QAT from round {r}") for r in args.qat_start]
+    curves = [(k, label) for k, label in curves if values(k, "per_round")]
+    if curves:
+        text += ["## Federated runs, round by round", "", "The global model's float accuracy and its accuracy on the "
+                 "emulated FantastIC4 device (evaluated every round), mean over the seeds.", "",
+                 "| run | " + " | ".join(str(i + 1) for i in range(args.rounds)) + " |",
+                 "|---|" + "---:|" * args.rounds]
+        for key, label in curves:
+            for field, what in (("per_round", "float"), ("f4_per_round", "device")):
+                runs = [v for v in values(key, field) if v and None not in v]
+                if runs:
+                    mean = np.mean(np.asarray(runs, dtype=float), axis=0)
+                    text.append(f"| {label}, {what} | " + " | ".join(f"{m:.3f}" for m in mean) + " |")
+        text.append("")
     text += ["## All cells", "", "Each cell names the commit it was measured at (`git log` says what each "
              "contains).", "", "| cell | accuracy | sparsity | bytes | commit |", "|---|---:|---:|---:|---|"]
     for key in sorted(k for k in cache if not k.startswith("_")):
@@ -494,6 +524,8 @@ def main() -> None:
     parser.add_argument("--ec2t-finetune", type=int, default=1, help="float epochs of the scaled super-network")
     parser.add_argument("--ec2t-frozen", type=int, default=1, help="EC2T phase 2: epochs with the assignment frozen")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--qat-start", type=int, nargs="+", default=[1],
+                        help="federated QAT cells: the round QAT starts in (float before)")
     parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "ec2t", "federated", "fed-qat"],
                         help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4; ec2t: EC2T; "
                              "federated: FedAvg (and FSFL on digits) loopback runs; fed-qat: federated QAT")

@@ -129,6 +129,9 @@ def test_local_train_follows_the_run_settings(digits):
     config = resolve({"qat.method": "ecq", "qat.bits": 3, "qat.gamma": 0.1})
     qat = QATSettings.from_config(config)
     assert (qat.method, qat.bits, qat.gamma) == ("ecq", 3, 0.1)
+    warm = resolve({"qat.method": "ecq", "qat.start_round": 4})
+    assert QATSettings.from_config(warm, 3) is None  # the float warm-up
+    assert QATSettings.from_config(warm, 4) == QATSettings.from_config(warm) == QATSettings("ecq", start_round=4)
     torch.manual_seed(0)
     model = build_model("mlp", bundle.num_classes, bundle.input_shape)
     metrics = local_train(model, train_loader, TrainSettings(epochs=1), qat)

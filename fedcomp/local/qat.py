@@ -58,6 +58,8 @@ class QATSettings:
     p: float = setting("qat.p", 0.1, "QAT ECQx sparsity tolerance below ECQ", check=PROBABILITY)
     relevance_batch: int = setting("qat.relevance_batch", 64, "QAT ECQx: local examples for the LRP relevances",
                                    check=POSITIVE)
+    start_round: int = setting("qat.start_round", 1, "federated QAT from this round on; earlier rounds train in "
+                               "float (a warm-up)", check=POSITIVE)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,11 +68,13 @@ class QATSettings:
             raise ValueError(f"relevance_batch must be positive, got {self.relevance_batch}")
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "QATSettings | None":
-        """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)."""
+    def from_config(cls, config: Mapping, server_round: int | None = None) -> "QATSettings | None":
+        """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)
+        or ``server_round`` is given and comes before ``qat.start_round`` (the float warm-up)."""
         if config["qat.method"] == "none":
             return None
-        return build(cls, config, method=config["qat.method"])
+        settings = build(cls, config, method=config["qat.method"])
+        return None if server_round is not None and server_round < settings.start_round else settings
 
 
 #: The switch: quantization-aware local training by which method, or none.
