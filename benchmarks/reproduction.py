@@ -331,7 +331,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
     ds = args.dataset
 
     def values(suffix: str, field: str = "accuracy") -> list[float]:
-        return [cache[f"{ds}/s{s}/{suffix}"][field] for s in seeds if f"{ds}/s{s}/{suffix}" in cache]
+        return [cache[f"{ds}/s{s}/{suffix}"][field] for s in seeds if field in cache.get(f"{ds}/s{s}/{suffix}", {})]
 
     float_acc = values("float")
     rows: list[str] = []
