@@ -243,17 +243,25 @@ def ec2t(args, cache: Cache, path: Path, render, seed: int, data, test_loader, l
         "accuracy": evaluate(base_model(), test_loader)["accuracy"],
         "float32_bytes": 4 * sum(p.numel() for p in base_model().parameters())}, render)
 
-    def ternary(width: float, extra_depth: int) -> dict:
+    def ternary(width: float, extra_depth: int, gamma: float) -> dict:
         model = scale_mlp(base_model(), width, extra_depth, noise=0.01, generator=torch.Generator().manual_seed(seed))
         out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
         if (width, extra_depth) != (1.0, 0):  # the super-network's own float training
             train(model, loader(seed + 4), TrainSettings(epochs=args.ec2t_finetune, lr=0.01))
             out["float_accuracy"] = evaluate(model, test_loader)["accuracy"]
         result = qat(model, loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
-                     args.ec2t_gamma, test_loader, frozen_epochs=args.ec2t_frozen)
+                     gamma, test_loader, frozen_epochs=args.ec2t_frozen)
         return {**out, **result, "bits_per_weight": 8 * result["bytes"] / out["params"]}
-    for name, (width, extra_depth) in EC2T_SCALINGS.items():
-        cell(cache, path, f"{prefix}/ec2t/{name}", lambda w=width, d=extra_depth: ternary(w, d), render)
+    for gamma in args.ec2t_gammas:
+        for name in args.ec2t_scalings:
+            width, extra_depth = EC2T_SCALINGS[name]
+            cell(cache, path, f"{prefix}/{ec2t_cell(name, gamma)}",
+                 lambda w=width, d=extra_depth, g=gamma: ternary(w, d, g), render)
+
+
+def ec2t_cell(scaling: str, gamma: float) -> str:
+    """The EC2T cell of a scaling and gamma (gamma 0.1, the default, unnamed)."""
+    return f"ec2t/{scaling}" if gamma == 0.1 else f"ec2t/{scaling}-g{gamma:g}"
 
 
 # --- federated measurements (loopback: the real ServerApp and ClientApp, no Ray) ---
@@ -437,19 +445,21 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             f"QAT device − FedAvg float {(np.mean(fq) - np.mean(af)) * 100:+.1f} points)")
     # EC2T: every scaling against the float base
     base, bb = values("ec2t/base_float"), values("ec2t/base_float", "float32_bytes")
-    for name, (width, extra_depth) in EC2T_SCALINGS.items():
-        tern = values(f"ec2t/{name}")
+    for name, gamma in [(n, g) for g in args.ec2t_gammas for n in args.ec2t_scalings]:
+        width, extra_depth = EC2T_SCALINGS[name]
+        key = ec2t_cell(name, gamma)
+        tern = values(key)
         if not (tern and base):
             continue
         d = (np.mean(tern) - np.mean(base)) * 100
-        sp, tb = values(f"ec2t/{name}", "sparsity"), values(f"ec2t/{name}", "bytes")
-        bpw, sf = values(f"ec2t/{name}", "bits_per_weight"), values(f"ec2t/{name}", "float_accuracy")
+        sp, tb = values(key, "sparsity"), values(key, "bytes")
+        bpw, sf = values(key, "bits_per_weight"), values(key, "float_accuracy")
         scaled = (f"super-network width x{width:g}" + (f", +{extra_depth} layer(s)" if extra_depth else "") +
                   f" (Net2Net from the trained base, {args.ec2t_finetune} float epoch(s): {spread(sf)}), then "
                   if sf else "the base itself (no scaling), ")
         row("EC2T", "super-network, then entropy-constrained trained ternarization: sparse ternary network "
             "close to float", "(CIFAR/ImageNet: close to float)",
-            f"{args.width // 2}x3 float base; {scaled}EC2T gamma {args.ec2t_gamma}: {args.qat_epochs} epoch(s), then "
+            f"{args.width // 2}x3 float base; {scaled}EC2T gamma {gamma:g}: {args.qat_epochs} epoch(s), then "
             f"{args.ec2t_frozen} with the assignment frozen",
             f"ternary {spread(tern)}, sparsity {spread(sp, 1.0, 2)}, {np.mean(tb):.0f} bytes "
             f"({np.mean(bpw):.2f} bits/parameter)",
@@ -520,7 +530,9 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-bits", type=int, nargs="+", default=[4], help="bit widths of the ECQ/ECQx QAT cells")
     parser.add_argument("--qat-gammas", type=float, nargs="+", default=[0.1, 0.3], help="gammas of those cells")
-    parser.add_argument("--ec2t-gamma", type=float, default=0.1)
+    parser.add_argument("--ec2t-gammas", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--ec2t-scalings", nargs="+", default=list(EC2T_SCALINGS), choices=list(EC2T_SCALINGS),
+                        help="base: EC2T on the base; w2: width x2; w2d1: width x2 and one more layer")
     parser.add_argument("--ec2t-finetune", type=int, default=1, help="float epochs of the scaled super-network")
     parser.add_argument("--ec2t-frozen", type=int, default=1, help="EC2T phase 2: epochs with the assignment frozen")
     parser.add_argument("--rounds", type=int, default=20)
