@@ -435,7 +435,8 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
         warm = f"float rounds 1-{start - 1}, then " if start > 1 else ""
         row("FantastIC4 (federated)", "global MLP robust to 4 bits on the device (target: within 1 point of float; "
             "QAT costs <= 1 point vs FedAvg)", "(robust)",
-            f"fed_mlp 256x2, {args.rounds} rounds, {warm}clients ECQ QAT 4 bit gamma 0.1; edge gamma 0.1, every round",
+            f"fed_mlp 256x2, {args.rounds} rounds, {warm}clients ECQ QAT 4 bit gamma 0.1; edge gamma 0.1, "
+            f"{'every round' if values(name, 'f4_per_round') else 'after the last round'}",
             f"device {spread(fq)}, float {spread(qf)}; device latency {spread(lat, 1.0, 3)} us, energy "
             f"{spread(en, 1.0, 4)} uJ per inference (FPGA profile, edge.target's default)",
             f"FedAvg float {spread(af)}, FedAvg on device {spread(fa)}",
