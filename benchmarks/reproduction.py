@@ -47,13 +47,13 @@ from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train, quantize
 from fedcomp.local.relevance import weight_relevance
 from fedcomp.local.training import TrainSettings, evaluate, train
 from fedcomp.models.small import he_initialised
+from fedcomp.models.supernet import scale_mlp
 from fedcomp.records.provenance import source_commit
 
 RESULTS = Path(__file__).parent / "results"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 BITS = (2, 3, 4, 5)
 GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.4)
-QAT_GAMMAS = (0.1, 0.3)
 Cache = dict[str, Any]
 
 
@@ -157,8 +157,9 @@ def ptq(model, quantizer, relevance, test_loader) -> dict:
             "bytes": min(compressed_sizes(tensors).values())}
 
 
-def qat(model, loader, settings: TrainSettings, method: str, bits: int, gamma: float, test_loader) -> dict:
-    result = qat_train(model, loader, settings, QATSettings(method, bits, gamma))
+def qat(model, loader, settings: TrainSettings, method: str, bits: int, gamma: float, test_loader,
+        frozen_epochs: int = 0) -> dict:
+    result = qat_train(model, loader, settings, QATSettings(method, bits, gamma), frozen_epochs)
     return {"accuracy": evaluate(model, test_loader)["accuracy"], "sparsity": result.metrics["weight_sparsity"],
             "bytes": min(compressed_sizes(result.tensors).values())}
 
@@ -202,12 +203,14 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
                 relevance = weight_relevance(model, rel_x, rel_y)
                 return ptq(model, ECQxQuantizer(bits, gamma), relevance, test_loader)
             cell(cache, path, f"{prefix}/ptq/ecqx/{bits}/{gamma}", ecqx_ptq, render)
+    if "ec2t" in args.sections:
+        ec2t(args, cache, path, render, seed, data, test_loader, loader)
     if "qat" not in args.sections:
         return
     qat_settings = TrainSettings(epochs=args.qat_epochs, lr=0.01)
     for bits in args.qat_bits:
         for method in ("ecq", "ecqx"):
-            for gamma in QAT_GAMMAS:
+            for gamma in args.qat_gammas:
                 cell(cache, path, f"{prefix}/qat/{method}/{bits}/{gamma}",
                      lambda bits=bits, method=method, gamma=gamma: qat(
                          fresh(), loader(seed + 1), qat_settings, method, bits, gamma, test_loader), render)
@@ -222,16 +225,43 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
     cell(cache, path, f"{prefix}/f4/ptq", lambda: device(None), render)
     cell(cache, path, f"{prefix}/f4/qat", lambda: device(0.1), render)
 
+
+EC2T_SCALINGS = {"base": (1.0, 0), "w2": (2.0, 0), "w2d1": (2.0, 1)}  # (width multiplier, extra layers)
+
+
+def ec2t(args, cache: Cache, path: Path, render, seed: int, data, test_loader, loader) -> None:
+    """EC2T as its paper defines it: the float base, its super-network scaled up in width (and
+    depth) and trained in float, then entropy-constrained trained ternarization (phase 1) and
+    the ternary values retrained with the assignment frozen (phase 2)."""
+    prefix = f"{args.dataset}/s{seed}"
+    _, _, classes, shape = data
     base = args.width // 2
+
+    def base_model() -> nn.Module:
+        return copy_of(float_model(args, seed, base, data), classes, shape, base)
     cell(cache, path, f"{prefix}/ec2t/base_float", lambda: {
-        "accuracy": evaluate(fresh(base), test_loader)["accuracy"],
-        "float32_bytes": 4 * sum(p.numel() for p in fresh(base).parameters())}, render)
-    cell(cache, path, f"{prefix}/ec2t/super_ternary",
-         lambda: qat(fresh(), loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
-                     args.ec2t_gamma, test_loader), render)
-    cell(cache, path, f"{prefix}/ec2t/base_ternary",
-         lambda: qat(fresh(base), loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
-                     args.ec2t_gamma, test_loader), render)
+        "accuracy": evaluate(base_model(), test_loader)["accuracy"],
+        "float32_bytes": 4 * sum(p.numel() for p in base_model().parameters())}, render)
+
+    def ternary(width: float, extra_depth: int, gamma: float) -> dict:
+        model = scale_mlp(base_model(), width, extra_depth, noise=0.01, generator=torch.Generator().manual_seed(seed))
+        out: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+        if (width, extra_depth) != (1.0, 0):  # the super-network's own float training
+            train(model, loader(seed + 4), TrainSettings(epochs=args.ec2t_finetune, lr=0.01))
+            out["float_accuracy"] = evaluate(model, test_loader)["accuracy"]
+        result = qat(model, loader(seed + 3), TrainSettings(epochs=args.qat_epochs, lr=0.01), "ec2t", 2,
+                     gamma, test_loader, frozen_epochs=args.ec2t_frozen)
+        return {**out, **result, "bits_per_weight": 8 * result["bytes"] / out["params"]}
+    for gamma in args.ec2t_gammas:
+        for name in args.ec2t_scalings:
+            width, extra_depth = EC2T_SCALINGS[name]
+            cell(cache, path, f"{prefix}/{ec2t_cell(name, gamma)}",
+                 lambda w=width, d=extra_depth, g=gamma: ternary(w, d, g), render)
+
+
+def ec2t_cell(scaling: str, gamma: float) -> str:
+    """The EC2T cell of a scaling and gamma (gamma 0.1, the default, unnamed)."""
+    return f"ec2t/{scaling}" if gamma == 0.1 else f"ec2t/{scaling}-g{gamma:g}"
 
 
 # --- federated measurements (loopback: the real ServerApp and ClientApp, no Ray) ---
@@ -248,12 +278,15 @@ def loopback(settings: dict) -> list[dict]:
 
 
 def summary(rows: list[dict]) -> dict:
+    """The last round's accuracy (and device metrics), the run's bytes, and the per-round accuracies."""
     last = rows[-1]
     up = sum(r.get("bytes_up") or 0 for r in rows)
     down = sum(r.get("bytes_down") or 0 for r in rows)
-    out = {"accuracy": last["accuracy"], "bytes": up + down, "rounds": len(rows)}
+    out = {"accuracy": last["accuracy"], "bytes": up + down, "rounds": len(rows),
+           "per_round": [r["accuracy"] for r in rows]}
     if "f4_accuracy" in last:
         out |= {k: last[k] for k in ("f4_accuracy", "f4_latency_us", "f4_energy_uj", "f4_model_bytes")}
+        out["f4_per_round"] = [r.get("f4_accuracy") for r in rows]
     return out
 
 
@@ -262,7 +295,7 @@ def federated(args, cache: Cache, path: Path, render, seed: int) -> None:
             if args.dataset == "fashion-mnist" else {"dataset": args.dataset})
     common = {**data, "seed": seed, "rounds": args.rounds}
     prefix = f"{args.dataset}/s{seed}/fed"
-    f4 = {"model": "python:benchmarks.reproduction:fed_mlp", "edge.fantastic4": True, "edge.every": args.rounds,
+    f4 = {"model": "python:benchmarks.reproduction:fed_mlp", "edge.fantastic4": True, "edge.every": 1,
           "edge.gamma": 0.1}
     if "federated" in args.sections:
         cell(cache, path, f"{prefix}/fedavg-mlp", lambda: summary(loopback({**common, **f4})), render)
@@ -271,9 +304,15 @@ def federated(args, cache: Cache, path: Path, render, seed: int) -> None:
         for name in ("fedavg", "topk-ef", "fsfl", "fsfl-bidir"):
             cell(cache, path, f"{prefix}/{name}", lambda name=name: summary(loopback({**preset(name), **common})),
                  render)
-    if "fed-qat" in args.sections:
-        cell(cache, path, f"{prefix}/qat-ecq4-mlp", lambda: summary(loopback(
-            {**common, **f4, "qat.method": "ecq", "qat.bits": 4, "qat.gamma": 0.1})), render)
+    for start in args.qat_start if "fed-qat" in args.sections else ():
+        cell(cache, path, f"{prefix}/{qat_cell(start)}", lambda start=start: summary(loopback(
+            {**common, **f4, "qat.method": "ecq", "qat.bits": 4, "qat.gamma": 0.1, "qat.start_round": start})),
+            render)
+
+
+def qat_cell(start: int) -> str:
+    """The federated QAT cell whose clients start QAT in round ``start`` (float before)."""
+    return "qat-ecq4-mlp" if start == 1 else f"qat-ecq4-mlp-start{start}"
 
 
 # --- the report ---
@@ -300,7 +339,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
     ds = args.dataset
 
     def values(suffix: str, field: str = "accuracy") -> list[float]:
-        return [cache[f"{ds}/s{s}/{suffix}"][field] for s in seeds if f"{ds}/s{s}/{suffix}" in cache]
+        return [cache[f"{ds}/s{s}/{suffix}"][field] for s in seeds if field in cache.get(f"{ds}/s{s}/{suffix}", {})]
 
     float_acc = values("float")
     rows: list[str] = []
@@ -323,7 +362,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             row("ECQx", f"{bits}-bit sparse network keeps accuracy", "'maintain or even improve'",
                 f"PTQ {bits} bit, best gamma of {list(GAMMAS)}", f"Δ vs float {spread(best)} points",
                 f"float {spread(float_acc)}", verdict)
-    for bits, method, g in [(b, m, g) for b in args.qat_bits for m in ("ecqx", "ecq") for g in QAT_GAMMAS]:
+    for bits, method, g in [(b, m, g) for b in args.qat_bits for m in ("ecqx", "ecq") for g in args.qat_gammas]:
         acc = values(f"qat/{method}/{bits}/{g}")
         if acc:
             d = (np.mean(acc) - np.mean(float_acc)) * 100
@@ -350,7 +389,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
                 f"ECQx − ECQ {d:+.1f} points on average; ECQx >= ECQ at {sum(x >= 0 for x in diffs)} of "
                 f"{len(diffs)} (gamma, seed) points", "ECQ, same run",
                 "reproduced" if d > 0.1 else "not reproduced (equal within noise)" if d > -0.3 else "not reproduced")
-    for bits, g in [(b, g) for b in args.qat_bits for g in QAT_GAMMAS]:
+    for bits, g in [(b, g) for b in args.qat_bits for g in args.qat_gammas]:
         ecqx, ecq = values(f"qat/ecqx/{bits}/{g}"), values(f"qat/ecq/{bits}/{g}")
         if ecqx and ecq:
             sx, sq = values(f"qat/ecqx/{bits}/{g}", "sparsity"), values(f"qat/ecq/{bits}/{g}", "sparsity")
@@ -384,32 +423,50 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             f"{spread(en, 1.0, 4)} uJ per inference", "none", "not reproducible: the figures calibrate our cost model")
     row("FantastIC4", "51x throughput, 145x area efficiency vs other GSC accelerators", "51x, 145x", "-", "-",
         "no other accelerator is emulated", "not reproduced: no baseline available")
-    fq, fa = values("fed/qat-ecq4-mlp", "f4_accuracy"), values("fed/fedavg-mlp", "f4_accuracy")
-    if fq:
-        qf, af = values("fed/qat-ecq4-mlp"), values("fed/fedavg-mlp")
+    af, fa = values("fed/fedavg-mlp"), values("fed/fedavg-mlp", "f4_accuracy")
+    for start in args.qat_start:
+        name = f"fed/{qat_cell(start)}"
+        qf, fq = values(name), values(name, "f4_accuracy")
+        if not (fq and af):
+            continue
         gap_edge = (np.mean(fq) - np.mean(qf)) * 100
         gap_fed = (np.mean(qf) - np.mean(af)) * 100
+        lat, en = values(name, "f4_latency_us"), values(name, "f4_energy_uj")
+        warm = f"float rounds 1-{start - 1}, then " if start > 1 else ""
         row("FantastIC4 (federated)", "global MLP robust to 4 bits on the device (target: within 1 point of float; "
             "QAT costs <= 1 point vs FedAvg)", "(robust)",
-            f"fed_mlp 256x2, {args.rounds} rounds, clients ECQ QAT 4 bit gamma 0.1, edge gamma 0.1",
-            f"device {spread(fq)}, float {spread(qf)}", f"FedAvg float {spread(af)}, FedAvg on device {spread(fa)}",
+            f"fed_mlp 256x2, {args.rounds} rounds, {warm}clients ECQ QAT 4 bit gamma 0.1; edge gamma 0.1, "
+            f"{'every round' if values(name, 'f4_per_round') else 'after the last round'}",
+            f"device {spread(fq)}, float {spread(qf)}; device latency {spread(lat, 1.0, 3)} us, energy "
+            f"{spread(en, 1.0, 4)} uJ per inference (FPGA profile, edge.target's default)",
+            f"FedAvg float {spread(af)}, FedAvg on device {spread(fa)}",
             ("reproduced" if gap_edge >= -1 and gap_fed >= -1 else
              "device target met, float-cost target missed" if gap_edge >= -1 else "not reproduced") +
             f" (QAT device − QAT float {gap_edge:+.1f}; QAT float − FedAvg float {gap_fed:+.1f}; "
             f"QAT device − FedAvg float {(np.mean(fq) - np.mean(af)) * 100:+.1f} points)")
-    # EC2T
-    base, tern, base_t = values("ec2t/base_float"), values("ec2t/super_ternary"), values("ec2t/base_ternary")
-    if tern:
+    # EC2T: every scaling against the float base
+    base, bb = values("ec2t/base_float"), values("ec2t/base_float", "float32_bytes")
+    for name, gamma in [(n, g) for g in args.ec2t_gammas for n in args.ec2t_scalings]:
+        width, extra_depth = EC2T_SCALINGS[name]
+        key = ec2t_cell(name, gamma)
+        tern = values(key)
+        if not (tern and base):
+            continue
         d = (np.mean(tern) - np.mean(base)) * 100
-        sp = values("ec2t/super_ternary", "sparsity")
-        tb, bb = values("ec2t/super_ternary", "bytes"), values("ec2t/base_float", "float32_bytes")
-        row("EC2T", "super-network (width x2), then entropy-constrained ternarization keeps accuracy",
-            "(CIFAR/ImageNet: close to float)", f"{args.width // 2}x3 base, {args.width}x3 super, EC2T QAT "
-            f"gamma {args.ec2t_gamma}, {args.qat_epochs} epoch(s)",
-            f"ternary super {spread(tern)}, sparsity {spread(sp, 1.0, 2)}, {np.mean(tb):.0f} bytes",
-            f"float base {spread(base)} ({np.mean(bb):.0f} bytes); ternary base {spread(base_t)}",
-            ("reproduced" if d >= -1 else "not reproduced") + f" ({d:+.1f} points, "
-            f"{np.mean(bb) / np.mean(tb):.0f}x smaller)")
+        sp, tb = values(key, "sparsity"), values(key, "bytes")
+        bpw, sf = values(key, "bits_per_weight"), values(key, "float_accuracy")
+        scaled = (f"super-network width x{width:g}" + (f", +{extra_depth} layer(s)" if extra_depth else "") +
+                  f" (Net2Net from the trained base, {args.ec2t_finetune} float epoch(s): {spread(sf)}), then "
+                  if sf else "the base itself (no scaling), ")
+        row("EC2T", "super-network, then entropy-constrained trained ternarization: sparse ternary network "
+            "close to float", "(CIFAR/ImageNet: close to float)",
+            f"{args.width // 2}x3 float base; {scaled}EC2T gamma {gamma:g}: {args.qat_epochs} epoch(s), then "
+            f"{args.ec2t_frozen} with the assignment frozen",
+            f"ternary {spread(tern)}, sparsity {spread(sp, 1.0, 2)}, {np.mean(tb):.0f} bytes "
+            f"({np.mean(bpw):.2f} bits/parameter)",
+            f"float base {spread(base)} ({np.mean(bb):.0f} bytes float32)",
+            ("reproduced" if d >= -1 else "direction reproduced" if d >= -2 else "not reproduced") +
+            f" ({d:+.1f} points, {np.mean(bb) / np.mean(tb):.0f}x smaller than the float base)")
     # FSFL
     fs, tk, fa2 = values("fed/fsfl"), values("fed/topk-ef"), values("fed/fedavg")
     if fs and tk:
@@ -440,6 +497,20 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             f"other jobs sized this run: it is the smallest meaningful version, not the papers' scale.", "",
             "| paper | claim | paper's figure | our setting | ours | baseline (same run) | verdict |",
             "|---|---|---|---|---|---|---|", *rows, ""]
+    curves = [("fed/fedavg-mlp", "FedAvg")] + [(f"fed/{qat_cell(r)}", f"QAT from round {r}") for r in args.qat_start]
+    curves = [(k, label) for k, label in curves if values(k, "per_round")]
+    if curves:
+        text += ["## Federated runs, round by round", "", "The global model's float accuracy and its accuracy on the "
+                 "emulated FantastIC4 device (evaluated every round), mean over the seeds.", "",
+                 "| run | " + " | ".join(str(i + 1) for i in range(args.rounds)) + " |",
+                 "|---|" + "---:|" * args.rounds]
+        for key, label in curves:
+            for field, what in (("per_round", "float"), ("f4_per_round", "device")):
+                runs = [v for v in values(key, field) if v and None not in v]
+                if runs:
+                    mean = np.mean(np.asarray(runs, dtype=float), axis=0)
+                    text.append(f"| {label}, {what} | " + " | ".join(f"{m:.3f}" for m in mean) + " |")
+        text.append("")
     text += ["## All cells", "", "Each cell names the commit it was measured at (`git log` says what each "
              "contains).", "", "| cell | accuracy | sparsity | bytes | commit |", "|---|---:|---:|---:|---|"]
     for key in sorted(k for k in cache if not k.startswith("_")):
@@ -459,14 +530,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="float training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--qat-bits", type=int, nargs="+", default=[4], help="bit widths of the ECQ/ECQx QAT cells")
-    parser.add_argument("--ec2t-gamma", type=float, default=0.1)
+    parser.add_argument("--qat-gammas", type=float, nargs="+", default=[0.1, 0.3], help="gammas of those cells")
+    parser.add_argument("--ec2t-gammas", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--ec2t-scalings", nargs="+", default=list(EC2T_SCALINGS), choices=list(EC2T_SCALINGS),
+                        help="base: EC2T on the base; w2: width x2; w2d1: width x2 and one more layer")
+    parser.add_argument("--ec2t-finetune", type=int, default=1, help="float epochs of the scaled super-network")
+    parser.add_argument("--ec2t-frozen", type=int, default=1, help="EC2T phase 2: epochs with the assignment frozen")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "federated", "fed-qat"],
-                        help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4, EC2T; "
+    parser.add_argument("--qat-start", type=int, nargs="+", default=[1],
+                        help="federated QAT cells: the round QAT starts in (float before)")
+    parser.add_argument("--sections", nargs="+", default=["ptq", "qat", "ec2t", "federated", "fed-qat"],
+                        help="ptq: float model, ECQ/ECQx post-training; qat: ECQ/ECQx QAT, FantastIC4; ec2t: EC2T; "
                              "federated: FedAvg (and FSFL on digits) loopback runs; fed-qat: federated QAT")
     parser.add_argument("--fresh", action="store_true", help="discard the cached cells")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from the cache, measure nothing")
-    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction",
+                        help="where the trained float models are kept (.npz)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -477,7 +556,7 @@ def main() -> None:
         redraw()
         return
     for seed in args.seeds:
-        if {"ptq", "qat"} & set(args.sections):
+        if {"ptq", "qat", "ec2t"} & set(args.sections):
             central(args, cache, path, redraw, seed)
     for seed in args.seeds:
         if {"federated", "fed-qat"} & set(args.sections):

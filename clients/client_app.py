@@ -114,14 +114,16 @@ def train_step(msg: Message, context: Context) -> Message:
     if not settings.differential:
         load_arrays(model, global_tensors)
         clock = time.perf_counter()
-        stats = local_train(model, loader, TrainSettings.from_config(config), QATSettings.from_config(config))
+        stats = local_train(model, loader, TrainSettings.from_config(config),
+                            QATSettings.from_config(config, server_round))
         reply_record = settings.channel("up", manifest, 0).encode(state_arrays(model))[0].record
         timings = {TRAIN_SECONDS: time.perf_counter() - clock}
     else:
         missed = server_round - int(held[ROUND_KEY][0]) - 1 if ROUND_KEY in held else 0
         upstream = age_residual(sender_state(held), missed, parse_policy(config["sync.stale_residual"]))
+        qat = QATSettings.from_config(config, server_round)
         reply_record, stats, timings, sender = _train_differential(config, pid, model, settings, global_tensors,
-                                                                   loader, upstream)
+                                                                   loader, upstream, qat)
         kept = {COUNTS + k: v for k, v in (counts or {}).items()}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
                                   ROUND_KEY: np.array([server_round], np.int64),
@@ -146,10 +148,12 @@ def _timed(stage: Callable, spent: list[float]) -> Callable:
 
 
 def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,
-                        global_tensors: Tensors, loader, state: State) -> tuple[ArrayRecord, dict, dict, State]:
+                        global_tensors: Tensors, loader, state: State,
+                        qat: QATSettings | None) -> tuple[ArrayRecord, dict, dict, State]:
     """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback).
 
     ``state`` is the upstream sender's state (the residual); the new one is returned last.
+    ``qat``: this round's quantization-aware training, or None.
     """
     manifest = settings.manifest(model)
     sent = settings.sent_names(model, manifest)
@@ -164,7 +168,6 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
     sent_weights = [k for k in sent if not is_scale(k)]
 
     clock = time.perf_counter()
-    qat = QATSettings.from_config(config)
     if qat is not None:  # quantization-aware local training of the whole model (config checks the combination)
         stats = local_train(model, loader, train_settings, qat)
     else:

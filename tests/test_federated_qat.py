@@ -90,3 +90,22 @@ def test_a_quantized_model_runs_on_the_device_as_trained():
     trained = [t for t in result.tensors if t.kind is not QuantKind.FLOAT32]
     for layer, t, step in zip(compiled.layers, trained, compiled.steps):
         np.testing.assert_array_equal(layer.weights * np.float32(step), t.dequantize())
+
+
+def test_qat_starts_in_its_round_after_a_float_warm_up(tmp_path, monkeypatch):
+    from clients.client_app import app
+    from strategies.loopback import run_loopback
+
+    starts = []
+    real = qat.qat_train
+
+    def recording(model, loader, settings, q):
+        starts.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return real(model, loader, settings, q)
+
+    monkeypatch.setattr(qat, "qat_train", recording)
+    config = resolve({"model": "mlp", "num_clients": 3, "rounds": 3, "seed": 3, "qat.method": "ecq",
+                      "qat.start_round": 3, "output.checkpoint": False, "output.dir": str(tmp_path)})
+    run_loopback(config, app)
+    assert len(starts) == 3  # rounds 1 and 2 trained in float: only round 3's three clients ran QAT
+    assert all(torch.equal(s[n], starts[0][n]) for s in starts for n in s)  # from one global model

@@ -129,6 +129,9 @@ def test_local_train_follows_the_run_settings(digits):
     config = resolve({"qat.method": "ecq", "qat.bits": 3, "qat.gamma": 0.1})
     qat = QATSettings.from_config(config)
     assert (qat.method, qat.bits, qat.gamma) == ("ecq", 3, 0.1)
+    warm = resolve({"qat.method": "ecq", "qat.start_round": 4})
+    assert QATSettings.from_config(warm, 3) is None  # the float warm-up
+    assert QATSettings.from_config(warm, 4) == QATSettings.from_config(warm) == QATSettings("ecq", start_round=4)
     torch.manual_seed(0)
     model = build_model("mlp", bundle.num_classes, bundle.input_shape)
     metrics = local_train(model, train_loader, TrainSettings(epochs=1), qat)
@@ -137,3 +140,30 @@ def test_local_train_follows_the_run_settings(digits):
     assert len(np.unique(model[1].weight.detach().numpy())) > 8
     metrics = local_train(model, train_loader, TrainSettings(epochs=1), None)
     assert "weight_sparsity" not in metrics and len(np.unique(model[1].weight.detach().numpy())) > 8
+
+
+def test_ec2t_second_phase_keeps_the_assignment_and_trains_the_ternary_values(digits):
+    bundle, train_loader, test_loader = digits
+    torch.manual_seed(2)
+    model = build_model("mlp", bundle.num_classes, bundle.input_shape)
+    settings, qat = TrainSettings(epochs=1, lr=0.05), QATSettings("ec2t", gamma=0.05)
+    state = _Quantize(model, qat)
+    train(model, train_loader, settings, hook=state)
+    state.freeze()
+    symbols = {n: s.clone() for n, s in state.symbols.items()}
+    scales = {n: (float(p.detach()), float(q.detach())) for n, (p, q) in state.scales.items()}
+    shadows = {n: p.detach().clone() for n, p in state.params.items()}
+    train(model, train_loader, settings, hook=state)
+    after = {n: p.detach().clone() for n, p in state.params.items()}
+    tensors = state.apply(None)
+    for name, p in state.params.items():
+        assert torch.equal(state.symbols[name], symbols[name])  # the assignment is frozen
+        assert torch.equal(after[name], shadows[name])  # the shadows get no step
+        pos, neg = (float(v.detach()) for v in state.scales[name])
+        assert (pos, neg) != scales[name]  # the ternary values trained
+        expected = (symbols[name] > 0).float() * pos - (symbols[name] < 0).float() * neg
+        torch.testing.assert_close(p.detach(), expected)
+        assert tensors[name].params == pytest.approx((pos, neg))
+    assert evaluate(model, test_loader)["accuracy"] > 0.8
+    with pytest.raises(ValueError, match="second phase"):
+        qat_train(model, train_loader, settings, QATSettings("ecq"), frozen_epochs=1)

@@ -26,7 +26,7 @@ STE choices, made on purpose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, NamedTuple
 
 import numpy as np
@@ -58,6 +58,8 @@ class QATSettings:
     p: float = setting("qat.p", 0.1, "QAT ECQx sparsity tolerance below ECQ", check=PROBABILITY)
     relevance_batch: int = setting("qat.relevance_batch", 64, "QAT ECQx: local examples for the LRP relevances",
                                    check=POSITIVE)
+    start_round: int = setting("qat.start_round", 1, "federated QAT from this round on; earlier rounds train in "
+                               "float (a warm-up)", check=POSITIVE)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -66,11 +68,13 @@ class QATSettings:
             raise ValueError(f"relevance_batch must be positive, got {self.relevance_batch}")
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "QATSettings | None":
-        """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)."""
+    def from_config(cls, config: Mapping, server_round: int | None = None) -> "QATSettings | None":
+        """The run's ``qat.*`` settings; None when ``qat.method`` is ``none`` (plain local training)
+        or ``server_round`` is given and comes before ``qat.start_round`` (the float warm-up)."""
         if config["qat.method"] == "none":
             return None
-        return build(cls, config, method=config["qat.method"])
+        settings = build(cls, config, method=config["qat.method"])
+        return None if server_round is not None and server_round < settings.start_round else settings
 
 
 #: The switch: quantization-aware local training by which method, or none.
@@ -119,6 +123,7 @@ class _Quantize:
         self.steps = {n: self.quantizer.grid(p.detach().cpu().numpy())[0] for n, p in self.params.items()
                       if isinstance(self.quantizer, ECQQuantizer)}
         self.symbols: dict[str, torch.Tensor] = {}
+        self.frozen = False
         self.relevance: dict[str, np.ndarray] | None = None
         self.shadow: dict[str, torch.Tensor] = {}
 
@@ -141,10 +146,25 @@ class _Quantize:
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        """EC2T's scale gradients, then the shadows back: the step updates them (straight-through)."""
+        """EC2T's scale gradients, then the shadows back: the step updates them (straight-through).
+
+        With the assignment frozen the shadows get no gradient: only ``w_p, w_n`` and the
+        unquantized parameters move.
+        """
         self.backward_scales()
         for name, p in self.params.items():
             p.copy_(self.shadow[name])
+            if self.frozen and p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """EC2T's second phase: fix every layer's ternary assignment at the current shadows and ``w_p, w_n``."""
+        shadow = {n: p.detach().clone() for n, p in self.params.items()}
+        self.apply(None)
+        self.frozen = True
+        for name, p in self.params.items():
+            p.copy_(shadow[name])
 
     def after_step(self) -> None:
         self.clamp_scales()
@@ -157,8 +177,12 @@ class _Quantize:
             w = p.detach().cpu().numpy()
             if self.settings.method == "ec2t":
                 pos, neg = self.scales[name]
-                symbols, pos_value, neg_value = self.quantizer.assign(w, float(pos), float(neg))
-                t = QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos_value, neg_value))
+                if self.frozen:
+                    t = QuantizedTensor(name, self.symbols[name].cpu().numpy(), QuantKind.TERNARY,
+                                        (float(np.float32(pos.item())), float(np.float32(neg.item()))))
+                else:
+                    symbols, pos_value, neg_value = self.quantizer.assign(w, float(pos), float(neg))
+                    t = QuantizedTensor(name, symbols, QuantKind.TERNARY, (pos_value, neg_value))
             else:
                 t = self.quantizer.quantize(w, name, None if relevance is None else relevance.get(name),
                                             self.steps[name])
@@ -201,17 +225,26 @@ def _relevance(model: nn.Module, loader: DataLoader, qat: QATSettings) -> dict[s
     return weight_relevance(model, *relevance_batch(loader, qat.relevance_batch))
 
 
-def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat: QATSettings) -> QATResult:
+def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat: QATSettings,
+              frozen_epochs: int = 0) -> QATResult:
     """Train ``model`` in place with per-step ECQ/ECQx/EC2T quantization and a straight-through gradient.
 
     The training loop is :func:`~fedcomp.local.training.train`'s, with the quantization as its
     hook. ECQx recomputes its LRP relevances at the start of every epoch on the first
     ``qat.relevance_batch`` examples of ``loader``, from the shadow weights. On return the
     model holds the quantized weights; ``shadow`` holds the full-precision ones.
+    ``frozen_epochs`` (EC2T only): the EC2T authors' second phase, that many more epochs with
+    every layer's ternary assignment frozen, training ``w_p, w_n`` and the unquantized
+    parameters (biases).
     Metrics: the last epoch's mean training loss and accuracy, and the quantized weights' sparsity.
     """
+    if frozen_epochs and qat.method != "ec2t":
+        raise ValueError(f"frozen_epochs is EC2T's second phase; method is {qat.method!r}")
     state = _Quantize(model, qat)
     metrics = train(model, loader, settings, hook=state)
+    if frozen_epochs:
+        state.freeze()
+        metrics = train(model, loader, replace(settings, epochs=frozen_epochs), hook=state)
     shadow = {n: p.detach().clone() for n, p in state.params.items()}
     quantized = state.apply(_relevance(model, loader, qat))
     zeros = sum(int((s == 0).sum()) for s in state.symbols.values())
