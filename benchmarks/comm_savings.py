@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +66,10 @@ WITHIN = 0.01  # "within 1 point of FedAvg"
 # settings that change how a run is carried out, not its results: not part of a run's key
 MECHANICS = {"output.dir": "", "output.preset": "", "output.checkpoint": False, "client.state": "memory",
              "preset": ""}
+# (point label prefix, commit, why): a cached run of such a point measured before that commit no longer stands for
+# the code (the cache key sees settings, not code); it is re-run. Found by `--verify`, which re-runs one seed per
+# family and compares it with the cache.
+STALE_SINCE: list[tuple[str, str, str]] = []
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "digits": compose(["digits"]),
@@ -174,9 +179,41 @@ class Job:
 
 
 def run_key(settings: dict[str, Any]) -> str:
-    """The cache key of a run: a hash of its resolved settings, run mechanics left out."""
-    config = {k: v for k, v in resolve(settings).items() if k not in MECHANICS}
+    """The cache key of a run: a hash of its resolved settings that differ from the defaults, run mechanics left
+    out. So two points with the same settings share a run, and a new setting whose default keeps results keeps
+    every key. What a key cannot see, a code change that changes results, `STALE_SINCE` records."""
+    defaults = resolve({})
+    config = {k: v for k, v in resolve(settings).items() if k not in MECHANICS and v != defaults.get(k, object())}
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_ancestor(older: str, newer: str) -> bool:
+    """Whether commit ``older`` is in ``newer``'s history (False when git cannot tell)."""
+    if older not in ANCESTRY.setdefault(newer, {}):
+        done = subprocess.run(["git", "merge-base", "--is-ancestor", older, newer], cwd=ROOT, capture_output=True)
+        ANCESTRY[newer][older] = done.returncode == 0
+    return ANCESTRY[newer][older]
+
+
+ANCESTRY: dict[str, dict[str, bool]] = {}
+
+
+def stale_because(record: dict[str, Any]) -> str | None:
+    """Why a cached run no longer stands for the current code (a `STALE_SINCE` change it predates), or None."""
+    name = label(record["family"], record["knob"])
+    for prefix, commit, why in STALE_SINCE:
+        if name.startswith(prefix) and not is_ancestor(commit, record["commit"]):
+            return f"measured at {record['commit']}, before {commit} ({why})"
+    return None
+
+
+def cached(cache: Path, job: Job) -> dict[str, Any] | None:
+    """The current cached record of ``job``, or None (not run yet, or stale)."""
+    path = cache / f"{job.key}.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return None if stale_because(record) else record
 
 
 def plan(workloads: list[str], seeds: int, priority: int, points: list[str] | None = None) -> list[Job]:
@@ -209,7 +246,7 @@ def run_one(job: Job, cache: Path, commit: str) -> str:
     from strategies.loopback import run_loopback
 
     path = cache / f"{job.key}.json"
-    if path.is_file():
+    if cached(cache, job):
         return job.key
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per run from `execute`, not ~100 from Flower
@@ -237,11 +274,37 @@ def run_one(job: Job, cache: Path, commit: str) -> str:
     return job.key
 
 
+def verify(jobs: list[Job], cache: Path, workers: int) -> None:
+    """Re-run, at the current checkout, the lowest cached seed of the first cached point of each family (each
+    preset on its own) and say whether it reproduces its cached record: final accuracy, bytes and the curve."""
+    picks: dict[tuple[str, str], tuple[Job, dict[str, Any]]] = {}
+    for job in sorted(jobs, key=lambda j: j.seed):
+        path = cache / f"{job.key}.json"
+        group = (job.workload, job.spec.family if job.spec.family != "preset" else label("preset", job.spec.knob))
+        if group not in picks and path.is_file():
+            picks[group] = (job, json.loads(path.read_text()))
+    commit = source_commit()
+    with tempfile.TemporaryDirectory(prefix="comm_savings-verify-") as tmp, \
+            ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_one, job, Path(tmp), commit): (job, old) for job, old in picks.values()}
+        for future in as_completed(futures):
+            job, old = futures[future]
+            new = json.loads((Path(tmp) / f"{future.result()}.json").read_text())
+            keys = ("final_accuracy", "bytes_up", "bytes_down", "accuracy", "cum_bytes_total")
+            changed = [k for k in keys if old[k] != new[k]]
+            print(f"{job.workload} {label(job.spec.family, job.spec.knob)} seed {job.seed}: cached at {old['commit']} "
+                  + ("reproduced exactly" if not changed else
+                     f"DIFFERS in {', '.join(changed)} (acc {old['final_accuracy']:.4f} -> "
+                     f"{new['final_accuracy']:.4f}, "
+                     f"{old['bytes_total'] / MB:.3f} -> {new['bytes_total'] / MB:.3f} MB)")
+                  + f" at {commit}", flush=True)
+
+
 def execute(jobs: list[Job], cache: Path, workers: int) -> None:
     """Run the jobs the cache lacks, ``workers`` at a time, reporting each as it ends."""
     commit = source_commit()
     unique = {j.key: j for j in jobs}  # a run that two points share (a preset and a sweep point) runs once
-    todo = [j for j in unique.values() if not (cache / f"{j.key}.json").is_file()]
+    todo = [j for j in unique.values() if not cached(cache, j)]
     print(f"{len(unique) - len(todo)} of {len(unique)} runs cached; {len(todo)} to run "
           f"(~{sum(map(estimated_seconds, todo)) / 60 / max(workers, 1):.0f} min on {workers} idle cores)", flush=True)
     started = time.perf_counter()
@@ -290,11 +353,11 @@ def load_rows(jobs: list[Job], cache: Path) -> dict[str, list[Row]]:
     """Per workload, the grid's rows that have at least one cached run, in grid order."""
     rows: dict[str, dict[tuple[str, str], Row]] = {}
     for job in jobs:
-        path = cache / f"{job.key}.json"
-        if path.is_file():
+        record = cached(cache, job)
+        if record:
             row = rows.setdefault(job.workload, {}).setdefault((job.spec.family, job.spec.knob),
                                                                Row(job.spec.family, job.spec.knob, {}))
-            row.runs[job.seed] = json.loads(path.read_text())
+            row.runs[job.seed] = record
     return {w: list(r.values()) for w, r in rows.items()}
 
 
@@ -486,6 +549,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--plan", action="store_true", help="list the runs and their estimated cost; run nothing")
     parser.add_argument("--report-only", action="store_true", help="write the report from the cache; run nothing")
+    parser.add_argument("--verify", action="store_true", help="re-run one cached seed of each family of the chosen "
+                        "points and say whether it reproduces the cache (whether a code change made it stale)")
     args = parser.parse_args()
     workloads = ["digits"] if args.quick else [w.strip() for w in args.workloads.split(",")]
     unknown = set(workloads) - set(WORKLOADS)
@@ -502,11 +567,14 @@ def main() -> None:
     if args.plan:
         for job in jobs:
             print(f"p{job.spec.priority} {job.workload:<14} {job.spec.family:<13} {job.spec.knob:<22} seed {job.seed}"
-                  f"  ~{estimated_seconds(job):.0f} s  {'cached' if (cache / f'{job.key}.json').is_file() else ''}")
+                  f"  ~{estimated_seconds(job):.0f} s  {'cached' if cached(cache, job) else ''}")
         unique = {j.key: j for j in full_plan}.values()
         total = sum(map(estimated_seconds, unique))
         print(f"{len(jobs)} runs; the whole plan: {len(unique)} runs, ~{total / 3600 / args.jobs:.1f} h on "
               f"{args.jobs} idle cores")
+        return
+    if args.verify:
+        verify(jobs, cache, args.jobs)
         return
     if not args.report_only:
         execute(jobs, cache, args.jobs)
