@@ -116,8 +116,9 @@ class Spec:
 
 def grid() -> list[Spec]:
     """Every point of the benchmark. Priority 1: FedAvg and the leading points on digits; 2: the rest of
-    digits and, on Fashion-MNIST, every family at its most informative knob value (digits' cheapest point
-    within 1 point of FedAvg); 3: Fashion-MNIST's second knob values and the presets as they are.
+    digits and, on Fashion-MNIST, the leading families (uniform + EF, FSFL on it, top-k + EF) at digits' cheapest
+    point within 1 point of FedAvg; 3: the other families there at that point; 4: Fashion-MNIST's second knob
+    values and the presets as they are.
 
     On Fashion-MNIST (19 local steps a pass, 10 of 100 clients) FSFL's scales use lr 0.05 (`FSFL_FMNIST`): at 0.2
     they moved up to +-100% a round there and the fold diverged (issue 18)."""
@@ -125,47 +126,47 @@ def grid() -> list[Spec]:
     specs = [Spec("fedavg", "-", {}, 1)]
     for qp in (-10, -12, -14, -16, -18, -20):
         specs.append(Spec("uniform+EF", f"qp {qp}", uniform(qp), 1 if qp in (-14, -16, -18) else 2, d))
-    specs += [Spec("uniform+EF", f"qp {qp}", uniform(qp), 2 if qp == -16 else 3, f) for qp in (-16, -20)]
+    specs += [Spec("uniform+EF", f"qp {qp}", uniform(qp), 2 if qp == -16 else 4, f) for qp in (-16, -20)]
     for fraction in (0.005, 0.01, 0.02, 0.05, 0.1):
         specs.append(Spec("top-k+EF", f"fraction {fraction:g}", topk(fraction), 2, d))
-    specs += [Spec("top-k+EF", f"fraction {x:g}", topk(x), 2 if x == 0.02 else 3, f) for x in (0.02, 0.05)]
+    specs += [Spec("top-k+EF", f"fraction {x:g}", topk(x), 2 if x == 0.02 else 4, f) for x in (0.02, 0.05)]
     for fraction in (1 / 400, 1 / 100, 1 / 25):
         specs.append(Spec("STC", f"fraction 1/{round(1 / fraction)}", both(scheme="stc", fraction=fraction), 2, d))
-    specs += [Spec("STC", f"fraction 1/{round(1 / x)}", both(scheme="stc", fraction=x), 2 if x == 1 / 25 else 3, f)
+    specs += [Spec("STC", f"fraction 1/{round(1 / x)}", both(scheme="stc", fraction=x), 3 if x == 1 / 25 else 4, f)
               for x in (1 / 25, 1 / 100)]
     for qp, sparsity in ((-26, 0.6), (-26, 0.9), (-30, 0.97), (-34, 0.99)):
         settings = {**COMPRESSIONS["nnc"][1], **both(qp=qp, target_sparsity=sparsity)}
         specs.append(Spec("nnc", f"qp {qp}, sparsity {sparsity:g}", settings, 2, d))
         if qp == -30:
-            specs.append(Spec("nnc", f"qp {qp}, sparsity {sparsity:g}", settings, 2, f))
+            specs.append(Spec("nnc", f"qp {qp}, sparsity {sparsity:g}", settings, 3, f))
     for bits, gamma in ((2, 0.1), (2, 0.6), (4, 0.1), (4, 0.6)):
         settings = both(scheme="ecq-ans", bits=bits, gamma=gamma)
         specs.append(Spec("ECQ", f"{bits} bits, gamma {gamma:g}", settings, 2, d))
         if bits == 2:
-            specs.append(Spec("ECQ", f"{bits} bits, gamma {gamma:g}", settings, 2 if gamma == 0.6 else 3, f))
+            specs.append(Spec("ECQ", f"{bits} bits, gamma {gamma:g}", settings, 3 if gamma == 0.6 else 4, f))
     for gamma in (0.2, 0.6, 1.0):
         specs.append(Spec("ECQx", f"2 bits, gamma {gamma:g}", ecqx(2, gamma), 2, d))
         if gamma == 0.2:
-            specs.append(Spec("ECQx", f"2 bits, gamma {gamma:g}", ecqx(2, gamma), 2, f))
+            specs.append(Spec("ECQx", f"2 bits, gamma {gamma:g}", ecqx(2, gamma), 3, f))
     for gamma in (0.1, 0.6):
         specs.append(Spec("EC2T", f"gamma {gamma:g}", both(scheme="ec2t-ans", gamma=gamma), 2, d))
-        specs.append(Spec("EC2T", f"gamma {gamma:g}", both(scheme="ec2t-ans", gamma=gamma), 2 if gamma == 0.1 else 3,
+        specs.append(Spec("EC2T", f"gamma {gamma:g}", both(scheme="ec2t-ans", gamma=gamma), 3 if gamma == 0.1 else 4,
                           f))
     for qp in (-10, -12, -14, -16):
         specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL}, 1 if qp in (-12, -14) else 2, d))
         if qp in (-12, -16):
-            specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL_FMNIST}, 2 if qp == -12 else 3, f))
+            specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL_FMNIST}, 2 if qp == -12 else 4, f))
     for fraction in (0.005, 0.007, 0.01):
         specs.append(Spec("FSFL+top-k", f"fraction {fraction:g}", {**topk(fraction), **FSFL},
                           1 if fraction == 0.007 else 2, d))
-    specs.append(Spec("FSFL+top-k", "fraction 0.007", {**topk(0.007), **FSFL_FMNIST}, 3, f))
+    specs.append(Spec("FSFL+top-k", "fraction 0.007", {**topk(0.007), **FSFL_FMNIST}, 4, f))
     for gamma in (0.6, 1.0):
         specs.append(Spec("FSFL+ECQx", f"2 bits, gamma {gamma:g}", {**ecqx(2, gamma), **FSFL}, 2, d))
-    specs.append(Spec("FSFL+ECQx", "2 bits, gamma 0.6", {**ecqx(2, 0.6), **FSFL_FMNIST}, 3, f))
+    specs.append(Spec("FSFL+ECQx", "2 bits, gamma 0.6", {**ecqx(2, 0.6), **FSFL_FMNIST}, 4, f))
     for name, (_, settings) in COMPRESSIONS.items():  # each preset as it is: its time share, and is it dominated?
         if name != "fedavg":
             specs.append(Spec("preset", name, settings, 1 if name == FLAGSHIP else 2 if name != "nnc" else 3, d))
-            specs.append(Spec("preset", name, settings, 3, f))
+            specs.append(Spec("preset", name, settings, 4, f))
     return specs
 
 
@@ -218,17 +219,18 @@ def cached(cache: Path, job: Job) -> dict[str, Any] | None:
 
 def plan(workloads: list[str], seeds: int, priority: int, points: list[str] | None = None) -> list[Job]:
     """The runs of the chosen workloads and priorities (and, when given, only the ``points`` named
-    ``"family knob"`` or ``fedavg``), in priority order, then workload, then seed."""
+    ``"family knob"`` or ``fedavg``): workload by workload (digits, then iid Fashion-MNIST, then Dirichlet), in
+    priority order, every seed of a point before the next point (a partial run gives whole points: CIs)."""
     jobs = []
-    for spec in grid():
+    for index, spec in enumerate(grid()):
         for workload in (w for w in spec.workloads if w in workloads):
             if spec.priority > priority or (points and label(spec.family, spec.knob) not in points):
                 continue
             for seed in range(seeds):
                 settings = {**WORKLOADS[workload], **spec.settings, "seed": seed}
-                jobs.append(Job(run_key(settings), workload, spec, seed, settings))
+                jobs.append((index, Job(run_key(settings), workload, spec, seed, settings)))
     order = {w: i for i, w in enumerate(WORKLOADS)}
-    return sorted(jobs, key=lambda j: (j.spec.priority, order[j.workload], j.seed))
+    return [j for _, j in sorted(jobs, key=lambda ij: (order[ij[1].workload], ij[1].spec.priority, ij[0], ij[1].seed))]
 
 
 def estimated_seconds(job: Job) -> float:
@@ -540,8 +542,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one core each)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of "
                         + ", ".join(WORKLOADS))
-    parser.add_argument("--priority", type=int, default=3, help="run points up to this priority (1: FedAvg and "
-                        "the leading digits points; 2: the rest of digits and the leading fmnist points; 3: all)")
+    parser.add_argument("--priority", type=int, default=4, help="run points up to this priority (1: FedAvg and "
+                        "the leading digits points; 2: the rest of digits and the leading fmnist points; 3: one point "
+                        "of every other family on fmnist; 4: all)")
     parser.add_argument("--quick", action="store_true", help="priority 1 on digits only")
     parser.add_argument("--points", default="", help="only these points: labels as the tables write them, "
                         "separated by semicolons ('fedavg;uniform+EF qp -16;nnc qp -30, sparsity 0.97')")
@@ -563,7 +566,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"no such point(s) in the grid: {'; '.join(sorted(unknown))} (see --plan)")
     jobs = plan(workloads, args.seeds, 1 if args.quick else args.priority, points)
-    full_plan = plan(list(WORKLOADS), args.seeds, 3)
+    full_plan = plan(list(WORKLOADS), args.seeds, 4)
     if args.plan:
         for job in jobs:
             print(f"p{job.spec.priority} {job.workload:<14} {job.spec.family:<13} {job.spec.knob:<22} seed {job.seed}"
