@@ -45,7 +45,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -69,7 +69,22 @@ MECHANICS = {"output.dir": "", "output.preset": "", "output.checkpoint": False, 
 # (point label prefix, commit, why): a cached run of such a point measured before that commit no longer stands for
 # the code (the cache key sees settings, not code); it is re-run. Found by `--verify`, which re-runs one seed per
 # family and compares it with the cache.
-STALE_SINCE: list[tuple[str, str, str]] = []
+_CATCHUP = "the grid catch-up of the bidirectional step and the ECQx/EC2T definition fixes, merged by issue 18"
+STALE_SINCE: list[tuple[str, str, str]] = [  # --verify at 20ce63a, digits seed 0 (fedavg, top-k+EF, topk-ef, fsfl same)
+    ("uniform+EF ", "9fd370f", f"{_CATCHUP}; qp -16: 0.9844 -> 0.9867"),
+    ("FSFL+uniform ", "9fd370f", f"{_CATCHUP}; qp -12: 0.9733 -> 0.9244"),
+    ("FSFL+top-k ", "9fd370f", f"{_CATCHUP}; fraction 0.007: bytes 0.217 -> 0.218 MB"),
+    ("STC ", "9fd370f", f"{_CATCHUP}; fraction 1/25: 0.9689 -> 0.9733"),
+    ("nnc ", "9fd370f", f"{_CATCHUP}; qp -30, sparsity 0.97: bytes down"),
+    ("ECQ ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.6: 0.9689 -> 0.9711"),
+    ("ECQx ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.2: 0.9667 -> 0.9733"),
+    ("EC2T ", "9fd370f", f"{_CATCHUP}; gamma 0.1: 0.9844 -> 0.9822, 0.826 -> 0.964 MB"),
+    ("FSFL+ECQx ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.6: 0.9733 -> 0.9711"),
+    ("preset stc", "9fd370f", f"{_CATCHUP}; 0.8711 -> 0.8044"),
+    ("preset ecqx", "9fd370f", f"{_CATCHUP}; 0.9778 -> 0.9667"),
+    ("preset ec2t", "9fd370f", f"{_CATCHUP}; 0.9756 -> 0.9822"),
+    ("preset fsfl-ecqx-bidir", "9fd370f", f"{_CATCHUP}; its golden run changed there"),
+]
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "digits": compose(["digits"]),
@@ -199,13 +214,27 @@ def is_ancestor(older: str, newer: str) -> bool:
 ANCESTRY: dict[str, dict[str, bool]] = {}
 
 
-def stale_because(record: dict[str, Any]) -> str | None:
-    """Why a cached run no longer stands for the current code (a `STALE_SINCE` change it predates), or None."""
-    name = label(record["family"], record["knob"])
-    for prefix, commit, why in STALE_SINCE:
-        if name.startswith(prefix) and not is_ancestor(commit, record["commit"]):
-            return f"measured at {record['commit']}, before {commit} ({why})"
+def stale_because(record: dict[str, Any], names: Iterable[str] = ()) -> str | None:
+    """Why a cached run no longer stands for the current code (a `STALE_SINCE` change it predates), or None.
+
+    ``names``: the labels of every point that shares the run (a preset and a sweep point), besides the record's own.
+    """
+    for name in {label(record["family"], record["knob"]), *names}:
+        for prefix, commit, why in STALE_SINCE:
+            if name.startswith(prefix) and not is_ancestor(commit, record["commit"]):
+                return f"measured at {record['commit']}, before {commit} ({why})"
     return None
+
+
+def sharing(key: str) -> list[str]:
+    """The labels of every point of the grid, on any workload, whose runs have cache key ``key``."""
+    if not SHARING:
+        for job in plan(list(WORKLOADS), SEEDS, 4):
+            SHARING.setdefault(job.key, set()).add(label(job.spec.family, job.spec.knob))
+    return sorted(SHARING.get(key, ()))
+
+
+SHARING: dict[str, set[str]] = {}
 
 
 def cached(cache: Path, job: Job) -> dict[str, Any] | None:
@@ -214,7 +243,7 @@ def cached(cache: Path, job: Job) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return None if stale_because(record) else record
+    return None if stale_because(record, sharing(job.key)) else record
 
 
 def plan(workloads: list[str], seeds: int, priority: int, points: list[str] | None = None) -> list[Job]:
@@ -405,8 +434,8 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
               "Δ is the mean over paired seeds of (scheme − FedAvg) final accuracy, in points, with its 95% "
               "Student-t confidence interval; ratio = FedAvg's MB over the row's.", "",
               "| scheme | knob | seeds | final acc | Δ vs FedAvg [95% CI] | MB up | MB down | MB total | ratio | "
-              "rounds to target | MB to target | compress / train time |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "rounds to target | MB to target | compress / train time | measured at |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         rounds, mb = to_target(row, target)
         s = share(row)
@@ -414,7 +443,8 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
                      f"{fmt_interval(diffs[id(row)])} | {row.mean('bytes_up') / MB:.3f} | "
                      f"{row.mean('bytes_down') / MB:.3f} | {row.mean('bytes_total') / MB:.3f} | "
                      f"{fedavg_bytes / row.mean('bytes_total'):.0f}x | {rounds} | {mb} | "
-                     f"{'-' if s is None else f'{100 * s:.1f}%'} |")
+                     f"{'-' if s is None else f'{100 * s:.1f}%'} | "
+                     f"{', '.join(f'`{c}`' for c in sorted({r['commit'] for r in row.runs.values()}))} |")
     points = {id(r): Point(r.family, (("knob", r.knob),), len(r.runs), r.mean("bytes_total"),
                            r.mean("final_accuracy"), 0.0, min(r.accuracies().values()), max(r.accuracies().values()))
               for r in rows}
@@ -511,6 +541,10 @@ def report(jobs: list[Job], cache: Path, out: Path, full_plan: list[Job]) -> str
              "messages; no Ray), on a shared, heavily loaded 2-core machine. MB are payload bytes (10^6 B). "
              "Seeds are paired: seed s of a scheme and seed s of FedAvg share the data split, partition, "
              "initial model and client sampling.", ""]
+    if STALE_SINCE:
+        lines += ["Runs left out as stale (measured before a change that `--verify` found to change their results; "
+                  "re-run at a later commit where the table shows one): "
+                  + "; ".join(f"`{prefix}` before `{commit}` ({why})" for prefix, commit, why in STALE_SINCE) + ".", ""]
     summary = {}
     for workload in WORKLOADS:
         if workload in rows:
