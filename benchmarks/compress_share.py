@@ -110,7 +110,9 @@ def render(history: dict) -> str:
              "repetitions, the points' order rotated each repetition. Compression is the ClientApp's whole upstream "
              "path: the update, ECQx's LRP relevances (where used), error feedback, sparsification, quantization, "
              "entropy coding, the payload record and the sender's state. Share = compression / local training "
-             "(1 epoch). Target: below 10%.", ""]
+             "(1 epoch). Target: below 10%. Two commits are measured in separate processes at different times: "
+             "the CPU time of unchanged code (local training, the LRP pass) moves by up to ~20% between them on this "
+             "shared machine, so compare the shares, and only differences larger than that.", ""]
     for workload in WORKLOADS:
         runs = [(c, history[c][workload]) for c in commits if workload in history[c]]
         if not runs:
