@@ -307,7 +307,8 @@ def run_one(job: Job, cache: Path, commit: str) -> str:
 
 def verify(jobs: list[Job], cache: Path, workers: int) -> None:
     """Re-run, at the current checkout, the lowest cached seed of the first cached point of each family (each
-    preset on its own) and say whether it reproduces its cached record: final accuracy, bytes and the curve."""
+    preset on its own) and say whether it reproduces its cached record: final accuracy, bytes and the curve.
+    The new run replaces the cached one (it is a run of the current code either way)."""
     picks: dict[tuple[str, str], tuple[Job, dict[str, Any]]] = {}
     for job in sorted(jobs, key=lambda j: j.seed):
         path = cache / f"{job.key}.json"
@@ -315,12 +316,13 @@ def verify(jobs: list[Job], cache: Path, workers: int) -> None:
         if group not in picks and path.is_file():
             picks[group] = (job, json.loads(path.read_text()))
     commit = source_commit()
-    with tempfile.TemporaryDirectory(prefix="comm_savings-verify-") as tmp, \
-            ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_one, job, Path(tmp), commit): (job, old) for job, old in picks.values()}
+    for job, _ in picks.values():
+        (cache / f"{job.key}.json").unlink()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_one, job, cache, commit): (job, old) for job, old in picks.values()}
         for future in as_completed(futures):
             job, old = futures[future]
-            new = json.loads((Path(tmp) / f"{future.result()}.json").read_text())
+            new = json.loads((cache / f"{future.result()}.json").read_text())
             keys = ("final_accuracy", "bytes_up", "bytes_down", "accuracy", "cum_bytes_total")
             changed = [k for k in keys if old[k] != new[k]]
             print(f"{job.workload} {label(job.spec.family, job.spec.knob)} seed {job.seed}: cached at {old['commit']} "
