@@ -66,24 +66,25 @@ WITHIN = 0.01  # "within 1 point of FedAvg"
 # settings that change how a run is carried out, not its results: not part of a run's key
 MECHANICS = {"output.dir": "", "output.preset": "", "output.checkpoint": False, "client.state": "memory",
              "preset": ""}
-# (point label prefix, commit, why): a cached run of such a point measured before that commit no longer stands for
-# the code (the cache key sees settings, not code); it is re-run. Found by `--verify`, which re-runs one seed per
-# family and compares it with the cache.
-_CATCHUP = "the grid catch-up of the bidirectional step and the ECQx/EC2T definition fixes, merged by issue 18"
+# (point label prefix, commit, what --verify saw): a cached run of such a point measured before that commit no
+# longer stands for the code (the cache key sees settings, not code); it is re-run. Found by `--verify`, which
+# re-runs one seed per family and compares it with the cache.
+STALE_CAUSE = {"9fd370f": "the grid catch-up of the bidirectional step and the ECQx/EC2T definition fixes, merged by "
+                         "issue 18"}
 STALE_SINCE: list[tuple[str, str, str]] = [  # --verify at 20ce63a, digits seed 0 (fedavg, top-k+EF, topk-ef, fsfl same)
-    ("uniform+EF ", "9fd370f", f"{_CATCHUP}; qp -16: 0.9844 -> 0.9867"),
-    ("FSFL+uniform ", "9fd370f", f"{_CATCHUP}; qp -12: 0.9733 -> 0.9244"),
-    ("FSFL+top-k ", "9fd370f", f"{_CATCHUP}; fraction 0.007: bytes 0.217 -> 0.218 MB"),
-    ("STC ", "9fd370f", f"{_CATCHUP}; fraction 1/25: 0.9689 -> 0.9733"),
-    ("nnc ", "9fd370f", f"{_CATCHUP}; qp -30, sparsity 0.97: bytes down"),
-    ("ECQ ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.6: 0.9689 -> 0.9711"),
-    ("ECQx ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.2: 0.9667 -> 0.9733"),
-    ("EC2T ", "9fd370f", f"{_CATCHUP}; gamma 0.1: 0.9844 -> 0.9822, 0.826 -> 0.964 MB"),
-    ("FSFL+ECQx ", "9fd370f", f"{_CATCHUP}; 2 bits, gamma 0.6: 0.9733 -> 0.9711"),
-    ("preset stc", "9fd370f", f"{_CATCHUP}; 0.8711 -> 0.8044"),
-    ("preset ecqx", "9fd370f", f"{_CATCHUP}; 0.9778 -> 0.9667"),
-    ("preset ec2t", "9fd370f", f"{_CATCHUP}; 0.9756 -> 0.9822"),
-    ("preset fsfl-ecqx-bidir", "9fd370f", f"{_CATCHUP}; its golden run changed there"),
+    ("uniform+EF ", "9fd370f", "qp -16: 0.9844 -> 0.9867"),
+    ("FSFL+uniform ", "9fd370f", "qp -12: 0.9733 -> 0.9244"),
+    ("FSFL+top-k ", "9fd370f", "fraction 0.007: bytes 0.217 -> 0.218 MB"),
+    ("STC ", "9fd370f", "fraction 1/25: 0.9689 -> 0.9733"),
+    ("nnc ", "9fd370f", "qp -30, sparsity 0.97: bytes down"),
+    ("ECQ ", "9fd370f", "2 bits, gamma 0.6: 0.9689 -> 0.9711"),
+    ("ECQx ", "9fd370f", "2 bits, gamma 0.2: 0.9667 -> 0.9733"),
+    ("EC2T ", "9fd370f", "gamma 0.1: 0.9844 -> 0.9822, 0.826 -> 0.964 MB"),
+    ("FSFL+ECQx ", "9fd370f", "2 bits, gamma 0.6: 0.9733 -> 0.9711"),
+    ("preset stc", "9fd370f", "0.8711 -> 0.8044"),
+    ("preset ecqx", "9fd370f", "0.9778 -> 0.9667"),
+    ("preset ec2t", "9fd370f", "0.9756 -> 0.9822"),
+    ("preset fsfl-ecqx-bidir", "9fd370f", "its golden run changed there"),
 ]
 
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -222,7 +223,7 @@ def stale_because(record: dict[str, Any], names: Iterable[str] = ()) -> str | No
     for name in {label(record["family"], record["knob"]), *names}:
         for prefix, commit, why in STALE_SINCE:
             if name.startswith(prefix) and not is_ancestor(commit, record["commit"]):
-                return f"measured at {record['commit']}, before {commit} ({why})"
+                return f"measured at {record['commit']}, before {commit} ({STALE_CAUSE[commit]}; {why})"
     return None
 
 
@@ -553,10 +554,12 @@ def report(jobs: list[Job], cache: Path, out: Path, full_plan: list[Job]) -> str
              "messages; no Ray), on a shared, heavily loaded 2-core machine. MB are payload bytes (10^6 B). "
              "Seeds are paired: seed s of a scheme and seed s of FedAvg share the data split, partition, "
              "initial model and client sampling.", ""]
-    if STALE_SINCE:
-        lines += ["Runs left out as stale (measured before a change that `--verify` found to change their results; "
-                  "re-run at a later commit where the table shows one): "
-                  + "; ".join(f"`{prefix}` before `{commit}` ({why})" for prefix, commit, why in STALE_SINCE) + ".", ""]
+    for commit, cause in STALE_CAUSE.items():
+        stale = [(prefix.strip(), why) for prefix, c, why in STALE_SINCE if c == commit]
+        lines += [f"Left out as stale: the runs of {', '.join(f'`{p}`' for p, _ in stale)} measured before `{commit}` "
+                  f"({cause}). `--verify` re-ran seed 0 of one point of each and saw it change ("
+                  + "; ".join(f"{p} {why}" for p, why in stale) + "); FedAvg, top-k+EF, `topk-ef` and `fsfl` "
+                  "reproduced exactly and their runs stand (column *measured at*).", ""]
     summary = {}
     for workload in WORKLOADS:
         if workload in rows:

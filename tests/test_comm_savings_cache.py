@@ -19,9 +19,11 @@ def test_a_setting_at_its_default_keeps_the_key_and_any_other_value_changes_it()
 def test_a_run_measured_before_a_listed_change_is_stale_and_one_after_it_is_not(monkeypatch):
     log = subprocess.run(["git", "log", "--format=%h", "-3"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     newest, older, oldest = log
-    monkeypatch.setattr(cs, "STALE_SINCE", [("STC", older, "a test change")])
+    monkeypatch.setattr(cs, "STALE_SINCE", [("STC", older, "1/25 changed")])
+    monkeypatch.setattr(cs, "STALE_CAUSE", {older: "a test change"})
     record = {"family": "STC", "knob": "fraction 1/25", "commit": oldest}
-    assert cs.stale_because(record) == f"measured at {oldest}, before {older} (a test change)"
+    assert cs.stale_because(record) == f"measured at {oldest}, before {older} (a test change; 1/25 changed)"
+    assert cs.stale_because({**record, "family": "preset", "knob": "stc"}, ["STC fraction 1/400"]) is not None
     assert cs.stale_because({**record, "commit": older}) is None
     assert cs.stale_because({**record, "commit": newest}) is None
     assert cs.stale_because({**record, "family": "top-k+EF", "commit": oldest}) is None
