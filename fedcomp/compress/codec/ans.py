@@ -225,7 +225,8 @@ class _Channel:
         seen = np.bincount((lev * num_ctx + ctx) * k + val, minlength=levels * num_ctx * k)
         seen = seen.reshape(levels, num_ctx, k)
         before = np.cumsum(seen, axis=0) - seen  # counts from lower levels only
-        self._op(val, _Categorical, prior[ctx] + before[lev, ctx])
+        # the rows of the few (level, context) pairs, then one gather: the same floats as prior[ctx] + before[lev, ctx]
+        self._op(val, _Categorical, (before + prior)[lev, ctx])
         return values
 
     def raw_bits(self, values: np.ndarray | None, nbits: np.ndarray) -> np.ndarray:
@@ -335,12 +336,12 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     if np.any(counts > rows.width):
         raise PayloadError("ans stream declares more non-zeros in a row than it holds")
     nnz = int(counts.sum())
-    out = np.zeros(rows.length, dtype=np.int32)
     if nnz == 0:
-        return out
+        return flat if enc else np.zeros(rows.length, dtype=np.int32)
     full = counts > 0
     # 2. gaps within rows, geometric with the row's density
-    row_of = np.repeat(np.arange(counts.size), counts)
+    if not enc:  # the encoder has it from the positions
+        row_of = np.repeat(np.arange(counts.size), counts)
     first = np.cumsum(counts) - counts  # index of each row's first non-zero
     if enc:
         column = positions - rows.start[row_of]
@@ -380,9 +381,12 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     magnitude = floor + ch.integers(excess, lambda tok: ch.adaptive(tok, tensor_of, prior))
     # 4. signs, adaptive per row (a filter's entries tend to move one way)
     negative = ch.adaptive((values < 0).astype(np.int64) if enc else None, row_of, _SIGN_PRIOR)
+    if enc:  # the symbols are the input: nothing to rebuild
+        return flat
     signed = np.where(negative == 1, -magnitude, magnitude)
     if signed.max() > np.iinfo(np.int32).max or signed.min() < np.iinfo(np.int32).min:
         raise PayloadError("ans stream holds a symbol beyond the int32 range")
+    out = np.zeros(rows.length, dtype=np.int32)
     out[positions] = signed
     return out
 
