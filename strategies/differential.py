@@ -119,8 +119,11 @@ class DifferentialFedAvg(FedAvg):
         messages = []
         for node in nodes:
             partition = self.sampler.client_of(node)
-            held = self.client_version.get(partition, 0)
-            self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
+            if node in self.sampler.partition_of:
+                held = self.client_version.get(partition, 0)
+                self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
+            else:  # a node not heard from yet: a catch-up from W_0 (base 0) suits whatever it holds
+                held = 0
             if held not in contents:
                 encoded, base, replay = self.sync.catch_up(held)
                 content = RecordDict({ARRAYS: encoded.record,
