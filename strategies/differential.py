@@ -115,6 +115,8 @@ class DifferentialFedAvg(FedAvg):
             return super().train_messages(server_round, nodes, config)
         config[VERSION] = self.version
         config[DIGEST] = model_digest(self._global, self.manifest)
+        # bounded by the clients of the last sync.history rounds: the others are treated as unknown anyway
+        self.client_version = {p: v for p, v in self.client_version.items() if not self.sync.as_if_unknown(v)}
         contents: dict[int, tuple[Encoded, RecordDict, int]] = {}
         messages = []
         for node in nodes:
