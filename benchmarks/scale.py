@@ -160,6 +160,19 @@ def clients_row(num_clients: int, fraction: float, rounds: int, out: Path) -> di
             "accuracy": summary["final_accuracy"], "bytes_total": summary["bytes_total"]}
 
 
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets for the largest client count measured, each met or missed with the figure reached."""
+    if not rows:
+        return []
+    r = max(rows, key=lambda r: r["clients"])
+    checks = [(f"round 1 at most 3x a later round: {r['round1_s']:.1f} s against {r['round_s']:.2f} s, "
+               f"{r['round1_s'] / r['round_s']:.1f}x", r["round1_s"] <= 3 * r["round_s"]),
+              (f"the whole run under 8 GiB: peak {r['peak_mb'] / 1024:.2f} GiB", r["peak_mb"] < 8 * 1024),
+              (f"finished within 1 hour: {r['wall_s'] / 60:.1f} min", r["wall_s"] < 3600)]
+    return ["", f"Targets at {r['clients']:,} clients x {r['rounds']} rounds:", "",
+            *[f"- {'met' if ok else '**missed**'}: {text}" for text, ok in checks]]
+
+
 def render(rows: list[dict[str, Any]], args: argparse.Namespace, gpu: str) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     commits = sorted({r["commit"] for r in rows})
@@ -176,8 +189,10 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, gpu: str) -> st
         "launches it (`flower-superlink --simulation`, `flwr run`), `server.discovery = sampled` (no node is "
         "contacted unless sampled: no setup query), `client.state = disk`.", "",
         "s/round is the median `round_seconds` of rounds 2 and later; round 1 s is the first round's (from the "
-        "server's start to the end of its central evaluation). Run s is the whole run's wall time, Ray's start-up "
-        "included. Peak memory is the largest sum of PSS over every process of the run, sampled every 0.5 s. "
+        "server's start to the end of its central evaluation; it includes the Ray actors' start, importing torch "
+        "and fedcomp and loading the dataset, which its messages wait for). Run s is the whole run's wall time, "
+        "Ray's start-up included. Peak memory is the largest sum of PSS over every process of the run, "
+        "sampled every 0.5 s. "
         "Client state is `<run folder>/client-state` at the end of the run (each client that trained keeps its "
         "two newest rounds: its copy of the global model's counts and its error-feedback residual); run folder "
         "is everything the run wrote, client state included.", "",
@@ -193,6 +208,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace, gpu: str) -> st
                      f"{kinds.get('flwr-simulation', 0):.0f} | {kinds.get('ClientAppActor', 0):.0f} | "
                      f"{r['state_folders']:,} | {r['state_mb']:.1f} | {r['run_dir_mb']:.1f} | {r['failed']} | "
                      f"{r['accuracy']:.4f} | {r['bytes_total'] / MB:.1f} |")
+    lines += targets(rows)
     if DEPLOY.is_file():
         body = DEPLOY.read_text().splitlines()
         body = body[1:] if body and body[0].startswith("# ") else body  # its title becomes this heading
