@@ -114,7 +114,7 @@ def test_iid_shards_are_flwr_datasets_own(samples: int, clients: int) -> None:
     table = HFDataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(samples)}).shuffle(seed=3)
     reference = IidPartitioner(num_partitions=clients)
     reference.dataset = table
-    parts = partition.partition(labels, clients, scheme="iid", seed=3)
+    parts = partition(labels, clients, scheme="iid", seed=3)
     assert len(parts) == clients
     for client in range(clients):
         assert np.array_equal(parts[client], np.sort(np.asarray(reference.load_partition(client)["idx"])))
