@@ -8,6 +8,7 @@ Per round, sampling costs O(nodes sampled): the population is listed and ordered
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from logging import WARNING
 
@@ -19,6 +20,10 @@ from fedcomp.errors import ConfigError
 from fedcomp.exchange.protocol import CONFIG, METRICS, PARTITION_ID
 from fedcomp.records.meter import TransferMeter
 from strategies.metering import meter_setup
+
+#: How long the first listing of the nodes waits for all the nodes a run expects: Flower's Simulation
+#: Engine registers its nodes while the ServerApp already runs (10,000 take seconds).
+NODE_WAIT_SECONDS = 120.0
 
 
 @dataclass
@@ -41,6 +46,9 @@ class Sampler:
         Seeds the choice (with the round).
     discovery : str
         ``all`` or ``sampled`` (above).
+    expected : int
+        The nodes the run expects (``num_clients``): the first listing waits up to `NODE_WAIT_SECONDS`
+        for that many to be connected (0: it takes what is connected).
     """
 
     fraction_train: float = 1.0
@@ -48,6 +56,7 @@ class Sampler:
     fraction_evaluate: float = 0.0
     seed: int = 0
     discovery: str = "all"
+    expected: int = 0
     partition_of: dict[int, int] = field(default_factory=dict)  # node id -> partition id, as far as known
     population: list[int] = field(default_factory=list)  # every node, in sampling order, listed once per run
 
@@ -77,7 +86,7 @@ class Sampler:
             return []
         if self.discovery == "sampled":
             if not self.population:
-                self.population = sorted(grid.get_node_ids())
+                self.population = self.connected(grid)
         else:
             if not self.partition_of:
                 self.partition_of = self.discover(grid, meter)
@@ -88,6 +97,18 @@ class Sampler:
         count = min(len(self.population), max(int(len(self.population) * fraction), minimum))
         chosen = random.Random(self.seed * 1_000_003 + server_round).sample(range(len(self.population)), count)
         return [self.population[i] for i in sorted(chosen)]
+
+    def connected(self, grid: Grid) -> list[int]:
+        """The connected nodes, sorted, once ``expected`` of them are (or `NODE_WAIT_SECONDS` have passed)."""
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        nodes = sorted(grid.get_node_ids())
+        while len(nodes) < self.expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = sorted(grid.get_node_ids())
+        if len(nodes) < self.expected:
+            log(WARNING, "%d of the %d nodes this run expects are connected after %.0f s; it goes on with them",
+                len(nodes), self.expected, NODE_WAIT_SECONDS)
+        return nodes
 
     def learn(self, node: int, metrics: MetricRecord) -> None:
         """Note the partition a node names in a usable reply (``partition-id``), with ``discovery="sampled"``
@@ -107,7 +128,7 @@ class Sampler:
             Node id to partition id of every node that answered; ConfigError if none did.
         """
         asked = [Message(RecordDict({CONFIG: ConfigRecord({"fedcomp-setup": 1})}), node, MessageType.QUERY)
-                 for node in sorted(grid.get_node_ids())]
+                 for node in self.connected(grid)]
         replies = list(grid.send_and_receive(asked))
         mapping: dict[int, int] = {}
         failures: list[str] = []

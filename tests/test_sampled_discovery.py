@@ -129,3 +129,26 @@ def test_sampling_picks_by_index_in_the_population(count):
     picks = sampler.nodes(None, 5, "train")
     expected = sorted(random.Random(4 * 1_000_003 + 5).sample(sampler.population, max(count // 100, 1)))
     assert picks == expected
+
+
+class JoiningGrid(LoopbackGrid):
+    """Nodes that connect one listing at a time, as Flower's Simulation Engine registers them while the
+    ServerApp already runs."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.visible = 1
+
+    def get_node_ids(self):
+        self.visible += 1
+        return list(self.contexts)[:self.visible]
+
+
+@pytest.mark.parametrize("discovery", ["sampled", "all"])
+def test_the_first_listing_waits_for_every_node_the_run_expects(task_identity, discovery):
+    config = resolve({"num_clients": 4, "server.discovery": discovery})
+    grid = JoiningGrid(client_app, {901: 0, 902: 1, 903: 2, 904: 3}, config)
+    strategy = build_strategy(config, run_model(config))
+    strategy.configure_train(1, strategy.initial_arrays(state_arrays(run_model(config))), ConfigRecord(), grid)
+    assert grid.visible == 4
+    assert sorted(strategy.sampler.population) == [901, 902, 903, 904]
