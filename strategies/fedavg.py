@@ -200,7 +200,7 @@ class FedAvg(Strategy):
         replied: list[int] = []
         decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
         self.received(decoded)
-        timed_out = log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
+        timed_out = log_missing(server_round, self._sent_to, replied, self.sampler.describe)
         self.client_timings = {server_round: {
             **timing_summary(decoded), "clients_sampled": len(self._sent_to),
             "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
@@ -316,7 +316,7 @@ class FedAvg(Strategy):
         """
         replied: list[int] = []
         received = self._receive(server_round, _tally(replies, replied), "evaluate", decode=False)
-        log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
+        log_missing(server_round, self._sent_to, replied, self.sampler.describe)
         return weighted_metrics(received) if received else None
 
     # ---- helpers -------------------------------------------------------------------
@@ -355,7 +355,7 @@ class FedAvg(Strategy):
             client = self.sampler.client_of(node)
             meter_reply(self.meter, server_round, client, kind, reply, float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
-                log(WARNING, "round %d: node %d (partition %d) failed: %s", server_round, node, client, reason)
+                log(WARNING, "round %d: %s failed: %s", server_round, self.sampler.describe(node), reason)
                 continue
             received.append(usable)
         received.sort(key=lambda r: r.partition)

@@ -146,6 +146,11 @@ class Sampler:
             raise ConfigError(f"no client node can take part in this run: {reason}")
         return mapping
 
+    def describe(self, node: int) -> str:
+        """``node`` as the logs name it: its node id and its partition, if known."""
+        partition = self.partition_of.get(node)
+        return f"node {node} (partition {'not known yet' if partition is None else partition})"
+
     def client_of(self, node: int) -> int:
         """The id the meter and the logs use for ``node``: its partition id (the node id while it is unknown).
 

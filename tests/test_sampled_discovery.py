@@ -87,7 +87,7 @@ def test_sampled_discovery_keeps_the_catch_up_of_every_later_round(tmp_path, tas
     assert came_back, "no client was sampled twice: the catch-up of a returning client went untested"
 
 
-def test_a_node_that_never_replies_usably_is_metered_by_its_node_id(task_identity):
+def test_a_node_that_never_replies_usably_is_metered_by_its_node_id(task_identity, caplog):
     config = resolve({"num_clients": 4, "server.discovery": "sampled"})
     grid = LoopbackGrid(client_app, {901: 0, 902: 1, 903: 2, 904: 3}, config)
     grid.contexts[903].node_config["num-partitions"] = 9  # its ClientApp refuses every message
@@ -98,6 +98,7 @@ def test_a_node_that_never_replies_usably_is_metered_by_its_node_id(task_identit
     strategy.aggregate_train(1, replies)
     assert strategy.sampler.partition_of == {901: 0, 902: 1, 904: 3}
     assert sorted({r.client for r in strategy.meter.select(round=1)}) == [0, 1, 3, 903]
+    assert "round 1: node 903 (partition not known yet) failed" in caplog.text
 
 
 def test_sampler_learns_only_integer_partition_ids_and_only_when_sampling_nodes():
