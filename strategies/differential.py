@@ -115,12 +115,17 @@ class DifferentialFedAvg(FedAvg):
             return super().train_messages(server_round, nodes, config)
         config[VERSION] = self.version
         config[DIGEST] = model_digest(self._global, self.manifest)
+        # bounded by the clients of the last sync.history rounds: the others are treated as unknown anyway
+        self.client_version = {p: v for p, v in self.client_version.items() if not self.sync.as_if_unknown(v)}
         contents: dict[int, tuple[Encoded, RecordDict, int]] = {}
         messages = []
         for node in nodes:
             partition = self.sampler.client_of(node)
-            held = self.client_version.get(partition, 0)
-            self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
+            if node in self.sampler.partition_of:
+                held = self.client_version.get(partition, 0)
+                self.client_version[partition] = FULL_MODEL  # until its reply says otherwise
+            else:  # a node not heard from yet: a catch-up from W_0 (base 0) suits whatever it holds
+                held = 0
             if held not in contents:
                 encoded, base, replay = self.sync.catch_up(held)
                 content = RecordDict({ARRAYS: encoded.record,

@@ -143,7 +143,7 @@ class FedAvg(Strategy):
         """
         self.meter.records = [TransferRecord(**row) for row in meta["meter"]]
         self.failed_rounds = int(meta.get("failed_rounds", 0))
-        self.sampler.partition_of = {}
+        self.sampler.partition_of, self.sampler.population = {}, []
         self.resumed_from = server_round
 
     # ---- Flower hooks --------------------------------------------------------------
@@ -200,7 +200,7 @@ class FedAvg(Strategy):
         replied: list[int] = []
         decoded = self._receive(server_round, _tally(replies, replied), "train", decode=True)
         self.received(decoded)
-        timed_out = log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
+        timed_out = log_missing(server_round, self._sent_to, replied, self.sampler.describe)
         self.client_timings = {server_round: {
             **timing_summary(decoded), "clients_sampled": len(self._sent_to),
             "clients_usable": len(decoded), "clients_failed": len(self._sent_to) - len(decoded),
@@ -316,7 +316,7 @@ class FedAvg(Strategy):
         """
         replied: list[int] = []
         received = self._receive(server_round, _tally(replies, replied), "evaluate", decode=False)
-        log_missing(server_round, self._sent_to, replied, self.sampler.client_of)
+        log_missing(server_round, self._sent_to, replied, self.sampler.describe)
         return weighted_metrics(received) if received else None
 
     # ---- helpers -------------------------------------------------------------------
@@ -336,29 +336,39 @@ class FedAvg(Strategy):
         """
         received = []
         for reply in replies:
-            client = self.sampler.client_of(reply.metadata.src_node_id)
+            node = reply.metadata.src_node_id
             usable: ClientResult | None = None
             reason = reply.error.reason if reply.has_error() else ""
             if not reply.has_error():
                 try:
                     metrics = reply_metrics(reply.content, decode)
+                    self._learn(server_round, node, metrics)
                     examples = example_count(metrics)
                     tensors = {}
                     if decode:
                         tensors = self.decode_reply(reply.content.array_records.get(ARRAYS))
                         check_finite(tensors)
                         tensors = self.bound.apply(tensors, None if self.replies_are_updates else self._global)
-                    usable = ClientResult(client, examples, tensors, metrics)
+                    usable = ClientResult(self.sampler.client_of(node), examples, tensors, metrics)
                 except CLIENT_FAULTS as err:
                     reason = f"dropped its reply: {type(err).__name__}: {err}"
+            client = self.sampler.client_of(node)
             meter_reply(self.meter, server_round, client, kind, reply, float32_bytes(usable.tensors) if usable else 0)
             if usable is None:
-                log(WARNING, "round %d: node %d (partition %d) failed: %s", server_round,
-                    reply.metadata.src_node_id, client, reason)
+                log(WARNING, "round %d: %s failed: %s", server_round, self.sampler.describe(node), reason)
                 continue
             received.append(usable)
         received.sort(key=lambda r: r.partition)
         return received
+
+
+    def _learn(self, server_round: int, node: int, metrics: MetricRecord) -> None:
+        """Learn ``node``'s partition from its reply (``server.discovery = sampled``); the round's messages
+        already metered under its node id are then renamed."""
+        known = node in self.sampler.partition_of
+        self.sampler.learn(node, metrics)
+        if not known and node in self.sampler.partition_of:
+            self.meter.rename(server_round, node, self.sampler.partition_of[node])
 
 
 def stop_if_non_finite(server_round: int, tensors: dict[str, np.ndarray], what: str) -> None:

@@ -119,10 +119,11 @@ def weighted_metrics(received: list[ClientResult]) -> MetricRecord:
     return MetricRecord({**{k: float(means[k]) for k in numeric}, NUM_EXAMPLES: sum(r.examples for r in received)})
 
 
-def log_missing(server_round: int, asked: list[int], replied: list[int], client_of: Callable[[int], int]) -> int:
-    """Log each node ``asked`` that sent no reply (the grid's timeout passed); return how many."""
-    missing = sorted(set(asked) - set(replied), key=client_of)
+def log_missing(server_round: int, asked: list[int], replied: list[int], describe: Callable[[int], str]) -> int:
+    """Log each node ``asked`` that sent no reply (the grid's timeout passed), as ``describe`` names it; return
+    how many."""
+    missing = sorted(set(asked) - set(replied))
     for node in missing:
-        log(WARNING, "round %d: node %d (partition %d) failed: timed out, no reply within "
-            "server.round_timeout", server_round, node, client_of(node))
+        log(WARNING, "round %d: %s failed: timed out, no reply within server.round_timeout", server_round,
+            describe(node))
     return len(missing)

@@ -33,3 +33,22 @@ def test_per_round_bookkeeping_does_not_grow_with_the_round_number(task_identity
         assert len(strategy.sampler.partition_of) == 3
         # the meter is the run's data: one record per message, nothing more
         assert len(strategy.meter.records) == len(strategy.meter.select(round=0)) + server_round * records_per_round
+
+
+def test_the_versions_kept_per_client_are_bounded_by_the_clients_of_the_last_sync_history_rounds(task_identity):
+    """Clients sampled longer ago than ``sync.history`` rounds are dropped from the server's per-client versions
+    (they get the catch-up from W_0 either way), and every returning client still reaches W_t."""
+    config = resolve({"num_clients": 12, "fraction": 0.25, "up.scheme": "topk-uniform-ans", "up.fraction": 0.02,
+                      "down.scheme": "topk-uniform-ans", "down.fraction": 0.03, "sync.history": 2})
+    model = run_model(config)
+    strategy = build_strategy(config, model)
+    grid = LoopbackGrid(client_app, {200 + i: i for i in range(12)}, config)
+    arrays = strategy.initial_arrays(state_arrays(model))
+    recent: list[set[int]] = []
+    for server_round in range(1, 13):
+        replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        recent.append({strategy.sampler.client_of(r.metadata.src_node_id) for r in replies})
+        arrays, _ = strategy.aggregate_train(server_round, replies)
+        assert strategy.round_timings(server_round)["clients_usable"] == 3
+        assert set(strategy.client_version) <= set().union(*recent[-3:])  # this round's and sync.history more
+    assert len(set().union(*recent)) > 9  # most clients came and went

@@ -76,3 +76,31 @@ def test_grid_step_follows_the_downstream_quantizer() -> None:
     assert grid_step(CompressionSpec.from_dict({"scheme": "uniform-ans", "qp": -20})).params == (-20, 2)
     assert grid_step(CompressionSpec.from_dict({"quantizer": "uniform", "step": 0.01})).step == pytest.approx(0.01)
     assert grid_step(CompressionSpec.from_dict({"scheme": "stc"})).params == (-32, 2)
+
+
+@pytest.mark.parametrize("fold_scales", [False, True])
+def test_a_version_the_server_may_forget_gets_the_catch_up_of_an_unknown_client(fold_scales: bool) -> None:
+    """`ServerSync.as_if_unknown`: what the strategy drops from its per-client versions (bounding them by
+    the clients of the last ``keep`` rounds) would have got exactly the message of a client it knows
+    nothing of (held 0); and it does not drop what would get another."""
+    keep = 3
+    sync, _ = server(fold_scales, keep)
+    rng = np.random.default_rng(3)
+    state: dict = {}
+    forgettable, kept = set(), set()
+    for _ in range(8):
+        unknown = sync.catch_up(0)
+        for held in [FULL_MODEL, *range(sync.version + 1)]:
+            message = sync.catch_up(held)
+            same = (message.base, message.replay, message.encoded.payload_bytes) == \
+                (unknown.base, unknown.replay, unknown.encoded.payload_bytes) and \
+                [v.data for v in message.encoded.record.values()] == [v.data for v in unknown.encoded.record.values()]
+            if sync.as_if_unknown(held):
+                assert same, (sync.version, held)
+                forgettable.add(held)
+            elif held not in (0, FULL_MODEL):
+                kept.add(held)
+        update = {k: (0.01 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
+        model, state = sync.advance(update, state)
+    assert FULL_MODEL in forgettable and 1 in forgettable and sync.version - 1 in kept
+    assert not sync.as_if_unknown(sync.version)

@@ -191,6 +191,11 @@ class CountHistory:
         self.version += 1
         self.changes.append((self.version, change))
 
+    def remembers(self, version: int) -> bool:
+        """Whether `since` knows ``version``: 0, the current one, or one whose later changes are all kept."""
+        return version in (0, self.version) or (0 < version < self.version and bool(self.changes)
+                                                 and self.changes[0][0] <= version + 1)
+
     def since(self, version: int) -> Counts | None:
         """``N_t - N_version``, or None when ``version`` is older than the remembered changes (or unknown).
 
@@ -200,7 +205,7 @@ class CountHistory:
             return {k: v.copy() for k, v in self.counts.items()}
         if version == self.version:
             return {}
-        if not 0 < version < self.version or not self.changes or self.changes[0][0] > version + 1:
+        if not self.remembers(version):
             return None
         diff: dict[str, np.ndarray] = {}
         for v, change in self.changes:

@@ -133,6 +133,14 @@ class ServerSync:
         self.history.advance(counts)
         return self.model(), state
 
+    def as_if_unknown(self, held: int) -> bool:
+        """Whether a client holding version ``held`` gets the very catch-up of one the server knows nothing
+        of (which it treats as holding ``W_0``): ``held`` is 0, or forgotten, or :data:`FULL_MODEL` once no
+        replay from ``W_0`` is possible; then the server need not remember it."""
+        if held == 0 or (held > 0 and not self.history.remembers(held)):
+            return True
+        return held == FULL_MODEL and self.version > 0 and len(self.updates) < self.version
+
     def catch_up(self, held: int) -> CatchUp:
         """The one message that brings a client holding version ``held`` to ``W_t`` (the smallest candidate).
 

@@ -13,7 +13,7 @@ nothing is estimated. A record holds three sizes of the same message:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Literal
 
 Direction = Literal["up", "down"]
@@ -48,6 +48,15 @@ class TransferMeter:
         rec = TransferRecord(round, direction, client, kind, int(payload_bytes), int(message_bytes), int(dense_bytes))
         self.records.append(rec)
         return rec
+
+    def rename(self, round: int, old: int, new: int) -> None:
+        """Give ``round``'s records of client ``old`` the id ``new`` (the latest round's records only: O(them))."""
+        for i in range(len(self.records) - 1, -1, -1):
+            rec = self.records[i]
+            if rec.round != round:
+                break
+            if rec.client == old:
+                self.records[i] = replace(rec, client=new)
 
     def select(self, round: int | None = None, direction: Direction | None = None,
                client: int | None = None) -> list[TransferRecord]:

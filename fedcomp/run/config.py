@@ -45,6 +45,11 @@ APP_SETTINGS: dict[str, Setting] = {
     "sync.stale_residual": Setting("keep", "what a client does with its error-feedback residual after missed "
                                    "rounds: keep, decay:B (times B per missed round) or reset:K (dropped after K)",
                                    check=Check(valid_policy, "keep, decay:B with B in (0, 1] or reset:K")),
+    "server.discovery": Setting("all", "how the server learns each node's partition: all (one setup query to every "
+                                "node before round 1, then clients are sampled by partition id, the same under any "
+                                "engine) or sampled (only sampled nodes are ever contacted: nodes are sampled by node "
+                                "id and name their partition in their replies; the same clients only where node ids "
+                                "repeat, e.g. the loopback grid)", choices=("all", "sampled")),
     "server.min_results": Setting(1, "fewest usable training replies a round needs to update the global model "
                                   "(below it the model is unchanged and the run goes on)", check=POSITIVE),
     "eval.federated": Setting(False, "also evaluate the global model on the clients' local data each round"),
