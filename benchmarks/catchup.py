@@ -2,21 +2,20 @@
 
 The cross-device workload: Fashion-MNIST, a LeNet-5-sized CNN, 100 clients of 600 examples,
 10 sampled per round. Every run is a whole fedcomp run through the loopback grid (real
-strategy, ClientApp and Flower messages; no Ray), reusing `benchmarks.comm_savings.run_once`.
+strategy, ClientApp and Flower messages; no Ray), kept in its own folder (its per-client bytes are read back).
 
-* main: FedAvg and the flagship (`fsfl-bidir`) on paired seeds: final accuracy, the flagship's
+* main: FedAvg and the flagship (`FLAGSHIP` of `fedcomp.run.presets`) on paired seeds: final accuracy, the flagship's
   difference to FedAvg (mean and 95% confidence interval over seeds), MB up and down, the
   ratio of total bytes, and downstream against upstream bytes per round;
 * catch-up bytes against rounds missed, from every training message of the flagship runs
   (a client sampled in round r that last trained in round r - 1 - m missed m rounds): the
   median per m, a plot, and the ratio of m = 10 to m = 1;
 * stale error feedback: how old a residual is when it is applied (rounds since the client
-  last trained) and what each ``sync.stale_residual`` policy does to accuracy, on the
-  upstream-only uniform + EF scheme (the flagship's own policies are left out to fit the
-  time of a shared machine);
+  last trained) and what each ``sync.stale_residual`` policy, and no error feedback, does to
+  the flagship's accuracy (seed 0, ``--ef-rounds`` rounds);
 * the flagship's settings under full participation on digits (the default workload).
 
-    python benchmarks/catchup.py [--seeds 3] [--rounds 30] [--dataset fashion-mnist] [--model lenet5]
+    python benchmarks/catchup.py [--seeds 3] [--rounds 50] [--ef-rounds 30] [--jobs 2] [--dataset fashion-mnist]
 
 ``--dataset``/``--model`` take any name fedcomp accepts (``python:module:function`` too).
 Finished runs (a summary.json in their folder) are reused.
@@ -37,22 +36,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.comm_savings import run_once  # noqa: E402
 from fedcomp.errors import DivergedError  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_diverged, read_rounds  # noqa: E402
 from fedcomp.run.config import resolve  # noqa: E402
-from fedcomp.run.presets import preset  # noqa: E402
+from fedcomp.run.presets import FLAGSHIP, FMNIST_ROUNDS, compose  # noqa: E402
 
-FLAGSHIP = "fsfl-bidir"
-UNIFORM_EF = {"up.scheme": "uniform-ans", "up.qp": -12, "up.error_feedback": True}  # the issue's upstream-only row
 POLICIES = ["keep", "decay:0.9", "reset:3"]
 T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, df = n - 1
 
 
-def cross_device(dataset: str, model: str, rounds: int) -> dict[str, Any]:
-    return {"dataset": dataset, "model": model, "num_clients": 100, "fraction": 0.1, "rounds": rounds,
-            "output.checkpoint": False}
+def cross_device(name: str, dataset: str, model: str, rounds: int) -> dict[str, Any]:
+    """Compression preset ``name`` on the `fmnist` workload (100 clients, 10 a round), ``rounds`` rounds."""
+    return {**compose(["fmnist", name]), "dataset": dataset, "model": model, "rounds": rounds}
 
 
 def folder(runs: Path, label: str, settings: dict[str, Any]) -> Path:
@@ -86,19 +82,36 @@ def residual_ages(run_dir: Path) -> list[int]:
 
 
 def run_job(job: tuple[str, dict[str, Any], str]) -> None:
-    """`run_once`, where a run that stops as diverged is a result (its folder records the round), not a failure."""
+    """One whole run on the loopback grid into its folder, unless the folder has its summary already; a run
+    that stops as diverged is a result (its folder records the round), not a failure."""
+    import logging
+
+    import torch
+
+    from clients.client_app import app as client_app
+    from strategies.loopback import run_loopback
+
+    label, settings, path = job
+    if summary(Path(path)) is not None:
+        return
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
-        run_once(job)
+        run_loopback(resolve(settings, {"output.dir": path, "output.checkpoint": False, "preset": ""}), client_app)
     except DivergedError:
         pass
+    print(f"\n{label}: {summary(Path(path))}", flush=True)
 
 
-def summary(run_dir: Path) -> dict[str, Any]:
-    """Final accuracy, MB up/down/total and the median downstream/upstream bytes per round (acc NaN if diverged)."""
+def summary(run_dir: Path) -> dict[str, Any] | None:
+    """Final accuracy, MB up/down/total and the median downstream/upstream bytes per round (acc NaN if diverged);
+    None when the run has not finished."""
     diverged = read_diverged(run_dir)
     if diverged is not None:
         return {"acc": float("nan"), "up": float("nan"), "down": float("nan"), "total": float("nan"),
                 "down_per_up": float("nan"), "diverged": diverged.round}
+    if not (run_dir / "summary.json").is_file():
+        return None
     s = json.loads((run_dir / "summary.json").read_text())
     rows = read_rounds(run_dir)
     return {"acc": s["final_accuracy"], "up": s["bytes_up"] / MB, "down": s["bytes_down"] / MB,
@@ -109,19 +122,22 @@ def summary(run_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=FMNIST_ROUNDS)
+    parser.add_argument("--ef-rounds", type=int, default=30, help="rounds of the error-feedback table's runs")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=str(ROOT / "runs" / "catchup"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only the runs whose label starts with PREFIX (e.g. digits-; two processes can "
+                             "split the runs); the report is written once every run has finished")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     args = parser.parse_args()
     overrides = {k: json.loads(v) if v[:1] in "-0123456789[{tf" else v
                  for k, v in (item.split("=", 1) for item in args.set)}
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    xdev = cross_device(args.dataset, args.model, args.rounds)
     jobs: list[tuple[str, dict[str, Any], str]] = []
 
     def add(label: str, settings: dict[str, Any]) -> Path:
@@ -132,21 +148,26 @@ def main() -> None:
         return path
 
     seeds = range(args.seeds)
-    main_runs = {name: [add(f"{name}-s{s}", {**preset(name), **xdev, "seed": s}) for s in seeds]
+    main_runs = {name: [add(f"{name}-s{s}", {**cross_device(name, args.dataset, args.model, args.rounds),
+                                             "seed": s}) for s in seeds]
                  for name in ("fedavg", FLAGSHIP)}
-    ef_runs = {("uniform+EF up", policy): add(f"uniform-{policy}",
-                                              {**UNIFORM_EF, **xdev, "sync.stale_residual": policy})
-               for policy in POLICIES}
-    ef_runs[(FLAGSHIP, "keep")] = main_runs[FLAGSHIP][0]
-    ef_runs[("uniform+EF up", "no EF")] = add("uniform-noEF", {**UNIFORM_EF, **xdev, "up.error_feedback": False})
-    digits = {name: [add(f"digits-{name}-s{s}", {**preset(name), "seed": s}) for s in seeds]
+    digits = {name: [add(f"digits-{name}-s{s}", {**compose(["digits", name]), "seed": s}) for s in seeds]
               for name in ("fedavg", FLAGSHIP)}
+    flagship_ef = cross_device(FLAGSHIP, args.dataset, args.model, args.ef_rounds)
+    ef_runs = {policy: add(f"{FLAGSHIP}-{policy}-r{args.ef_rounds}", {**flagship_ef, "sync.stale_residual": policy})
+               for policy in POLICIES}
+    ef_runs["no EF"] = add(f"{FLAGSHIP}-noEF-r{args.ef_rounds}", {**flagship_ef, "up.error_feedback": False})
 
     started = time.perf_counter()
+    todo = [job for job in jobs if not args.only or job[0].startswith(tuple(args.only))]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, _ in enumerate(pool.map(run_job, jobs), 1):
-            print(f"\r{i}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
+        for i, _ in enumerate(pool.map(run_job, todo), 1):
+            print(f"\r{i}/{len(todo)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
     print()
+    missing = [job[0] for job in jobs if summary(Path(job[2])) is None]
+    if missing:
+        print(f"no report yet: {len(missing)} runs have not finished ({', '.join(missing)})")
+        return
     text = report(args, main_runs, ef_runs, digits, out, time.perf_counter() - started)
     (out / "catchup.md").write_text(text)
     print(text)
@@ -163,8 +184,9 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
     lines = ["# Compression under partial participation (issue 18)", "",
              f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` ({seconds / 60:.0f} min on a shared, "
              f"heavily loaded 2-core machine). Cross-device workload: {args.dataset}, {args.model}, 100 clients "
-             f"(600 examples each), 10 sampled per round, **{args.rounds} rounds** (short runs: the machine is "
-             f"shared), {args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
+             f"(600 examples each), 10 sampled per round, **{args.rounds} rounds**"
+             f"{' (fewer than the fmnist preset: the machine is shared)' if args.rounds < FMNIST_ROUNDS else ''}, "
+             f"{args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
     fedavg, flag, diff, ratio = paired(main_runs["fedavg"], main_runs[FLAGSHIP])
     lines += ["## The flagship against FedAvg", "",
               "| scheme | final acc (mean) | per seed | MB up | MB down | MB total | downstream / upstream "
@@ -198,12 +220,13 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
               f"A client's residual is applied **{statistics.mean(ages):.1f} rounds** after it was formed on "
               f"average (median {statistics.median(ages):.0f}, 90th percentile {sorted(ages)[int(0.9 * len(ages))]}; "
               f"{len(ages)} returns over the flagship runs).", "",
-              "| scheme | residual policy (`sync.stale_residual`) | final acc (seed 0) | MB total |",
-              "|---|---|---:|---:|"]
-    for (scheme, policy), run_dir in ef_runs.items():
+              f"The flagship's upstream error feedback under each residual policy (`sync.stale_residual`), "
+              f"seed 0, {args.ef_rounds} rounds:", "",
+              "| residual policy | final acc | MB up | MB total |", "|---|---:|---:|---:|"]
+    for policy, run_dir in ef_runs.items():
         s = summary(run_dir)
         acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
-        lines.append(f"| {scheme} | {policy} | {acc} | {s['total']:.3f} |")
+        lines.append(f"| {policy} | {acc} | {s['up']:.3f} | {s['total']:.3f} |")
     dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
     lines += ["", "## The same flagship settings under full participation (digits, cnn, 10 clients, 20 rounds)", "",
               f"FedAvg {statistics.mean(r['acc'] for r in dig_fedavg):.4f}, {FLAGSHIP} "
