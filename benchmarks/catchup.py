@@ -196,7 +196,8 @@ def main() -> None:
         for i, _ in enumerate(pool.map(run_job, todo), 1):
             print(f"\r{i}/{len(todo)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
     print()
-    missing = [job[0] for job in jobs if summary(Path(job[2])) is None]
+    needed = [*main_runs["fedavg"], *main_runs[FLAGSHIP], *digits["fedavg"], *digits[FLAGSHIP]]
+    missing = [job[0] for job in jobs if Path(job[2]) in needed and summary(Path(job[2])) is None]
     if missing:
         print(f"no report yet: {len(missing)} runs have not finished ({', '.join(missing)})")
         return
@@ -249,7 +250,10 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
         lines += ["", f"A catch-up after 10 missed rounds costs **{medians[10] / medians[1]:.2f}x** one after 1 "
                   f"(target <= 4x).", ""]
 
-    magnitudes = update_magnitudes(cross_device("fedavg", args.dataset, args.model, 5))
+    cached = Path(args.runs) / "update_magnitudes.json"  # computed once (about a minute of training)
+    if not cached.is_file():
+        cached.write_text(json.dumps(update_magnitudes(cross_device("fedavg", args.dataset, args.model, 5))))
+    magnitudes = json.loads(cached.read_text())
     lines += ["## How large one client's one-round update is", "",
               "Per tensor, the 10 sampled clients' updates in round 5 of plain FedAvg (the workload's own local "
               "training, SGD with momentum): what an absolute quantization step sends at once. The uniform "
@@ -271,6 +275,9 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
               "| residual policy | final acc | MB up | MB total |", "|---|---:|---:|---:|"]
     for policy, run_dir in ef_runs.items():
         s = summary(run_dir)
+        if s is None:
+            lines.append(f"| {policy} | not run (no CPU slot before the deadline) | - | - |")
+            continue
         acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
         lines.append(f"| {policy} | {acc} | {s['up']:.3f} | {s['total']:.3f} |")
     dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
