@@ -215,11 +215,13 @@ def paired(base: list[Path], other: list[Path]) -> tuple[dict, dict, tuple[float
 
 def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, seconds: float) -> str:
     lines = ["# Compression under partial participation (issue 18)", "",
-             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` ({seconds / 60:.0f} min on a shared, "
-             f"heavily loaded 2-core machine). Cross-device workload: {args.dataset}, {args.model}, 100 clients "
+             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` on a shared, heavily loaded 2-core "
+             f"machine (runs are kept in `{Path(args.runs).name}/`, reused; the report took {seconds / 60:.0f} min). "
+             f"Cross-device workload: {args.dataset}, {args.model}, 100 clients "
              f"(600 examples each), 10 sampled per round, **{args.rounds} rounds**"
              f"{' (fewer than the fmnist preset: the machine is shared)' if args.rounds < FMNIST_ROUNDS else ''}, "
              f"{args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
+    main_runs_settings = json.loads((main_runs[FLAGSHIP][0] / "config.json").read_text())
     fedavg, flag, diff, ratio = paired(main_runs["fedavg"], main_runs[FLAGSHIP])
     lines += ["## The flagship against FedAvg", "",
               "| scheme | final acc (mean) | per seed | MB up | MB down | MB total | downstream / upstream "
@@ -248,7 +250,8 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
         lines.append(f"| {m} | {len(by_missed[m])} | {med:.0f} | {rel} |")
     if 1 in medians and 10 in medians:
         lines += ["", f"A catch-up after 10 missed rounds costs **{medians[10] / medians[1]:.2f}x** one after 1 "
-                  f"(target <= 4x).", ""]
+                  f"(target <= 4x). A client that missed more rounds than the server remembers "
+                  f"(`sync.history`, {main_runs_settings['sync.history']}) catches up from `W_0`.", ""]
 
     cached = Path(args.runs) / "update_magnitudes.json"  # computed once (about a minute of training)
     if not cached.is_file():
