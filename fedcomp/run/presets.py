@@ -73,7 +73,8 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # the count differences of k missed rounds grow slowly in k. A per-tensor step (up.bits = 3) ended
     # 0.3 points higher on Fashion-MNIST but sends a fixed share of every update: ~10x the bytes on digits.
     "fsfl-bidir": ("FSFL both ways: uniform qp -20 up, uniform qp -12 grid down, scales (lr 0.05, qp -36), "
-                   "error feedback both ways",
+                   "error feedback both ways; tuned for cross-device Fashion-MNIST (catchup.md), on digits "
+                   "dominated by uniform+EF qp -14 (comm_savings.md)",
                    {"up.scheme": "uniform-ans", "up.qp": -20, "up.error_feedback": True,
                     "down.scheme": "uniform-ans", "down.qp": -12, "down.error_feedback": True,
                     "fsfl.mode": "compensate", "fsfl.scale_lr": 0.05, "fsfl.scale_qp": -36}),
