@@ -283,6 +283,8 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
             continue
         acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
         lines.append(f"| {policy} | {acc} | {s['up']:.3f} | {s['total']:.3f} |")
+    lines += ["", "An EF21-style correction (the client sends the compressed difference to its last delivered "
+              "update, which the server keeps per client) is not among the options yet.", ""]
     dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
     lines += ["", "## The same flagship settings under full participation (digits, cnn, 10 clients, 20 rounds)", "",
               f"FedAvg {statistics.mean(r['acc'] for r in dig_fedavg):.4f}, {FLAGSHIP} "
