@@ -2,21 +2,20 @@
 
 The cross-device workload: Fashion-MNIST, a LeNet-5-sized CNN, 100 clients of 600 examples,
 10 sampled per round. Every run is a whole fedcomp run through the loopback grid (real
-strategy, ClientApp and Flower messages; no Ray), reusing `benchmarks.comm_savings.run_once`.
+strategy, ClientApp and Flower messages; no Ray), kept in its own folder (its per-client bytes are read back).
 
-* main: FedAvg and the flagship (`fsfl-bidir`) on paired seeds: final accuracy, the flagship's
+* main: FedAvg and the flagship (`FLAGSHIP` of `fedcomp.run.presets`) on paired seeds: final accuracy, the flagship's
   difference to FedAvg (mean and 95% confidence interval over seeds), MB up and down, the
   ratio of total bytes, and downstream against upstream bytes per round;
 * catch-up bytes against rounds missed, from every training message of the flagship runs
   (a client sampled in round r that last trained in round r - 1 - m missed m rounds): the
   median per m, a plot, and the ratio of m = 10 to m = 1;
 * stale error feedback: how old a residual is when it is applied (rounds since the client
-  last trained) and what each ``sync.stale_residual`` policy does to accuracy, on the
-  upstream-only uniform + EF scheme (the flagship's own policies are left out to fit the
-  time of a shared machine);
+  last trained) and what each ``sync.stale_residual`` policy, and no error feedback, does to
+  the flagship's accuracy (seed 0, ``--ef-rounds`` rounds);
 * the flagship's settings under full participation on digits (the default workload).
 
-    python benchmarks/catchup.py [--seeds 3] [--rounds 30] [--dataset fashion-mnist] [--model lenet5]
+    python benchmarks/catchup.py [--seeds 3] [--rounds 50] [--ef-rounds 30] [--jobs 2] [--dataset fashion-mnist]
 
 ``--dataset``/``--model`` take any name fedcomp accepts (``python:module:function`` too).
 Finished runs (a summary.json in their folder) are reused.
@@ -37,22 +36,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.comm_savings import run_once  # noqa: E402
 from fedcomp.errors import DivergedError  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_diverged, read_rounds  # noqa: E402
 from fedcomp.run.config import resolve  # noqa: E402
-from fedcomp.run.presets import preset  # noqa: E402
+from fedcomp.run.presets import FLAGSHIP, FMNIST_ROUNDS, compose  # noqa: E402
 
-FLAGSHIP = "fsfl-bidir"
-UNIFORM_EF = {"up.scheme": "uniform-ans", "up.qp": -12, "up.error_feedback": True}  # the issue's upstream-only row
 POLICIES = ["keep", "decay:0.9", "reset:3"]
 T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, df = n - 1
 
 
-def cross_device(dataset: str, model: str, rounds: int) -> dict[str, Any]:
-    return {"dataset": dataset, "model": model, "num_clients": 100, "fraction": 0.1, "rounds": rounds,
-            "output.checkpoint": False}
+def cross_device(name: str, dataset: str, model: str, rounds: int) -> dict[str, Any]:
+    """Compression preset ``name`` on the `fmnist` workload (100 clients, 10 a round), ``rounds`` rounds."""
+    return {**compose(["fmnist", name]), "dataset": dataset, "model": model, "rounds": rounds}
 
 
 def folder(runs: Path, label: str, settings: dict[str, Any]) -> Path:
@@ -85,20 +81,69 @@ def residual_ages(run_dir: Path) -> list[int]:
     return [missed + 1 for missed, _ in catch_up_points(run_dir)]
 
 
+def update_magnitudes(config: dict[str, Any], rounds: int = 5) -> list[tuple[str, int, float, float, float, float]]:
+    """Per tensor of one client's one-round update after ``rounds`` rounds of plain FedAvg (10 sampled
+    clients a round, the run's own local training): size, median |u|, 99th percentile, and the share of
+    entries a uniform quantizer with qp -12 or -20 sends at once (|u| above half its step)."""
+    import numpy as np
+    import torch
+
+    from fedcomp.compress.params import load_arrays, state_arrays
+    from fedcomp.compress.quant.tensor import qp_step
+    from fedcomp.local.training import TrainSettings, train
+    from fedcomp.run.experiment import client_loader, run_model
+
+    config = resolve(config)
+    torch.manual_seed(int(config["seed"]))
+    model = run_model(config)
+    weights = state_arrays(model)
+    rng = np.random.default_rng(0)
+    for r in range(1, rounds + 1):
+        updates = []
+        for pid in rng.choice(int(config["num_clients"]), 10, replace=False):
+            load_arrays(model, weights)
+            train(model, client_loader(config, int(pid), r), TrainSettings.from_config(config))
+            updates.append({k: v - weights[k] for k, v in state_arrays(model).items()})
+        weights = {k: v + np.mean([u[k] for u in updates], axis=0) for k, v in weights.items()}
+    rows = []
+    for name in weights:
+        u = np.abs(np.concatenate([x[name].ravel() for x in updates]))
+        rows.append((name, weights[name].size, float(np.median(u)), float(np.quantile(u, 0.99)),
+                     float(np.mean(u > qp_step(-12) / 2)), float(np.mean(u > qp_step(-20) / 2))))
+    return rows
+
+
 def run_job(job: tuple[str, dict[str, Any], str]) -> None:
-    """`run_once`, where a run that stops as diverged is a result (its folder records the round), not a failure."""
+    """One whole run on the loopback grid into its folder, unless the folder has its summary already; a run
+    that stops as diverged is a result (its folder records the round), not a failure."""
+    import logging
+
+    import torch
+
+    from clients.client_app import app as client_app
+    from strategies.loopback import run_loopback
+
+    label, settings, path = job
+    if summary(Path(path)) is not None:
+        return
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     try:
-        run_once(job)
+        run_loopback(resolve(settings, {"output.dir": path, "output.checkpoint": False, "preset": ""}), client_app)
     except DivergedError:
         pass
+    print(f"\n{label}: {summary(Path(path))}", flush=True)
 
 
-def summary(run_dir: Path) -> dict[str, Any]:
-    """Final accuracy, MB up/down/total and the median downstream/upstream bytes per round (acc NaN if diverged)."""
+def summary(run_dir: Path) -> dict[str, Any] | None:
+    """Final accuracy, MB up/down/total and the median downstream/upstream bytes per round (acc NaN if diverged);
+    None when the run has not finished."""
     diverged = read_diverged(run_dir)
     if diverged is not None:
         return {"acc": float("nan"), "up": float("nan"), "down": float("nan"), "total": float("nan"),
                 "down_per_up": float("nan"), "diverged": diverged.round}
+    if not (run_dir / "summary.json").is_file():
+        return None
     s = json.loads((run_dir / "summary.json").read_text())
     rows = read_rounds(run_dir)
     return {"acc": s["final_accuracy"], "up": s["bytes_up"] / MB, "down": s["bytes_down"] / MB,
@@ -109,19 +154,22 @@ def summary(run_dir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=FMNIST_ROUNDS)
+    parser.add_argument("--ef-rounds", type=int, default=30, help="rounds of the error-feedback table's runs")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--model", default="lenet5")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--runs", default=str(ROOT / "runs" / "catchup"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only the runs whose label starts with PREFIX (e.g. digits-; two processes can "
+                             "split the runs); the report is written once every run has finished")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     args = parser.parse_args()
     overrides = {k: json.loads(v) if v[:1] in "-0123456789[{tf" else v
                  for k, v in (item.split("=", 1) for item in args.set)}
     runs, out = Path(args.runs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    xdev = cross_device(args.dataset, args.model, args.rounds)
     jobs: list[tuple[str, dict[str, Any], str]] = []
 
     def add(label: str, settings: dict[str, Any]) -> Path:
@@ -132,21 +180,27 @@ def main() -> None:
         return path
 
     seeds = range(args.seeds)
-    main_runs = {name: [add(f"{name}-s{s}", {**preset(name), **xdev, "seed": s}) for s in seeds]
+    main_runs = {name: [add(f"{name}-s{s}", {**cross_device(name, args.dataset, args.model, args.rounds),
+                                             "seed": s}) for s in seeds]
                  for name in ("fedavg", FLAGSHIP)}
-    ef_runs = {("uniform+EF up", policy): add(f"uniform-{policy}",
-                                              {**UNIFORM_EF, **xdev, "sync.stale_residual": policy})
-               for policy in POLICIES}
-    ef_runs[(FLAGSHIP, "keep")] = main_runs[FLAGSHIP][0]
-    ef_runs[("uniform+EF up", "no EF")] = add("uniform-noEF", {**UNIFORM_EF, **xdev, "up.error_feedback": False})
-    digits = {name: [add(f"digits-{name}-s{s}", {**preset(name), "seed": s}) for s in seeds]
+    digits = {name: [add(f"digits-{name}-s{s}", {**compose(["digits", name]), "seed": s}) for s in seeds]
               for name in ("fedavg", FLAGSHIP)}
+    flagship_ef = cross_device(FLAGSHIP, args.dataset, args.model, args.ef_rounds)
+    ef_runs = {policy: add(f"{FLAGSHIP}-{policy}-r{args.ef_rounds}", {**flagship_ef, "sync.stale_residual": policy})
+               for policy in POLICIES}
+    ef_runs["no EF"] = add(f"{FLAGSHIP}-noEF-r{args.ef_rounds}", {**flagship_ef, "up.error_feedback": False})
 
     started = time.perf_counter()
+    todo = [job for job in jobs if not args.only or job[0].startswith(tuple(args.only))]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for i, _ in enumerate(pool.map(run_job, jobs), 1):
-            print(f"\r{i}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
+        for i, _ in enumerate(pool.map(run_job, todo), 1):
+            print(f"\r{i}/{len(todo)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
     print()
+    needed = [*main_runs["fedavg"], *main_runs[FLAGSHIP], *digits["fedavg"], *digits[FLAGSHIP]]
+    missing = [job[0] for job in jobs if Path(job[2]) in needed and summary(Path(job[2])) is None]
+    if missing:
+        print(f"no report yet: {len(missing)} runs have not finished ({', '.join(missing)})")
+        return
     text = report(args, main_runs, ef_runs, digits, out, time.perf_counter() - started)
     (out / "catchup.md").write_text(text)
     print(text)
@@ -161,10 +215,13 @@ def paired(base: list[Path], other: list[Path]) -> tuple[dict, dict, tuple[float
 
 def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, seconds: float) -> str:
     lines = ["# Compression under partial participation (issue 18)", "",
-             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` ({seconds / 60:.0f} min on a shared, "
-             f"heavily loaded 2-core machine). Cross-device workload: {args.dataset}, {args.model}, 100 clients "
-             f"(600 examples each), 10 sampled per round, **{args.rounds} rounds** (short runs: the machine is "
-             f"shared), {args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
+             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` on a shared, heavily loaded 2-core "
+             f"machine (runs are kept in `{Path(args.runs).name}/`, reused; the report took {seconds / 60:.0f} min). "
+             f"Cross-device workload: {args.dataset}, {args.model}, 100 clients "
+             f"(600 examples each), 10 sampled per round, **{args.rounds} rounds**"
+             f"{' (fewer than the fmnist preset: the machine is shared)' if args.rounds < FMNIST_ROUNDS else ''}, "
+             f"{args.seeds} paired seeds. MB are payload bytes (10^6 B).", ""]
+    main_runs_settings = json.loads((main_runs[FLAGSHIP][0] / "config.json").read_text())
     fedavg, flag, diff, ratio = paired(main_runs["fedavg"], main_runs[FLAGSHIP])
     lines += ["## The flagship against FedAvg", "",
               "| scheme | final acc (mean) | per seed | MB up | MB down | MB total | downstream / upstream "
@@ -175,7 +232,9 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
                      f"{mean['up']:.3f} | {mean['down']:.3f} | {mean['total']:.3f} | {mean['down_per_up']:.2f} |")
     down_up = statistics.mean(r["down_per_up"] for r in flag)
     lines += ["", f"Flagship minus FedAvg: **{100 * diff[0]:+.2f} points** (95% CI ±{100 * diff[1]:.2f}), "
-              f"**{ratio:.0f}x** fewer total bytes; downstream/upstream bytes per round {down_up:.2f}.", ""]
+              f"**{ratio:.0f}x** fewer total bytes (target: >= 100x within 1 point); downstream/upstream bytes per "
+              f"round {down_up:.2f} (median over rounds, mean over seeds), "
+              f"{sum(r['down'] for r in flag) / sum(r['up'] for r in flag):.2f} over whole runs (target <= 3).", ""]
 
     points = [p for r in main_runs[FLAGSHIP] for p in catch_up_points(r)]
     by_missed: dict[int, list[int]] = {}
@@ -191,19 +250,41 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
         lines.append(f"| {m} | {len(by_missed[m])} | {med:.0f} | {rel} |")
     if 1 in medians and 10 in medians:
         lines += ["", f"A catch-up after 10 missed rounds costs **{medians[10] / medians[1]:.2f}x** one after 1 "
-                  f"(target <= 4x).", ""]
+                  f"(target <= 4x). A client that missed more rounds than the server remembers "
+                  f"(`sync.history`, {main_runs_settings['sync.history']}) catches up from `W_0`.", ""]
+
+    cached = Path(args.runs) / "update_magnitudes.json"  # computed once (about a minute of training)
+    if not cached.is_file():
+        cached.write_text(json.dumps(update_magnitudes(cross_device("fedavg", args.dataset, args.model, 5))))
+    magnitudes = json.loads(cached.read_text())
+    lines += ["## How large one client's one-round update is", "",
+              "Per tensor, the 10 sampled clients' updates in round 5 of plain FedAvg (the workload's own local "
+              "training, SGD with momentum): what an absolute quantization step sends at once. The uniform "
+              "quantizer's step does not depend on the update (qp -12: 0.125, qp -20: 0.031); what it does not "
+              "send waits in the client's residual until its next turn, about 10 rounds later.", "",
+              "| tensor | entries | median abs | 99th percentile | sent at once, qp -12 | sent at once, qp -20 |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {size} | {med:.2g} | {p99:.2g} | {a:.1%} | {b:.1%} |"
+              for n, size, med, p99, a, b in magnitudes]
+    lines.append("")
 
     ages = [a for r in main_runs[FLAGSHIP] for a in residual_ages(r)]
     lines += ["## Stale error feedback", "",
               f"A client's residual is applied **{statistics.mean(ages):.1f} rounds** after it was formed on "
               f"average (median {statistics.median(ages):.0f}, 90th percentile {sorted(ages)[int(0.9 * len(ages))]}; "
               f"{len(ages)} returns over the flagship runs).", "",
-              "| scheme | residual policy (`sync.stale_residual`) | final acc (seed 0) | MB total |",
-              "|---|---|---:|---:|"]
-    for (scheme, policy), run_dir in ef_runs.items():
+              f"The flagship's upstream error feedback under each residual policy (`sync.stale_residual`), "
+              f"seed 0, {args.ef_rounds} rounds:", "",
+              "| residual policy | final acc | MB up | MB total |", "|---|---:|---:|---:|"]
+    for policy, run_dir in ef_runs.items():
         s = summary(run_dir)
+        if s is None:
+            lines.append(f"| {policy} | not run (no CPU slot before the deadline) | - | - |")
+            continue
         acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
-        lines.append(f"| {scheme} | {policy} | {acc} | {s['total']:.3f} |")
+        lines.append(f"| {policy} | {acc} | {s['up']:.3f} | {s['total']:.3f} |")
+    lines += ["", "An EF21-style correction (the client sends the compressed difference to its last delivered "
+              "update, which the server keeps per client) is not among the options yet.", ""]
     dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
     lines += ["", "## The same flagship settings under full participation (digits, cnn, 10 clients, 20 rounds)", "",
               f"FedAvg {statistics.mean(r['acc'] for r in dig_fedavg):.4f}, {FLAGSHIP} "

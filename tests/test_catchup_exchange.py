@@ -9,6 +9,7 @@ import pytest
 
 from fedcomp.compress.compression import CompressionSpec
 from fedcomp.compress.params import ParamManifest
+from fedcomp.errors import ConfigError
 from fedcomp.exchange.catchup import COUNTS, OutOfSync, ServerSync, client_catch_up, grid_step, model_grid
 from fedcomp.exchange.channels import PayloadChannel
 from fedcomp.exchange.protocol import FULL_MODEL
@@ -104,3 +105,38 @@ def test_a_version_the_server_may_forget_gets_the_catch_up_of_an_unknown_client(
         model, state = sync.advance(update, state)
     assert FULL_MODEL in forgettable and 1 in forgettable and sync.version - 1 in kept
     assert not sync.as_if_unknown(sync.version)
+
+
+def test_rms_grid_follows_each_tensors_scale_and_stays_bit_exact() -> None:
+    rng = np.random.default_rng(3)
+    base = {"conv.weight": (0.3 * rng.standard_normal((8, 4, 3, 3))).astype(np.float32),
+            "fc.weight": (0.01 * rng.standard_normal((10, 200))).astype(np.float32),
+            "fc.bias": np.zeros(10, np.float32)}
+    manifest = ParamManifest.from_arrays(base)
+    down = CompressionSpec.from_dict({"scheme": "uniform-ans", "qp": -40, "error_feedback": True})
+    grid = model_grid(manifest, base, down, -36, "rms:0.5")
+    for name in ("conv.weight", "fc.weight"):
+        rms = float(np.sqrt(np.mean(np.square(base[name], dtype=np.float64))))
+        assert grid.steps[name].step == pytest.approx(0.5 * rms, rel=1e-6)
+    assert grid.steps["fc.bias"] == grid_step(down)  # 0 in W_0: the downstream quantizer's step
+    assert grid.steps["conv.weight"].step > 10 * grid.steps["fc.weight"].step
+    sync = ServerSync(grid, PayloadChannel(down, manifest), 5, None)
+    state: dict = {}
+    held, held_version = {}, 0
+    for version in range(6):
+        if version in (1, 2):  # a client trains in rounds 2 and 3, then sits out three rounds
+            message, start, _ = sync.catch_up(held_version)
+            _, counts = client_catch_up(grid, message.record, start, version, model_digest(sync.model(), manifest),
+                                        held, held_version)
+            held, held_version = {COUNTS + k: v for k, v in counts.items()}, version
+        update = {k: (0.2 * grid.steps[k].step * rng.standard_normal(v.shape)).astype(np.float32)
+                  for k, v in base.items()}
+        _, state = sync.advance(update, state)
+    message, start, replay = sync.catch_up(2)
+    assert start == 2 and not replay  # one difference from the version the client holds
+    model, _ = client_catch_up(grid, message.record, start, sync.version, model_digest(sync.model(), manifest),
+                               held, 2)
+    assert all(np.array_equal(model[k], v) for k, v in sync.model().items())
+    assert any(np.any(v) for k, v in state.items() if k.startswith("residual/"))  # what the grid rounded off
+    with pytest.raises(ConfigError, match="sync.grid"):
+        model_grid(manifest, base, down, -36, "rms:-1")

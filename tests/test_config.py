@@ -85,8 +85,8 @@ def test_flwr_run_config_naming_a_preset_applies_it_beneath_the_changed_keys():
 
     run_config = {**defaults(), "preset": "fsfl-bidir", "rounds": 3}
     config = from_run_config(run_config)
-    assert config["fsfl.mode"] == "compensate" and config["down.scheme"] == "topk-uniform-ans"
-    assert config["server.lr"] == 1.5 and config["rounds"] == 3
+    assert config["fsfl.mode"] == "compensate" and config["down.scheme"] == "uniform-ans"
+    assert config["up.qp"] == -20 and config["rounds"] == 3
     assert from_run_config(defaults()) == defaults()  # fedcomp run passes resolved settings, no preset
 
 

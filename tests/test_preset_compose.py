@@ -19,7 +19,7 @@ def test_a_workload_and_a_compression_preset_combine_and_name_both() -> None:
     config = resolve(compose(["fmnist", "fsfl-bidir"]))
     assert (config["dataset"], config["model"], config["num_clients"], config["fraction"]) == (
         "fashion-mnist", "lenet5", 100, 0.1)
-    assert config["up.scheme"] == config["down.scheme"] == "topk-uniform-ans" and config["fsfl.mode"] == "compensate"
+    assert config["up.scheme"] == config["down.scheme"] == "uniform-ans" and config["fsfl.mode"] == "compensate"
     assert config["output.preset"] == "fmnist+fsfl-bidir"
     # presets of different kinds touch different keys, so their order does not matter
     assert without_name(resolve(compose(["fsfl-bidir", "fmnist"]))) == without_name(config)
@@ -31,7 +31,7 @@ def test_a_later_preset_replaces_an_earlier_one_of_its_kind() -> None:
     assert later["up.scheme"] == "topk-uniform-ans" and later["down.scheme"] == ""
     assert later["down.quantizer"] == defaults()["down.quantizer"]
     back = resolve(compose(["fmnist", "fsfl-bidir", "digits"]))
-    assert back["dataset"] == "digits" and back["num_clients"] == 10 and back["up.scheme"] == "topk-uniform-ans"
+    assert back["dataset"] == "digits" and back["num_clients"] == 10 and back["up.scheme"] == "uniform-ans"
     assert without_name(resolve(compose(["fmnist", "fsfl-bidir", "default"]))) == without_name(defaults())
 
 

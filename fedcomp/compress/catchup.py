@@ -44,7 +44,7 @@ from fedcomp.compress.codec.base import Codec
 from fedcomp.compress.codec.wire import decode_payload, encode_payload
 from fedcomp.compress.params import ParamManifest
 from fedcomp.compress.quant.tensor import QuantizedTensor, QuantKind, qp_step
-from fedcomp.errors import PayloadError
+from fedcomp.errors import ConfigError, PayloadError
 
 Counts = dict[str, np.ndarray]  # name -> int32 counts (or count differences) on the tensor's grid
 Tensors = dict[str, np.ndarray]
@@ -154,6 +154,27 @@ class ModelGrid:
                                    f"not on this run's grid {self.steps[t.name]}")
             out[t.name] = np.asarray(t.symbols, dtype=np.int32)
         return out
+
+
+def parse_grid(text: str) -> float:
+    """``down`` (0.0: the downstream quantizer's step) or ``rms:R`` (R > 0); ConfigError otherwise."""
+    name, _, raw = str(text).partition(":")
+    try:
+        ratio = float(raw) if name == "rms" else 0.0 if name == "down" and not raw else -1.0
+    except ValueError:
+        ratio = -1.0
+    if ratio < 0 or (name == "rms" and not (np.isfinite(ratio) and ratio > 0)):
+        raise ConfigError(f"sync.grid {text!r}: give 'down' or 'rms:R' with R > 0 (e.g. rms:0.02)")
+    return ratio
+
+
+def valid_grid(text: str) -> bool:
+    """Whether ``text`` is a grid :func:`parse_grid` accepts (a setting's check)."""
+    try:
+        parse_grid(text)
+    except ConfigError:
+        return False
+    return True
 
 
 def add_counts(counts: Mapping[str, np.ndarray], diff: Mapping[str, np.ndarray]) -> Counts:

@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedcomp.compress.catchup import Counts, CountHistory, GridStep, ModelGrid, add_counts
+from fedcomp.compress.catchup import Counts, CountHistory, GridStep, ModelGrid, add_counts, parse_grid
 from fedcomp.compress.codec.wire import FLAG_FULL_MODEL, decode_payload
 from fedcomp.compress.compression import DEFAULT_QP, CompressionSpec, decompress
 from fedcomp.compress.params import ParamManifest
@@ -51,15 +51,25 @@ def grid_step(spec: CompressionSpec) -> GridStep:
 
 
 def model_grid(manifest: ParamManifest, base: Mapping[str, np.ndarray], down: CompressionSpec,
-               scale_qp: int) -> ModelGrid:
-    """The grid of a run: ``down``'s step for the model's tensors, ``scale_qp`` for FSFL scales."""
-    weights, scales = grid_step(down), GridStep.from_qp(scale_qp, down.qp_density)
-    return ModelGrid(manifest, base, {n: scales if is_scale(n) else weights for n in manifest.names})
+               scale_qp: int, grid: str = "down") -> ModelGrid:
+    """The grid of a run: ``scale_qp`` for FSFL scales; for the model's tensors ``down``'s step
+    (``grid="down"``), or (``grid="rms:R"``) R times the root mean square of the tensor in ``W_0``,
+    so that each layer's grid follows its own scale (a tensor that is 0 in ``W_0`` keeps ``down``'s step).
+    """
+    ratio, fallback = parse_grid(grid), grid_step(down)
+    scales = GridStep.from_qp(scale_qp, down.qp_density)
+
+    def weights(name: str) -> GridStep:
+        rms = float(np.sqrt(np.mean(np.square(base[name], dtype=np.float64)))) if ratio else 0.0
+        return GridStep.from_step(ratio * rms) if np.float32(ratio * rms) > 0 else fallback
+
+    return ModelGrid(manifest, base, {n: scales if is_scale(n) else weights(n) for n in manifest.names})
 
 
 def settings_grid(settings: UpdateSettings, model: nn.Module) -> ModelGrid:
     """The grid of a run from its settings and seed-built model (the same on every party)."""
-    return model_grid(settings.manifest(model), settings.initial_global(model), settings.down, settings.scale_qp)
+    return model_grid(settings.manifest(model), settings.initial_global(model), settings.down, settings.scale_qp,
+                      settings.grid)
 
 
 def grid_fold(settings: UpdateSettings) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fedcomp.compress.catchup import valid_grid
 from fedcomp.exchange.channels import Channel, DenseChannel, PayloadChannel
 from fedcomp.compress.compression import CompressionSpec, direction_spec
 from fedcomp.errors import ReplyError
 from fedcomp.compress.params import ParamManifest, state_arrays
 from fedcomp.local.partial import select
 from fedcomp.local.scaling import fold, is_scale, scale_specs, unit_scales
-from fedcomp.settings import NON_NEGATIVE, POSITIVE, build, setting
+from fedcomp.settings import NON_NEGATIVE, POSITIVE, Check, build, setting
 
 Tensors = dict[str, np.ndarray]
 
@@ -49,6 +50,9 @@ class UpdateSettings:
                                "aggregated update", check=POSITIVE)
     history: int = setting("sync.history", 20, "model versions whose changes the server remembers for catch-up "
                            "(a client holding an older one catches up from W_0)", check=NON_NEGATIVE)
+    grid: str = setting("sync.grid", "down", "the fixed grid the global model lives on (bidirectional runs): down "
+                        "(the downstream quantizer's step for every tensor) or rms:R (per tensor, R x its root mean "
+                        "square in W_0)", check=Check(valid_grid, "down or rms:R with R > 0"))
 
     @classmethod
     def from_config(cls, config: Mapping) -> "UpdateSettings":
