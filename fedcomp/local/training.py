@@ -89,7 +89,8 @@ def refresh_batchnorm(model: nn.Module, loader: DataLoader, scales: Mapping[str,
 
 def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
           trainable: Collection[str] | None = None, scales: Mapping[str, torch.Tensor] | None = None,
-          scale_lr: float = 0.05, hook: StepHook | None = None) -> dict[str, float]:
+          scale_lr: float = 0.05, adapt_batchnorm: bool = False, hook: StepHook | None = None
+          ) -> dict[str, float]:
     """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch.
 
     Each batch moves to the device holding the model's parameters.
@@ -101,6 +102,9 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
     scales: FSFL filter scales (``fedcomp.local.scaling``): the forward pass uses ``s * W``;
         those that require grad are trained in place with plain SGD at ``scale_lr``, and
         BatchNorm statistics are then frozen.
+    adapt_batchnorm: with trained scales, first re-estimate the statistics of the BatchNorm layers
+        among ``trainable`` on ``loader`` (:func:`refresh_batchnorm`); a fine-tuning run does this in
+        its first round, so that a pretrained model's statistics adapt to the new domain once.
     hook: called around every step (:class:`StepHook`; quantization-aware training).
     """
     model.train()
@@ -110,7 +114,7 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
     groups = [{"params": params}] if params else []
     trained_scales = [s for s in (scales or {}).values() if s.requires_grad]
     if trained_scales:
-        if names is not None:
+        if adapt_batchnorm and names is not None:
             refresh_batchnorm(model, loader, scales, [m for n, m in model.named_modules() if isinstance(
                 m, nn.modules.batchnorm._BatchNorm) and f"{n}.running_mean" in names])
         freeze_batchnorm(model)

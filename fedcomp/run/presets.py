@@ -85,7 +85,8 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
                     "server.lr": 1.5}),
     "fsfl-partial": ("FSFL partial updates, for fine-tuning a pretrained model (init.weights): only filter "
                      "scales, BatchNorm, biases and the head train and travel, top-10% + uniform qp -32 + ans, "
-                     "scales lr 0.2, error feedback, both ways",
+                     "scales lr 0.2, error feedback, both ways; the BatchNorm statistics are re-estimated on the local "
+                     "data in the first round",
                      {"up.scheme": "topk-uniform-ans", "up.fraction": 0.1, "down.scheme": "topk-uniform-ans",
                       "down.fraction": 0.1, "fsfl.mode": "joint", "fsfl.scale_lr": 0.2,
                       "partial.groups": "scales,bn,bias,head"}),
