@@ -12,8 +12,8 @@ messages, no Ray):
 * head only (a linear probe) and partial without scales (BatchNorm, biases, head), both with
   ``fsfl-partial``'s compression: the ablations that show whether the scales matter.
 
-Equal bytes: the three partial arms are also run at other compression levels (`LEVELS`: the top-k
-share of the head's weights and the quantizer step, both ways), so each has a curve of final
+Equal bytes: the three partial arms are also run at another compression level (`LEVELS`, `SWEPT`:
+the top-k share of the head's weights and the quantizer step, both ways), so each has a curve of final
 accuracy against total bytes; per seed, each curve is interpolated (in log bytes) at the other
 arm's points that fall inside its range, and the paired differences get a 95% CI.
 
@@ -70,6 +70,10 @@ LEVELS: dict[str, dict[str, Any]] = {
     "preset": {},
     "finer": {"up.fraction": 0.3, "down.fraction": 0.3, "up.qp": -40, "down.qp": -40, "fsfl.scale_qp": -48},
 }
+# the levels each swept arm runs: toward the other arms' bytes (head only sends the least, fsfl-partial
+# and the scale-free partial ~3.5 and ~4 times more), so that every pair of curves overlaps
+SWEPT: dict[str, tuple[str, ...]] = {TARGET: ("coarser", "preset"), ABLATIONS[0]: ("preset", "finer"),
+                                     ABLATIONS[1]: ("coarser", "preset")}
 PAIRS: dict[str, tuple[dict[str, Any], str]] = {  # pair -> (source settings, target workload preset)
     "cross-domain": ({"dataset": "fashion-mnist", "model": "cnn_bn"}, "transfer-digits28"),
     "classes": ({"dataset": "fashion-mnist", "model": "cnn_bn", "data.subset": "0-4"}, "transfer-fmnist-classes"),
@@ -186,7 +190,7 @@ def plot(pair: str, arms: dict[str, list[Path]], sweep: dict[str, dict[str, list
             ax.errorbar(mb, mean, yerr=bars, marker="o", capsize=3, label=label)
         ax.set_xscale("log")
         ax.set(xlabel="total MB (payload, up + down)", ylabel="final test accuracy",
-               title=f"{pair}: compression levels ({', '.join(LEVELS)}), bars = min..max")
+               title=f"{pair}: compression levels, bars = min..max over seeds")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -220,8 +224,9 @@ def report(pair: str, arms: dict[str, list[Path]], sweep: dict[str, dict[str, li
     if sweep:
         curves = {label: {seed: [(runs[seed]["bytes_total"], runs[seed]["final_accuracy"]) for runs in levels.values()]
                           for seed in range(len(next(iter(levels.values()))))} for label, levels in sweep.items()}
-        lines += ["", f"Equal bytes: final accuracy of each swept arm at the levels {', '.join(LEVELS)} "
-                  "(see `LEVELS` in the script), interpolated per seed in log bytes at three budgets spanning "
+        levels = "; ".join(f"{label}: {', '.join(SWEPT[label])}" for label in SWEPT)
+        lines += ["", f"Equal bytes: final accuracy of each swept arm at its compression levels ({levels}; "
+                  "`LEVELS` in the script), interpolated per seed in log bytes at three budgets spanning "
                   "the range both arms cover in every seed; difference `fsfl-partial` minus the ablation, "
                   "paired over seeds, 95% CI.", "",
                   "| ablation | MB | fsfl-partial (%) | ablation (%) | difference (points) |", "|---|---|---|---|---|"]
@@ -265,8 +270,9 @@ def main() -> None:
         sources[pair] = (f"Source `{weights.name}`: `fedcomp pretrain` on {source_settings}, {args.pretrain_epochs} "
                          f"epochs, seed 0 (last {accuracy}).")
         for label, (from_source, settings) in ARMS.items():
-            swept = pair in args.sweep.split(",") and label in (TARGET, *ABLATIONS)
-            for level, knobs in (LEVELS.items() if swept else [("preset", {})]):
+            swept = pair in args.sweep.split(",") and label in SWEPT
+            for level in (SWEPT[label] if swept else ("preset",)):
+                knobs = LEVELS[level]
                 for seed in range(args.seeds):
                     full = {**PRESETS[workload][1], **settings, **knobs, **common, "seed": seed,
                             **({"init.weights": str(weights)} if from_source else {})}
