@@ -282,6 +282,7 @@ def main() -> None:
                         arms.setdefault(pair, {}).setdefault(label, []).append(folder)
                     if swept:
                         sweeps.setdefault(pair, {}).setdefault(label, {}).setdefault(level, []).append(folder)
+    jobs.sort(key=lambda job: job[0]["seed"])  # seed by seed: a run cut short leaves whole seeds to report
     with ProcessPoolExecutor(args.jobs) as pool:
         for (_, folder), summary in zip(jobs, pool.map(run_once, jobs)):
             print(f"done {Path(folder).name}: {summary['final_accuracy']:.4f}, "
