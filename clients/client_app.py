@@ -123,7 +123,7 @@ def train_step(msg: Message, context: Context) -> Message:
         upstream = age_residual(sender_state(held), missed, parse_policy(config["sync.stale_residual"]))
         qat = QATSettings.from_config(config, server_round)
         reply_record, stats, timings, sender = _train_differential(config, pid, model, settings, global_tensors,
-                                                                   loader, upstream, qat)
+                                                                   loader, upstream, qat, server_round == 1)
         kept = {COUNTS + k: v for k, v in (counts or {}).items()}
         store.save(server_round, {**kept, VERSION_KEY: np.array([version], np.int64),
                                   ROUND_KEY: np.array([server_round], np.int64),
@@ -148,12 +148,13 @@ def _timed(stage: Callable, spent: list[float]) -> Callable:
 
 
 def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings: UpdateSettings,
-                        global_tensors: Tensors, loader, state: State,
-                        qat: QATSettings | None) -> tuple[ArrayRecord, dict, dict, State]:
+                        global_tensors: Tensors, loader, state: State, qat: QATSettings | None,
+                        first_round: bool) -> tuple[ArrayRecord, dict, dict, State]:
     """Local training and the coded update ``U = W_local - W_t`` (FSFL, partial groups, error feedback).
 
     ``state`` is the upstream sender's state (the residual); the new one is returned last.
-    ``qat``: this round's quantization-aware training, or None.
+    ``qat``: this round's quantization-aware training, or None. In the first round, joint FSFL
+    re-estimates the BatchNorm statistics it sends (`fedcomp.local.training.train`).
     """
     manifest = settings.manifest(model)
     sent = settings.sent_names(model, manifest)
@@ -172,7 +173,8 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
         stats = local_train(model, loader, train_settings, qat)
     else:
         stats = train(model, loader, train_settings, trainable=sent_weights,
-                      scales=scales if joint or not settings.fold else None, scale_lr=settings.scale_lr)
+                      scales=scales if joint or not settings.fold else None, scale_lr=settings.scale_lr,
+                      adapt_batchnorm=first_round)
     train_seconds = time.perf_counter() - clock
 
     clock = time.perf_counter()

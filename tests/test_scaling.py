@@ -121,3 +121,32 @@ def test_settings_that_do_not_fit_together_are_refused():
     config = resolve({"up.scheme": "stc"}, {"up.fraction": 0.05})
     assert UpdateSettings.from_config(config).up.fraction == 0.05
     assert UpdateSettings.from_config(config).up.quantizer == "stc"
+
+
+def test_joint_training_adapts_the_batchnorm_statistics_it_sends_once_and_freezes_the_rest():
+    """A pretrained model's BatchNorm statistics describe its source domain: in the first round joint mode
+    re-estimates those it sends on the local data (the scaled forward pass), then freezes them."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 5 * 5, 3))
+    torch.manual_seed(0)
+    x = torch.randn(24, 1, 5, 5) * 3 + 2
+    loader = DataLoader(TensorDataset(x, torch.randint(0, 3, (24,))), batch_size=8)
+    with torch.no_grad():
+        model[1].running_mean.fill_(100.0)
+        model[4].running_mean.fill_(100.0)
+    scales = {k: torch.tensor(v, requires_grad=True) for k, v in random_scales(model).items()}
+    with torch.no_grad():
+        conv = scaled_call(nn.Sequential(model[0]), {"0.weight" + SCALE_SUFFIX: scales["0.weight" + SCALE_SUFFIX]}, x)
+    settings = TrainSettings(epochs=1, lr=1e-9, momentum=0.0)
+    trainable = ["1.weight", "1.bias", "1.running_mean", "1.running_var", "7.weight", "7.bias"]
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    train(model, loader, settings, trainable=trainable, scales=scales)  # a later round: statistics frozen
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    train(model, loader, settings, trainable=trainable, scales=scales, adapt_batchnorm=True)
+    assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(model[1].running_var, conv.var((0, 2, 3)), rtol=0.05)  # unbiased per batch, averaged
+    assert torch.all(model[4].running_mean == 100.0)  # not sent: frozen at the global values
+    assert not model[1].training and not model[4].training

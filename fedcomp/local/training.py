@@ -61,9 +61,36 @@ class StepHook(Protocol):
         """Called after each optimizer step."""
 
 
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, loader: DataLoader, scales: Mapping[str, torch.Tensor],
+                      layers: Collection[nn.Module]) -> None:
+    """Re-estimate the running statistics of the BatchNorm ``layers`` on one pass over ``loader``
+    (the scaled forward pass, a plain average over the batches), before training freezes them.
+
+    A pretrained model's statistics describe its source domain; frozen, they would never adapt.
+    """
+    if not layers:
+        return
+    device = model_device(model)
+    saved = [(layer, layer.momentum) for layer in layers]
+    freeze_batchnorm(model)  # the other BatchNorm layers keep their statistics
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over this pass
+        layer.train()
+    try:
+        for x, _ in loader:
+            scaled_call(model, scales, x.to(device, non_blocking=True))
+    finally:
+        for layer, momentum in saved:
+            layer.momentum = momentum
+            layer.eval()
+
+
 def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
           trainable: Collection[str] | None = None, scales: Mapping[str, torch.Tensor] | None = None,
-          scale_lr: float = 0.05, hook: StepHook | None = None) -> dict[str, float]:
+          scale_lr: float = 0.05, adapt_batchnorm: bool = False, hook: StepHook | None = None
+          ) -> dict[str, float]:
     """Train ``model`` in place; returns the mean training loss and accuracy of the last epoch.
 
     Each batch moves to the device holding the model's parameters.
@@ -75,6 +102,9 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
     scales: FSFL filter scales (``fedcomp.local.scaling``): the forward pass uses ``s * W``;
         those that require grad are trained in place with plain SGD at ``scale_lr``, and
         BatchNorm statistics are then frozen.
+    adapt_batchnorm: with trained scales, first re-estimate the statistics of the BatchNorm layers
+        among ``trainable`` on ``loader`` (:func:`refresh_batchnorm`); a fine-tuning run does this in
+        its first round, so that a pretrained model's statistics adapt to the new domain once.
     hook: called around every step (:class:`StepHook`; quantization-aware training).
     """
     model.train()
@@ -84,6 +114,9 @@ def train(model: nn.Module, loader: DataLoader, settings: TrainSettings, *,
     groups = [{"params": params}] if params else []
     trained_scales = [s for s in (scales or {}).values() if s.requires_grad]
     if trained_scales:
+        if adapt_batchnorm and names is not None:
+            refresh_batchnorm(model, loader, scales, [m for n, m in model.named_modules() if isinstance(
+                m, nn.modules.batchnorm._BatchNorm) and f"{n}.running_mean" in names])
         freeze_batchnorm(model)
         groups.append({"params": trained_scales, "lr": scale_lr, "momentum": 0.0, "weight_decay": 0.0})
     elif names is not None:

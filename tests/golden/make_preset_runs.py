@@ -20,7 +20,8 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
 
 SHORT = {"rounds": 3, "seed": 0, "output.checkpoint": False}
-NEEDS_FILES = {"cifar10-resnet20", "fmnist"}  # data not on every fresh machine (CIFAR-10 copy, a Debian package)
+# data not on every fresh machine (CIFAR-10 copy, a Debian package)
+NEEDS_FILES = {"cifar10-resnet20", "fmnist", "transfer-fmnist-classes"}
 
 
 def short_run(settings: dict) -> list[dict]:
