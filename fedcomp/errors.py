@@ -4,6 +4,8 @@ Each one is a ``ValueError`` subclass carrying one readable message, so a caller
 a strategy) can catch it and report it without a traceback from deep inside.
 """
 
+from collections.abc import Callable
+
 
 class FedcompError(ValueError):
     """Base class of every error fedcomp raises on purpose."""
@@ -37,3 +39,16 @@ class DivergedError(FedcompError):
     def __init__(self, message: str, round: int) -> None:  # noqa: A002 - the round, as everywhere in fedcomp
         super().__init__(message)
         self.round = round
+
+
+def accepted_by(parse: Callable[[str], object]) -> Callable[[str], bool]:
+    """A setting's check from its parser: whether ``parse`` takes the text without a :class:`ConfigError`."""
+
+    def accepts(text: str) -> bool:
+        try:
+            parse(text)
+        except ConfigError:
+            return False
+        return True
+
+    return accepts

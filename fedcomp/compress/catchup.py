@@ -44,7 +44,7 @@ from fedcomp.compress.codec.base import Codec
 from fedcomp.compress.codec.wire import decode_payload, encode_payload
 from fedcomp.compress.params import ParamManifest
 from fedcomp.compress.quant.tensor import QuantizedTensor, QuantKind, qp_step
-from fedcomp.errors import ConfigError, PayloadError
+from fedcomp.errors import ConfigError, PayloadError, accepted_by
 
 Counts = dict[str, np.ndarray]  # name -> int32 counts (or count differences) on the tensor's grid
 Tensors = dict[str, np.ndarray]
@@ -168,13 +168,7 @@ def parse_grid(text: str) -> float:
     return ratio
 
 
-def valid_grid(text: str) -> bool:
-    """Whether ``text`` is a grid :func:`parse_grid` accepts (a setting's check)."""
-    try:
-        parse_grid(text)
-    except ConfigError:
-        return False
-    return True
+valid_grid = accepted_by(parse_grid)  # the setting's check
 
 
 def add_counts(counts: Mapping[str, np.ndarray], diff: Mapping[str, np.ndarray]) -> Counts:

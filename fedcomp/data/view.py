@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from fedcomp.data.bundle import DatasetBundle, TensorExamples
 from fedcomp.data.labels import labels_of
-from fedcomp.errors import ConfigError, DatasetError
+from fedcomp.errors import ConfigError, DatasetError, accepted_by
 from fedcomp.settings import NON_NEGATIVE, Check, build, setting
 
 
@@ -58,15 +58,7 @@ class _LazyView(Dataset):
         return example, int(self.targets[index])
 
 
-def _valid_classes(text: str) -> bool:
-    try:
-        parse_classes(text)
-    except ConfigError:
-        return False
-    return True
-
-
-CLASS_LIST = Check(_valid_classes, "distinct class ids or ranges, e.g. 5-9 or 0,2,4")
+CLASS_LIST = Check(accepted_by(parse_classes), "distinct class ids or ranges, e.g. 5-9 or 0,2,4")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fedcomp.errors import ConfigError
+from fedcomp.errors import ConfigError, accepted_by
 
 RESIDUAL = "residual/"  # the prefix of residual entries in a sender's state (Compressor.state_dict)
 
@@ -60,13 +60,7 @@ def parse_policy(text: str) -> StalePolicy:
     return StalePolicy(name, parameter)
 
 
-def valid_policy(text: str) -> bool:
-    """Whether ``text`` names a policy :func:`parse_policy` accepts (a setting's check)."""
-    try:
-        parse_policy(text)
-    except ConfigError:
-        return False
-    return True
+valid_policy = accepted_by(parse_policy)  # the setting's check
 
 
 def age_residual(state: Mapping[str, np.ndarray], missed: int, policy: StalePolicy) -> dict[str, np.ndarray]:
