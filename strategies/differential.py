@@ -27,7 +27,8 @@ from torch import nn
 
 from fedcomp.exchange.catchup import REPLAY, ServerSync, grid_fold, settings_grid
 from fedcomp.exchange.channels import Encoded, dense_record, sender_state
-from fedcomp.errors import PayloadError
+from fedcomp.errors import DivergedError, PayloadError
+from fedcomp.compress.catchup import OffGrid
 from fedcomp.compress.params import ParamManifest
 from fedcomp.exchange.protocol import ARRAYS, BASE_VERSION, CONFIG, DIGEST, FULL_MODEL, VERSION
 from fedcomp.local.scaling import effective, is_scale
@@ -160,6 +161,9 @@ class DifferentialFedAvg(FedAvg):
         step = {k: (np.float32(self.settings.server_lr) * v).astype(np.float32) for k, v in mean.items()}
         if self.settings.bidirectional:
             stop_if_non_finite(server_round, step, "aggregated update")
-            new_global, self.server_state = self.sync.advance(step, self.server_state)
+            try:
+                new_global, self.server_state = self.sync.advance(step, self.server_state)
+            except OffGrid as err:
+                raise DivergedError(f"the run diverged in round {server_round}: {err}", server_round) from None
             return new_global
         return apply_update(self._global, step, self.settings.fold)

@@ -51,11 +51,12 @@ def fail(reply):
     raise RuntimeError("cannot quantize non-finite values (NaN or inf in the update)")
 
 
-def enormous(manifest: ParamManifest):
-    """Replace a reply's update by a well-formed float32 one whose every value is 3e38 (finite; 10 x it is not)."""
+def enormous(manifest: ParamManifest, value: float = 3e38):
+    """Replace a reply's update by a well-formed float32 one whose every value is ``value`` (3e38: finite;
+    10 x it is not)."""
     def bad(reply):
         sent = decompress(record_payloads(reply.content[ARRAYS], 1 << 30)[0], manifest)
-        tensors = [float32_tensor(n, np.full(v.shape, 3e38, np.float32)) for n, v in sent.items()]
+        tensors = [float32_tensor(n, np.full(v.shape, value, np.float32)) for n, v in sent.items()]
         reply.content[ARRAYS] = payload_record([encode_payload(tensors, manifest, get_codec("float32"))])
         return reply
     return bad
@@ -80,3 +81,12 @@ def test_a_run_whose_global_model_turns_non_finite_stops(tmp_path, task_identity
     with pytest.raises(DivergedError) as err:
         run(tmp_path, {"server.lr": 10.0}, from_round(3, enormous(manifest)))
     assert_stopped(tmp_path, err, 3, "global model is non-finite", 2)
+
+
+def test_a_bidirectional_run_whose_update_leaves_the_grid_stops(tmp_path, task_identity) -> None:
+    """A finite aggregated update too large for the int32 grid counts (1e12 / step) is a divergence, not a crash."""
+    manifest = ParamManifest.from_model(run_model(resolve(QUICK)))
+    both_ways = {"down.scheme": "uniform-ans", "down.qp": -20, "down.error_feedback": True}
+    with pytest.raises(DivergedError) as err:
+        run(tmp_path, both_ways, from_round(3, enormous(manifest, 1e12)))
+    assert_stopped(tmp_path, err, 3, "cannot go on the grid", 2)

@@ -72,6 +72,11 @@ class GridStep:
         return float(np.float32(raw))
 
 
+
+class OffGrid(ValueError):
+    """Values the grid cannot hold as int32 counts: non-finite, or beyond 2**31 steps (a diverging run)."""
+
+
 class ModelGrid:
     """The fixed grid of every exchanged tensor, and ``W_0``.
 
@@ -114,7 +119,7 @@ class ModelGrid:
             v = np.asarray(v, dtype=np.float64)
             c = np.rint(v / step)
             if not np.all(np.isfinite(c)) or np.abs(c).max(initial=0) >= 2**31 - 1:
-                raise ValueError(f"tensor {name!r} cannot go on the grid: non-finite or too large (step {step:g})")
+                raise OffGrid(f"tensor {name!r} cannot go on the grid: non-finite or too large (step {step:g})")
             counts[name] = c.astype(np.int32)
             leftover[name] = (v - c * step).astype(np.float32)
         return counts, leftover
