@@ -11,14 +11,16 @@ strategy, ClientApp and Flower messages; no Ray), kept in its own folder (its pe
   (a client sampled in round r that last trained in round r - 1 - m missed m rounds): the
   median per m, a plot, and the ratio of m = 10 to m = 1;
 * stale error feedback: how old a residual is when it is applied (rounds since the client
-  last trained) and what each ``sync.stale_residual`` policy, and no error feedback, does to
-  the flagship's accuracy (seed 0, ``--ef-rounds`` rounds);
+  last trained), and in ``catchup_ef.md`` what each ``sync.stale_residual`` policy, and no upstream
+  error feedback, does to the flagship's accuracy and bytes (paired seeds, ``--ef-rounds`` rounds,
+  differences to ``keep`` with 95% confidence intervals);
 * the flagship's settings under full participation on digits (the default workload).
 
     python benchmarks/catchup.py [--seeds 3] [--rounds 50] [--ef-rounds 30] [--jobs 2] [--dataset fashion-mnist]
 
 ``--dataset``/``--model`` take any name fedcomp accepts (``python:module:function`` too).
-Finished runs (a summary.json in their folder) are reused.
+Finished runs (a summary.json in their folder) are reused. ``catchup_ef.md`` is written once the
+error-feedback runs have finished (``--only ef-`` runs only those), ``catchup.md`` once the others have.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fedcomp.analysis.stats import paired_difference  # noqa: E402
 from fedcomp.errors import DivergedError  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_diverged, read_rounds  # noqa: E402
 from fedcomp.run.config import resolve  # noqa: E402
 from fedcomp.run.presets import FLAGSHIP, FMNIST_ROUNDS, compose  # noqa: E402
 
-POLICIES = ["keep", "decay:0.9", "reset:3"]
+EF_POLICIES = ["keep", "decay:0.9", "reset:3", "no EF"]  # `sync.stale_residual` values, and no upstream EF
 T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, df = n - 1
 
 
@@ -186,9 +189,10 @@ def main() -> None:
     digits = {name: [add(f"digits-{name}-s{s}", {**compose(["digits", name]), "seed": s}) for s in seeds]
               for name in ("fedavg", FLAGSHIP)}
     flagship_ef = cross_device(FLAGSHIP, args.dataset, args.model, args.ef_rounds)
-    ef_runs = {policy: add(f"{FLAGSHIP}-{policy}-r{args.ef_rounds}", {**flagship_ef, "sync.stale_residual": policy})
-               for policy in POLICIES}
-    ef_runs["no EF"] = add(f"{FLAGSHIP}-noEF-r{args.ef_rounds}", {**flagship_ef, "up.error_feedback": False})
+    ef_runs = {policy: [add(f"ef-{policy}-s{s}-r{args.ef_rounds}",
+                            {**flagship_ef, "seed": s, **({"up.error_feedback": False} if policy == "no EF"
+                                                          else {"sync.stale_residual": policy})})
+                        for s in seeds] for policy in EF_POLICIES}
 
     started = time.perf_counter()
     todo = [job for job in jobs if not args.only or job[0].startswith(tuple(args.only))]
@@ -196,12 +200,16 @@ def main() -> None:
         for i, _ in enumerate(pool.map(run_job, todo), 1):
             print(f"\r{i}/{len(todo)} runs, {time.perf_counter() - started:.0f} s", end="", flush=True)
     print()
+    if all(summary(r) is not None for rs in ef_runs.values() for r in rs):
+        text = ef_report(args, ef_runs)
+        (out / "catchup_ef.md").write_text(text)
+        print(text)
     needed = [*main_runs["fedavg"], *main_runs[FLAGSHIP], *digits["fedavg"], *digits[FLAGSHIP]]
     missing = [job[0] for job in jobs if Path(job[2]) in needed and summary(Path(job[2])) is None]
     if missing:
         print(f"no report yet: {len(missing)} runs have not finished ({', '.join(missing)})")
         return
-    text = report(args, main_runs, ef_runs, digits, out, time.perf_counter() - started)
+    text = report(args, main_runs, digits, out, time.perf_counter() - started)
     (out / "catchup.md").write_text(text)
     print(text)
 
@@ -213,7 +221,7 @@ def paired(base: list[Path], other: list[Path]) -> tuple[dict, dict, tuple[float
     return a, b, diff, ratio
 
 
-def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, seconds: float) -> str:
+def report(args, main_runs: dict, digits: dict, out: Path, seconds: float) -> str:
     lines = ["# Compression under partial participation (issue 18)", "",
              f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py` on a shared, heavily loaded 2-core "
              f"machine (runs are kept in `{Path(args.runs).name}/`, reused; the report took {seconds / 60:.0f} min). "
@@ -273,24 +281,59 @@ def report(args, main_runs: dict, ef_runs: dict, digits: dict, out: Path, second
               f"A client's residual is applied **{statistics.mean(ages):.1f} rounds** after it was formed on "
               f"average (median {statistics.median(ages):.0f}, 90th percentile {sorted(ages)[int(0.9 * len(ages))]}; "
               f"{len(ages)} returns over the flagship runs).", "",
-              f"The flagship's upstream error feedback under each residual policy (`sync.stale_residual`), "
-              f"seed 0, {args.ef_rounds} rounds:", "",
-              "| residual policy | final acc | MB up | MB total |", "|---|---:|---:|---:|"]
-    for policy, run_dir in ef_runs.items():
-        s = summary(run_dir)
-        if s is None:
-            lines.append(f"| {policy} | not run (no CPU slot before the deadline) | - | - |")
-            continue
-        acc = f"diverged in round {s['diverged']}" if "diverged" in s else f"{s['acc']:.4f}"
-        lines.append(f"| {policy} | {acc} | {s['up']:.3f} | {s['total']:.3f} |")
-    lines += ["", "An EF21-style correction (the client sends the compressed difference to its last delivered "
-              "update, which the server keeps per client) is not among the options yet.", ""]
+              "What each residual policy (`sync.stale_residual`), and no upstream error feedback, does to the "
+              "flagship: [catchup_ef.md](catchup_ef.md).", ""]
     dig_fedavg, dig_flag, dig_diff, dig_ratio = paired(digits["fedavg"], digits[FLAGSHIP])
     lines += ["", "## The same flagship settings under full participation (digits, cnn, 10 clients, 20 rounds)", "",
               f"FedAvg {statistics.mean(r['acc'] for r in dig_fedavg):.4f}, {FLAGSHIP} "
               f"{statistics.mean(r['acc'] for r in dig_flag):.4f}: **{100 * dig_diff[0]:+.2f} points** "
               f"(95% CI ±{100 * dig_diff[1]:.2f}) at **{dig_ratio:.0f}x** fewer total bytes (target >= 500x within "
               "1 point).", ""]
+    return "\n".join(lines)
+
+
+def ef_report(args, ef_runs: dict[str, list[Path]]) -> str:
+    """The error-feedback comparison: every policy's runs against ``keep`` on the same seeds."""
+    seeds = range(args.seeds)
+    runs = {policy: dict(zip(seeds, (summary(r) for r in rs))) for policy, rs in ef_runs.items()}
+    finished = {policy: {s: r for s, r in rows.items() if "diverged" not in r} for policy, rows in runs.items()}
+    lines = ["# Error feedback under partial participation (issue 18)", "",
+             f"Measured at commit `{source_commit()}` by `benchmarks/catchup.py --only ef-` (one process, under the "
+             f"CPU-slot wrapper of a shared, heavily loaded 2-core machine; runs kept in `{Path(args.runs).name}/`). "
+             f"The flagship (`{FLAGSHIP}` composed with the `fmnist` workload preset: {args.dataset}, {args.model}, "
+             f"100 clients of 600 examples, 10 sampled per round) for **{args.ef_rounds} rounds** on "
+             f"{args.seeds} paired seeds; each row changes one thing, what its upstream error feedback does with "
+             "a residual that waited while its client sat out (`sync.stale_residual`: `keep` applies it as it is, "
+             "`decay:0.9` multiplies it by 0.9 per missed round, `reset:3` drops it after 3 missed rounds), or "
+             "turns upstream error feedback off (`up.error_feedback = false`). Differences are to `keep` on the "
+             "same seed: mean and 95% paired-t confidence interval. MB are payload bytes (10^6 B).", "",
+             "| upstream error feedback | final acc (mean) | per seed | minus keep, points (95% CI) | MB up | "
+             "MB up minus keep (95% CI) | MB total |", "|---|---:|---|---:|---:|---:|---:|"]
+    verdicts = []
+    for policy, rows in runs.items():
+        done = finished[policy]
+        per_seed = ", ".join(f"diverged in round {r['diverged']}" if "diverged" in r else f"{r['acc']:.4f}"
+                             for r in rows.values())
+        mean = {key: statistics.mean(r[key] for r in done.values()) if done else float("nan")
+                for key in ("acc", "up", "total")}
+        if policy == "keep" or len(set(done) & set(finished["keep"])) < 2:
+            acc_diff = up_diff = "-"
+        else:
+            acc = paired_difference({s: r["acc"] for s, r in done.items()},
+                                    {s: r["acc"] for s, r in finished["keep"].items()})
+            up = paired_difference({s: r["up"] for s, r in done.items()},
+                                   {s: r["up"] for s, r in finished["keep"].items()})
+            acc_diff = f"{100 * acc.mean:+.2f} [{100 * acc.low:+.2f}, {100 * acc.high:+.2f}]"
+            up_diff = f"{up.mean:+.3f} [{up.low:+.3f}, {up.high:+.3f}]"
+            side = "above" if acc.low > 0 else "below" if acc.high < 0 else None
+            verdicts.append(f"`{policy}` ends {abs(100 * acc.mean):.2f} points {side} `keep` (the CI excludes 0)"
+                            if side else f"`{policy}` is not distinguishable from `keep` (the CI spans 0)")
+        lines.append(f"| {policy} | {mean['acc']:.4f} | {per_seed} | {acc_diff} | {mean['up']:.3f} | {up_diff} | "
+                     f"{mean['total']:.3f} |")
+    lines += ["", "On final accuracy: " + "; ".join(verdicts) + ".", "",
+              "An EF21-style correction (the client sends the compressed difference between its new corrected "
+              "update and the last update the server holds for it; the server keeps one per client) is not built.",
+              ""]
     return "\n".join(lines)
 
 

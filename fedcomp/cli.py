@@ -124,6 +124,8 @@ def execute(config: dict, out: Optional[Path], engine: Callable[..., dict]) -> d
     console.print(f"final accuracy {summary['final_accuracy']:.4f} (best {summary['best_accuracy']:.4f}); "
                   f"{summary['bytes_total'] / MB:.3f} MB transmitted; {summary['wall_seconds']:.1f} s. "
                   f"Results in {run_dir}")
+    if summary.get("warning"):  # a finished run at chance accuracy (fedcomp.records.divergence.chance_warning)
+        console.print(f"warning: {summary['warning']}", style="bold yellow", markup=False)
     console.print(savings_line(summary, str(config["output.preset"])))
     return summary
 

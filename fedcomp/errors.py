@@ -33,8 +33,9 @@ class ReplyError(FedcompError):
 
 
 class DivergedError(FedcompError):
-    """A run that diverged: its global model became non-finite, or every sampled client failed for
-    several rounds in a row. ``round`` is the round it was found in."""
+    """A run that diverged: its global model became non-finite, its central test loss non-finite or far
+    above the initial model's, or every sampled client failed for several rounds in a row. ``round`` is the
+    round it was found in."""
 
     def __init__(self, message: str, round: int) -> None:  # noqa: A002 - the round, as everywhere in fedcomp
         super().__init__(message)

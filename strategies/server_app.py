@@ -2,8 +2,10 @@
 
 After every round it evaluates the global model on the central test set, appends a row
 to the run's ``rounds.jsonl`` and replaces the run's checkpoint (`fedcomp.records.checkpoint`); at
-the end it writes ``summary.json`` and the plot. With ``output.resume`` it continues from
-the run folder's checkpoint instead of starting at round 1.
+the end it writes ``summary.json`` and the plot. A round whose central test loss shows the run
+diverged (`fedcomp.records.divergence`) stops the run before its row and checkpoint are written;
+a run that finishes at chance accuracy says so in its summary and log. With ``output.resume``
+it continues from the run folder's checkpoint instead of starting at round 1.
 `serve` holds all of that for any Flower strategy, so that a baseline (Flower's stock
 FedAvg in ``benchmarks/``) runs under exactly the same conditions.
 """
@@ -24,11 +26,12 @@ from flwr.supercore import log
 
 from fedcomp.errors import DivergedError
 from fedcomp.records import checkpoint
+from fedcomp.records.divergence import DivergenceRules, chance_warning
 from fedcomp.records.results import write_diverged
 from fedcomp.exchange.channels import dense_record, record_tensors
 from fedcomp.exchange.client_state import prune, state_root
 from fedcomp.run.config import from_run_config
-from fedcomp.run.experiment import eval_loader, run_model
+from fedcomp.run.experiment import eval_loader, run_dataset, run_model
 from fedcomp.fantastic4.edge import EdgeEvaluator
 from fedcomp.records.saved_model import save_final_model
 from fedcomp.records.meter import TransferMeter
@@ -134,6 +137,7 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
                            ParamManifest.from_model(model).dense_bytes,
                            (restored.rows, restored.initial) if restored else None)
     test = eval_loader(config)
+    rules = DivergenceRules.from_config(config)
     # FantastIC4 edge client: checked at start-up, f4_* metrics in round_end
     edge = EdgeEvaluator.from_config(config)
     if edge is not None:
@@ -146,7 +150,8 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
         now = time.perf_counter()
         if server_round == 0:
             recorder.initial_evaluation(metrics)
-        else:
+        else:  # a diverged round leaves no row and no checkpoint: the last good round's stay
+            rules.check_loss(server_round, metrics["loss"], recorder.initial["loss"] if recorder.initial else None)
             f4 = edge.evaluate(model) if edge is not None and edge.due(server_round, int(config["rounds"])) else {}
             recorder.round_done(server_round, metrics, now - clock["t"],
                                 observed.round_timings(server_round) if observed else None, f4)
@@ -179,7 +184,11 @@ def serve(grid: Grid, context: Context, build_strategy: StrategyBuilder) -> Path
         write_diverged(run_dir, err)
         log(ERROR, "%s", err)
         raise
-    recorder.finish()
+    warning = chance_warning(recorder.rows[-1]["accuracy"] if recorder.rows else None,
+                             run_dataset(config).num_classes)
+    recorder.finish(warning)
+    if warning:
+        log(WARNING, "%s", warning)
     save_final_model(run_dir, model, config)  # issue 9: output.save_model
     return run_dir
 
@@ -195,7 +204,7 @@ def build_strategy(config: dict[str, Any], model: torch.nn.Module,
                   meter=TransferMeter(), on_client_update=on_client_update,
                   bound=UpdateBound(float(config["server.max_update_norm"]), str(config["server.norm_action"])),
                   min_results=int(config["server.min_results"]),
-                  max_failed_rounds=int(config["server.max_failed_rounds"]))
+                  max_failed_rounds=DivergenceRules.from_config(config).max_failed_rounds)
     manifest = settings.manifest(model)
     if not settings.differential:
         return FedAvg(manifest, **common)

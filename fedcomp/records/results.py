@@ -134,8 +134,12 @@ class RunRecorder:
             tracker.log_round(row)
         return row
 
-    def finish(self) -> dict[str, Any]:
-        """Write summary.json (and, when metered, accuracy_vs_bytes.png); return the summary."""
+    def finish(self, warning: str | None = None) -> dict[str, Any]:
+        """Write summary.json (and, when metered, accuracy_vs_bytes.png); return the summary.
+
+        ``warning``: what a reader must know about the finished run (a final accuracy at chance level,
+        `fedcomp.records.divergence.chance_warning`), kept in the summary as ``warning``.
+        """
         accuracies = [r["accuracy"] for r in self.rows]
         summary: dict[str, Any] = {
             "final_accuracy": accuracies[-1] if accuracies else None,
@@ -159,6 +163,8 @@ class RunRecorder:
                 "compression_ratio": fedavg_total / bytes_total if bytes_total else None,
             })
         summary.update(final_extra_metrics(self.rows))
+        if warning:
+            summary["warning"] = warning
         summary["wall_seconds"] = time.perf_counter() - self.started
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         for tracker in self.trackers:

@@ -3,7 +3,7 @@
 Each subsystem declares its keys (type, default, check, help) beside what they configure,
 with `fedcomp.settings`: on the fields of its settings dataclass (`TrainSettings`,
 `QATSettings`, `CompressionSpec` for ``up.*``/``down.*``, `UpdateSettings`, `FaultPlan`,
-`EdgeSettings`, `DataOptions`) or in a module's ``SETTINGS`` table (what a run is made of,
+`EdgeSettings`, `DataOptions`, `DivergenceRules`) or in a module's ``SETTINGS`` table (what a run is made of,
 the device, the trackers, and below the apps' own keys). `registry()` collects them all.
 
 A run's configuration is resolved in layers, later ones winning: the defaults, a preset
@@ -40,8 +40,6 @@ APP_SETTINGS: dict[str, Setting] = {
     "server.norm_action": Setting("clip", "what to do with an update above the bound", choices=("clip", "refuse")),
     "server.round_timeout": Setting(3600.0, "seconds the server waits for a round's replies; a client that has "
                                     "not replied by then counts as failed (timed out)", check=POSITIVE),
-    "server.max_failed_rounds": Setting(3, "rounds in a row in which every sampled client fails before the run "
-                                        "stops as diverged (0: never stop)", check=NON_NEGATIVE),
     "sync.stale_residual": Setting("keep", "what a client does with its error-feedback residual after missed "
                                    "rounds: keep, decay:B (times B per missed round) or reset:K (dropped after K)",
                                    check=Check(valid_policy, "keep, decay:B with B in (0, 1] or reset:K")),
@@ -92,10 +90,12 @@ def registry() -> dict[str, Setting]:
     from fedcomp.local import qat
     from fedcomp.local.training import TrainSettings
     from fedcomp.records import trackers
+    from fedcomp.records.divergence import DivergenceRules
     from fedcomp.run import device, experiment
 
     return collect(experiment.SETTINGS, declared(DataOptions), declared(DataView), declared(TrainSettings),
-                   APP_SETTINGS, device.SETTINGS, declared(UpdateSettings), declared(FaultPlan), qat.SETTINGS,
+                   APP_SETTINGS, declared(DivergenceRules), device.SETTINGS, declared(UpdateSettings),
+                   declared(FaultPlan), qat.SETTINGS,
                    declared(qat.QATSettings), edge.SETTINGS, declared(edge.EdgeSettings), trackers.SETTINGS,
                    *(direction_settings(direction) for direction in DIRECTIONS))
 
