@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fedcomp.analysis.stats import paired_difference  # noqa: E402
+from fedcomp.analysis.stats import mean_interval, paired_difference  # noqa: E402
 from fedcomp.errors import DivergedError  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_diverged, read_rounds  # noqa: E402
@@ -46,7 +46,6 @@ from fedcomp.run.config import resolve  # noqa: E402
 from fedcomp.run.presets import FLAGSHIP, FMNIST_ROUNDS, compose  # noqa: E402
 
 EF_POLICIES = ["keep", "decay:0.9", "reset:3", "no EF"]  # `sync.stale_residual` values, and no upstream EF
-T_95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # two-sided, df = n - 1
 
 
 def cross_device(name: str, dataset: str, model: str, rounds: int) -> dict[str, Any]:
@@ -57,13 +56,6 @@ def cross_device(name: str, dataset: str, model: str, rounds: int) -> dict[str, 
 def folder(runs: Path, label: str, settings: dict[str, Any]) -> Path:
     digest = hashlib.sha1(json.dumps(resolve(settings), sort_keys=True).encode()).hexdigest()[:10]
     return runs / f"{label.replace(' ', '_').replace(':', '')}-{digest}"
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t confidence interval (0 for one value)."""
-    if len(values) < 2:
-        return values[0], 0.0
-    return statistics.mean(values), T_95.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
 
 
 def catch_up_points(run_dir: Path) -> list[tuple[int, int]]:
@@ -216,7 +208,8 @@ def main() -> None:
 
 def paired(base: list[Path], other: list[Path]) -> tuple[dict, dict, tuple[float, float], float]:
     a, b = [summary(r) for r in base], [summary(r) for r in other]
-    diff = mean_ci([y["acc"] - x["acc"] for x, y in zip(a, b)])
+    d = mean_interval([y["acc"] - x["acc"] for x, y in zip(a, b)])
+    diff = (d.mean, d.half if d.n > 1 else 0.0)
     ratio = statistics.mean(x["total"] for x in a) / statistics.mean(y["total"] for y in b)
     return a, b, diff, ratio
 
