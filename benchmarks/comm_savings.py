@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from fedcomp.analysis.frontier import Point, pareto  # noqa: E402
 from fedcomp.analysis.stats import (Interval, bytes_to_reach, least_bytes_within, paired_difference,  # noqa: E402
                                     rounds_to_reach)
+from fedcomp.errors import DivergedError  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
 from fedcomp.records.results import MB, read_rounds  # noqa: E402
 from fedcomp.run.config import resolve  # noqa: E402
@@ -283,14 +284,20 @@ def run_one(job: Job, cache: Path, commit: str) -> str:
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # one line per run from `execute`, not ~100 from Flower
     started = time.perf_counter()
+    head = {"key": job.key, "workload": job.workload, "family": job.spec.family, "knob": job.spec.knob,
+            "seed": job.seed, "settings": job.settings, "commit": commit}
     with tempfile.TemporaryDirectory(prefix="comm_savings-") as tmp:
-        run_dir = run_loopback(resolve(job.settings, {**MECHANICS, "output.dir": tmp, "preset": ""}), client_app)
+        try:
+            run_dir = run_loopback(resolve(job.settings, {**MECHANICS, "output.dir": tmp, "preset": ""}), client_app)
+        except DivergedError as err:  # a result too: the report counts it against the point
+            record = {**head, "seconds": round(time.perf_counter() - started, 1),
+                      "diverged": {"round": err.round, "reason": str(err)}}
+            store(path, record)
+            return job.key
         rows = read_rounds(run_dir)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
     record = {
-        "key": job.key, "workload": job.workload, "family": job.spec.family, "knob": job.spec.knob,
-        "seed": job.seed, "settings": job.settings, "commit": commit,
-        "seconds": round(time.perf_counter() - started, 1),
+        **head, "seconds": round(time.perf_counter() - started, 1),
         "final_accuracy": summary["final_accuracy"], "bytes_up": summary["bytes_up"],
         "bytes_down": summary["bytes_down"], "bytes_total": summary["bytes_total"],
         "fedavg_bytes_total": summary["fedavg_bytes_total"],
@@ -300,10 +307,15 @@ def run_one(job: Job, cache: Path, commit: str) -> str:
         "train_seconds": sum(r.get("train_seconds_mean") or 0.0 for r in rows),
         "compress_seconds": sum(r.get("compress_seconds_mean") or 0.0 for r in rows),
     }
+    store(path, record)
+    return job.key
+
+
+def store(path: Path, record: dict[str, Any]) -> None:
+    """Write one run's record atomically (an interrupted benchmark leaves no half-written record)."""
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(record, separators=(",", ":")) + "\n")
     os.replace(partial, path)
-    return job.key
 
 
 def verify(jobs: list[Job], cache: Path, workers: int) -> None:
@@ -314,8 +326,8 @@ def verify(jobs: list[Job], cache: Path, workers: int) -> None:
     for job in sorted(jobs, key=lambda j: j.seed):
         path = cache / f"{job.key}.json"
         group = (job.workload, job.spec.family if job.spec.family != "preset" else label("preset", job.spec.knob))
-        if group not in picks and path.is_file():
-            picks[group] = (job, json.loads(path.read_text()))
+        if group not in picks and path.is_file() and "diverged" not in (record := json.loads(path.read_text())):
+            picks[group] = (job, record)
     commit = source_commit()
     for job, _ in picks.values():
         (cache / f"{job.key}.json").unlink()
@@ -348,9 +360,10 @@ def execute(jobs: list[Job], cache: Path, workers: int) -> None:
             job = futures[future]
             try:
                 record = json.loads((cache / f"{future.result()}.json").read_text())
+                outcome = (f"DIVERGED in round {record['diverged']['round']}" if "diverged" in record else
+                           f"acc {record['final_accuracy']:.4f}, {record['bytes_total'] / MB:.3f} MB")
                 print(f"[{done}/{len(futures)} {time.perf_counter() - started:.0f} s] {job.workload} {job.spec.family} "
-                      f"{job.spec.knob} seed {job.seed}: acc {record['final_accuracy']:.4f}, "
-                      f"{record['bytes_total'] / MB:.3f} MB, {record['seconds']:.0f} s", flush=True)
+                      f"{job.spec.knob} seed {job.seed}: {outcome}, {record['seconds']:.0f} s", flush=True)
             except Exception as err:  # noqa: BLE001 - one failed run is reported, the others go on
                 print(f"[{done}/{len(futures)}] FAILED {job.workload} {job.spec.family} {job.spec.knob} seed "
                       f"{job.seed}: {type(err).__name__}: {err}", flush=True)
@@ -361,11 +374,13 @@ def execute(jobs: list[Job], cache: Path, workers: int) -> None:
 
 @dataclass
 class Row:
-    """The runs of one (workload, family, knob): one per seed."""
+    """The runs of one (workload, family, knob): one per seed, those that finished in ``runs`` and those that
+    stopped as diverged in ``diverged``."""
 
     family: str
     knob: str
     runs: dict[int, dict[str, Any]]
+    diverged: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def mean(self, key: str) -> float:
         return statistics.fmean(r[key] for r in self.runs.values())
@@ -391,7 +406,7 @@ def load_rows(jobs: list[Job], cache: Path) -> dict[str, list[Row]]:
         if record:
             row = rows.setdefault(job.workload, {}).setdefault((job.spec.family, job.spec.knob),
                                                                Row(job.spec.family, job.spec.knob, {}))
-            row.runs[job.seed] = record
+            (row.diverged if "diverged" in record else row.runs)[job.seed] = record
     return {w: list(r.values()) for w, r in rows.items()}
 
 
@@ -434,9 +449,12 @@ def family_shares(rows: list[Row]) -> dict[str, float]:
 
 def workload_section(workload: str, rows: list[Row], out: Path, planned: int) -> tuple[list[str], dict]:
     """The tables of one workload and the figures the summary needs."""
-    base = next((r for r in rows if r.family == "fedavg"), None)
-    got = sum(len(r.runs) for r in rows)
+    base = next((r for r in rows if r.family == "fedavg" and r.runs), None)
+    got = sum(len(r.runs) + len(r.diverged) for r in rows)
     lines = [f"## {workload}", "", f"{got} of {planned} planned runs finished.", ""]
+    broken = [r for r in rows if r.diverged]
+    rows = [r for r in rows if r.runs]
+    steady = [r for r in rows if not r.diverged]  # a point that diverged on any seed is on no frontier
     if base is None:
         return lines + ["FedAvg has not run yet: no differences to report.", ""], {}
     fedavg_acc, fedavg_bytes = base.mean("final_accuracy"), base.mean("bytes_total")
@@ -452,23 +470,30 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
     for row in rows:
         rounds, mb = to_target(row, target)
         s = share(row)
-        lines.append(f"| {row.family} | {row.knob} | {len(row.runs)} | {row.mean('final_accuracy'):.4f} | "
+        seeds = f"{len(row.runs)}" + (f" (+{len(row.diverged)} diverged)" if row.diverged else "")
+        lines.append(f"| {row.family} | {row.knob} | {seeds} | {row.mean('final_accuracy'):.4f} | "
                      f"{fmt_interval(diffs[id(row)])} | {row.mean('bytes_up') / MB:.3f} | "
                      f"{row.mean('bytes_down') / MB:.3f} | {row.mean('bytes_total') / MB:.3f} | "
                      f"{fedavg_bytes / row.mean('bytes_total'):.0f}x | {rounds} | {mb} | "
                      f"{'-' if s is None else f'{100 * s:.1f}%'} | "
                      f"{', '.join(f'`{c}`' for c in sorted({r['commit'] for r in row.runs.values()}))} |")
+    if broken:
+        lines += ["", "Stopped as diverged by the run's own divergence rules (left out of the frontiers and of the "
+                  "search for the least bytes within 1 point): " + "; ".join(
+                      f"**{r.label}** on {len(r.diverged)} of {len(r.diverged) + len(r.runs)} seeds (round "
+                      f"{', '.join(str(d['diverged']['round']) for d in r.diverged.values())}: "
+                      f"{next(iter(r.diverged.values()))['diverged']['reason']})" for r in broken) + "."]
     points = {id(r): Point(r.family, (("knob", r.knob),), len(r.runs), r.mean("bytes_total"),
                            r.mean("final_accuracy"), 0.0, min(r.accuracies().values()), max(r.accuracies().values()))
-              for r in rows}
-    by_point = {id(p): r for r in rows for p in [points[id(r)]]}
+              for r in steady}
+    by_point = {id(p): r for r in steady for p in [points[id(r)]]}
     fronts = pareto(points.values())
     lines += ["", "### Each scheme's frontier (mean final accuracy against mean MB; cheapest first)", ""]
     for family, front in ((f, p) for f, p in fronts.items() if f != "fedavg"):
         lines.append(f"- **{family}**: " + "; ".join(f"{p.knob[0][1]} ({p.bytes_mean / MB:.3f} MB, "
                                                       f"{p.acc_mean:.4f})" for p in front))
     # the least bytes within 1 point of FedAvg, overall and per family (rows with >= 2 seeds: a CI)
-    candidates = {r.label: (r.mean("bytes_total"), diffs[id(r)]) for r in rows
+    candidates = {r.label: (r.mean("bytes_total"), diffs[id(r)]) for r in steady
                   if r is not base and len(r.runs) >= 2}
     best_overall = least_bytes_within(candidates, WITHIN)
     lines += ["", f"### Least bytes within {100 * WITHIN:g} point of FedAvg (mean Δ ≥ −{100 * WITHIN:g}; "
@@ -487,7 +512,7 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
                      f"{size / MB:.3f} | {fedavg_bytes / size:.0f}x | {fmt_interval(diff)} |")
     # which presets another point beats on both axes (mean bytes and mean accuracy)
     dominated = []
-    for row in (r for r in rows if r.family == "preset"):
+    for row in (r for r in steady if r.family == "preset"):
         p = points[id(row)]
         better = [by_point[id(q)].label for q in points.values() if q is not p and by_point[id(q)].family != "preset"
                   and q.bytes_mean <= p.bytes_mean and q.acc_mean >= p.acc_mean
@@ -497,7 +522,7 @@ def workload_section(workload: str, rows: list[Row], out: Path, planned: int) ->
             dominated.append(f"`{row.knob}` (dominated, e.g. by {cheapest})")
     lines += ["", "Presets dominated by a swept point (fewer or equal mean bytes and higher or equal mean accuracy; "
               "few seeds, so read with the CIs above): " + (", ".join(dominated) or "none"), ""]
-    plot = plot_curves(workload, rows, base, best_of, candidates, out)
+    plot = plot_curves(workload, steady, base, best_of, candidates, out)
     lines += [f"![accuracy against cumulative MB, {workload}]({plot.name})", ""]
     return lines, {"best": best_overall, "candidates": candidates, "fedavg_bytes": fedavg_bytes,
                    "fedavg_acc": fedavg_acc, "shares": family_shares(rows)}
@@ -541,8 +566,9 @@ def plot_curves(workload: str, rows: list[Row], base: Row, best_of: dict[str, st
 def report(jobs: list[Job], cache: Path, out: Path, full_plan: list[Job]) -> str:
     """The markdown report of every cached run of ``full_plan``."""
     rows = load_rows(full_plan, cache)
-    done = sum(len(r.runs) for w in rows.values() for r in w)
-    commits = sorted({run["commit"] for w in rows.values() for r in w for run in r.runs.values()})
+    done = sum(len(r.runs) + len(r.diverged) for w in rows.values() for r in w)
+    commits = sorted({run["commit"] for w in rows.values() for r in w for run in [*r.runs.values(),
+                                                                                   *r.diverged.values()]})
     partial = done < len(full_plan)
     lines = ["# Communication savings, measured like a paper" + (" (PARTIAL)" if partial else ""), "",
              f"Written by `benchmarks/comm_savings.py` at commit `{source_commit()}` from {done} of the "
