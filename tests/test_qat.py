@@ -7,9 +7,9 @@ from torch.utils.data import DataLoader
 
 from fedcomp.data import load_dataset
 from fedcomp.models import build_model
-from fedcomp.local.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names, relevance_batch
+from fedcomp.local.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names
 from fedcomp.compress.quant.ecq import ECQQuantizer, ECQxQuantizer
-from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.relevance import accumulated_relevance
 from fedcomp.local.training import TrainSettings, evaluate, train
 
 
@@ -78,7 +78,7 @@ def test_ecqx_keeps_relevant_weights_and_accuracy_at_equal_sparsity(digits, trai
     _, train_loader, test_loader = digits
     base = {k: v.clone() for k, v in trained_cnn.state_dict().items()}
     names = set(quantized_names(trained_cnn))
-    relevance = weight_relevance(trained_cnn, *relevance_batch(train_loader, 256))
+    relevance = accumulated_relevance(trained_cnn, train_loader, 256)
 
     def run(quantizer):
         trained_cnn.load_state_dict(base)
