@@ -30,7 +30,6 @@ import gzip
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +38,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from fedcomp.analysis.stats import paired_difference
 from fedcomp.compress.quant.ecq import ECQQuantizer, ECQxQuantizer
 from fedcomp.data import load_dataset
 from fedcomp.data.bundle import TensorExamples
@@ -160,10 +160,9 @@ def ptq(model, quantizer, relevance, test_loader) -> dict:
 
 
 def qat(model, loader, settings: TrainSettings, method: str, bits: int, gamma: float, test_loader,
-        frozen_epochs: int = 0, relevance_examples: int | None = None) -> dict:
-    qat_settings = QATSettings(method, bits, gamma)
-    if relevance_examples is not None:
-        qat_settings = replace(qat_settings, relevance_batch=relevance_examples)
+        frozen_epochs: int = 0, relevance_examples: int = 64) -> dict:
+    """QAT by ``method``; ECQx's relevances summed over the first ``relevance_examples`` of each epoch."""
+    qat_settings = QATSettings(method, bits, gamma, relevance_batch=relevance_examples)
     result = qat_train(model, loader, settings, qat_settings, frozen_epochs)
     return {"accuracy": evaluate(model, test_loader)["accuracy"], "sparsity": result.metrics["weight_sparsity"],
             "bytes": min(compressed_sizes(result.tensors).values())}
@@ -231,7 +230,7 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
                 cell(cache, path, f"{prefix}/qat/{name}/{bits}/{gamma}",
                      lambda bits=bits, method=method, gamma=gamma: qat(
                          fresh(), loader(seed + 1), qat_settings, method, bits, gamma, test_loader,
-                         relevance_examples=args.relevance_examples), render)
+                         relevance_examples=args.relevance_examples or 64), render)
 
     def device(qat_gamma: float | None):
         model = fresh()
@@ -246,7 +245,7 @@ def central(args, cache: Cache, path: Path, render, seed: int) -> None:
 
 def ecqx_name(args) -> str:
     """The ECQx cells' name: ``ecqx`` with the original relevances (PTQ: one LRP pass on the first 256
-    training examples; QAT: ``qat.relevance_batch``'s default), ``ecqx-r<N>`` summed over ``N`` examples."""
+    training examples; QAT: the first 64 of each epoch), ``ecqx-r<N>`` summed over ``N`` examples."""
     return "ecqx" if args.relevance_examples is None else f"ecqx-r{args.relevance_examples}"
 
 
@@ -326,8 +325,8 @@ def federated(args, cache: Cache, path: Path, render, seed: int) -> None:
     if "federated" in args.sections and args.dataset == "digits":  # FSFL on its preset workload (cnn)
         from fedcomp.run.presets import preset
         for name in ("fedavg", "topk-ef", "fsfl", "fsfl-bidir"):
-            cell(cache, path, f"{prefix}/{name}", lambda name=name: summary(loopback({**preset(name), **common})),
-                 render)
+            cell(cache, path, f"{prefix}/{name}", lambda name=name: {
+                **summary(loopback({**preset(name), **common})), "preset": preset(name)}, render)
     for start in args.qat_start if "fed-qat" in args.sections else ():
         cell(cache, path, f"{prefix}/{qat_cell(start)}", lambda start=start: summary(loopback(
             {**common, **f4, "qat.method": "ecq", "qat.bits": 4, "qat.gamma": 0.1, "qat.start_round": start})),
@@ -402,8 +401,8 @@ def relevance_section(args, cache: Cache, seeds: list[int]) -> list[str]:
                  "training examples, QAT from the first 64 of each epoch; `ecqx-rN`: summed over N examples, PTQ "
                  "from the first N training examples, QAT from the first N of each epoch).", "",
                  "| bits | cells | PTQ: ECQx − ECQ at equal sparsity (points, mean over gammas and seeds) | "
-                 "QAT gamma " + ", ".join(f"{g:g}" for g in args.qat_gammas) + ": ECQx | ECQ |",
-                 "|---:|---|---:|---:|---:|"]
+                 "QAT gamma " + ", ".join(f"{g:g}" for g in args.qat_gammas) + ": ECQx | ECQ | QAT: ECQx − ECQ "
+                 "paired over (seed, gamma), 95% CI (points) |", "|---:|---|---:|---:|---:|---:|"]
         for bits in BITS:
             for name in names:
                 diffs = equal_sparsity_diffs(cache, ds, seeds, name, bits)
@@ -414,9 +413,14 @@ def relevance_section(args, cache: Cache, seeds: list[int]) -> list[str]:
                         f"{spread([a['sparsity'] for a, _ in qat_cells], 1.0, 2)}" if qat_cells else "-")
                 base = (f"{spread([b['accuracy'] for _, b in qat_cells])} at sparsity "
                         f"{spread([b['sparsity'] for _, b in qat_cells], 1.0, 2)}" if qat_cells else "-")
-                text.append(f"| {bits} | `{name}` | {np.mean(diffs) * 100:+.1f} ({sum(v >= 0 for v in diffs)} of "
-                            f"{len(diffs)} >= 0) | {ours} | {base} |" if diffs else
-                            f"| {bits} | `{name}` | - | {ours} | {base} |")
+                diff = "-"
+                if qat_cells:
+                    d = paired_difference(dict(enumerate(100 * a["accuracy"] for a, _ in qat_cells)),
+                                          dict(enumerate(100 * b["accuracy"] for _, b in qat_cells)))
+                    diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" if d.n > 1 else f"{d.mean:+.1f}"
+                ptq = (f"{np.mean(diffs) * 100:+.1f} ({sum(v >= 0 for v in diffs)} of {len(diffs)} >= 0)" if diffs
+                       else "-")
+                text.append(f"| {bits} | `{name}` | {ptq} | {ours} | {base} | {diff} |")
         text.append("")
     return text
 
@@ -429,8 +433,9 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
 
     float_acc = values("float")
     x = ecqx_name(args)
-    examples = (f"relevances summed over {args.relevance_examples} training examples" if args.relevance_examples
-                else "relevances of 256 examples (PTQ) or 64 (QAT)")
+    n = args.relevance_examples
+    ptq_examples = f"relevances of the first {n or 256} training examples"
+    qat_examples = f"relevances of the first {n or 64} examples of each epoch"
     rows: list[str] = []
 
     def row(paper: str, claim: str, figure: str, setting: str, ours: str, baseline: str, verdict: str) -> None:
@@ -449,7 +454,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             verdict = ("reproduced" if d >= -0.5 else "direction reproduced" if d >= -2 else
                        "not reproduced: post-training, without retraining")
             row("ECQx", f"{bits}-bit sparse network keeps accuracy", "'maintain or even improve'",
-                f"PTQ {bits} bit, best gamma of {list(GAMMAS)}, {examples}", f"Δ vs float {spread(best)} points",
+                f"PTQ {bits} bit, best gamma of {list(GAMMAS)}, {ptq_examples}", f"Δ vs float {spread(best)} points",
                 f"float {spread(float_acc)}", verdict)
     for bits, method, g in [(b, m, g) for b in args.qat_bits for m in (x, "ecq") for g in args.qat_gammas]:
         acc = values(f"qat/{method}/{bits}/{g}")
@@ -459,7 +464,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             row("ECQx" if method == x else "ECQx (baseline ECQ)",
                 f"{bits}-bit sparse network after QAT keeps accuracy", "'maintain or even improve'",
                 f"{'ECQx' if method == x else 'ECQ'} QAT {bits} bit, gamma {g}, {args.qat_epochs} epoch(s)"
-                + (f", {examples}" if method == x else ""),
+                + (f", {qat_examples}" if method == x else ""),
                 f"{spread(acc)} at sparsity {spread(sp, 1.0, 2)}", f"float {spread(float_acc)}",
                 "reproduced" if d >= -0.5 else "direction reproduced" if d >= -2 else "not reproduced")
     # ECQx vs ECQ at equal sparsity (PTQ): ECQ's curve interpolated at ECQx's sparsities
@@ -469,7 +474,7 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
             d = np.mean(diffs) * 100
             row("ECQx", "ECQx beats ECQ at equal sparsity", "(compared with previous work)",
                 f"PTQ {bits} bit, every gamma of {list(GAMMAS)}, ECQ's curve interpolated at ECQx's sparsity, "
-                f"{examples}",
+                f"{ptq_examples}",
                 f"ECQx − ECQ {d:+.1f} points on average; ECQx >= ECQ at {sum(v >= 0 for v in diffs)} of "
                 f"{len(diffs)} (gamma, seed) points", "ECQ, same run",
                 "reproduced" if d > 0.1 else "not reproduced (equal within noise)" if d > -0.3 else "not reproduced")
@@ -478,11 +483,14 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
         if ecqx and ecq:
             sx, sq = values(f"qat/{x}/{bits}/{g}", "sparsity"), values(f"qat/ecq/{bits}/{g}", "sparsity")
             row("ECQx", "ECQx beats ECQ (QAT)", "(compared with previous work)",
-                f"QAT {bits} bit gamma {g}, {examples}",
+                f"QAT {bits} bit gamma {g}, {qat_examples}",
                 f"{spread(ecqx)} at sparsity {spread(sx, 1.0, 2)}",
                 f"ECQ {spread(ecq)} at sparsity {spread(sq, 1.0, 2)}",
-                "reproduced" if np.mean(ecqx) > np.mean(ecq) and np.mean(sx) >= np.mean(sq) - 0.02 else
-                "not reproduced: not at equal sparsity or not more accurate")
+                ("reproduced" if np.mean(ecqx) > np.mean(ecq) and np.mean(sx) >= np.mean(sq) - 0.02 else
+                 "not reproduced: less accurate" if np.mean(ecqx) <= np.mean(ecq) else
+                 "not reproduced: more accurate but less sparse") +
+                f" (ECQx − ECQ {(np.mean(ecqx) - np.mean(ecq)) * 100:+.1f} points at sparsity "
+                f"{np.mean(sx) - np.mean(sq):+.2f})")
     ratios = []
     for s in seeds:
         fb = cache.get(f"{ds}/s{s}/float")
@@ -564,8 +572,12 @@ def render(args, cache: Cache, seeds: list[int]) -> None:
         ratio = [cache[f"{ds}/s{s}/fed/fedavg"]["bytes"] / cache[f"{ds}/s{s}/fed/fsfl-bidir"]["bytes"]
                  for s in seeds if f"{ds}/s{s}/fed/fsfl-bidir" in cache and f"{ds}/s{s}/fed/fedavg" in cache]
         gap = (np.mean(fb) - np.mean(fa2)) * 100
+        recorded = {json.dumps(c["preset"], sort_keys=True) for s in seeds
+                    if "preset" in (c := cache.get(f"{ds}/s{s}/fed/fsfl-bidir", {}))}
+        settings = ("; ".join(f"{k}={v}" for k, v in json.loads(recorded.pop()).items() if k != "output.preset")
+                    if len(recorded) == 1 else "settings not recorded with the cells")
         row("FSFL", "total data transfer reduced (bidirectional)", "up to 377x",
-            f"preset fsfl-bidir (top-0.7% both ways, scales, server lr 1.5) vs fedavg, {args.rounds} rounds",
+            f"preset fsfl-bidir ({settings}) vs fedavg, {args.rounds} rounds",
             f"{spread(ratio, 1.0)}x less, accuracy {spread(fb)}", f"FedAvg {spread(fa2)}",
             ("reproduced" if np.mean(ratio) >= 377 and gap >= -1 else "direction reproduced" if np.mean(ratio) >= 50
              else "not reproduced") + f" ({np.mean(ratio):.0f}x at {gap:+.1f} points)")
@@ -631,7 +643,7 @@ def main() -> None:
     parser.add_argument("--relevance-examples", type=int, default=None,
                         help="ECQx cells (named ecqx-r<N>): LRP relevances summed over N training examples (PTQ: "
                              "the first N; QAT: qat.relevance_batch=N). Default: the ecqx cells, PTQ on the first "
-                             "256, QAT on qat.relevance_batch's default")
+                             "256, QAT on the first 64 of each epoch")
     parser.add_argument("--fresh", action="store_true", help="discard the cached cells")
     parser.add_argument("--render-only", action="store_true", help="rewrite the report from the cache, measure nothing")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedcomp-reproduction",
