@@ -403,6 +403,7 @@ def relevance_section(args, cache: Cache, seeds: list[int]) -> list[str]:
                  "| bits | cells | PTQ: ECQx − ECQ at equal sparsity (points, mean over gammas and seeds) | "
                  "QAT gamma " + ", ".join(f"{g:g}" for g in args.qat_gammas) + ": ECQx | ECQ | QAT: ECQx − ECQ "
                  "paired over (seed, gamma), 95% CI (points) |", "|---:|---|---:|---:|---:|---:|"]
+        qat_means: dict[str, list[float]] = {}
         for bits in BITS:
             for name in names:
                 diffs = equal_sparsity_diffs(cache, ds, seeds, name, bits)
@@ -418,9 +419,16 @@ def relevance_section(args, cache: Cache, seeds: list[int]) -> list[str]:
                     d = paired_difference(dict(enumerate(100 * a["accuracy"] for a, _ in qat_cells)),
                                           dict(enumerate(100 * b["accuracy"] for _, b in qat_cells)))
                     diff = f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" if d.n > 1 else f"{d.mean:+.1f}"
+                    qat_means.setdefault(name, []).append(d.mean)
                 ptq = (f"{np.mean(diffs) * 100:+.1f} ({sum(v >= 0 for v in diffs)} of {len(diffs)} >= 0)" if diffs
                        else "-")
                 text.append(f"| {bits} | `{name}` | {ptq} | {ours} | {base} | {diff} |")
+        text.append("")
+        for name, means in qat_means.items():
+            ahead = sum(m >= 0 for m in means)
+            text.append(f"- `{name}` after QAT: ECQx at least as accurate as ECQ at {ahead} of {len(means)} bit widths "
+                        f"(ECQx − ECQ from {min(means):+.1f} to {max(means):+.1f} points): "
+                        + ("the paper's direction." if ahead == len(means) else "not the paper's direction."))
         text.append("")
     return text
 

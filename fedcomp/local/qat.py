@@ -223,8 +223,10 @@ def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat
     The training loop is :func:`~fedcomp.local.training.train`'s, with the quantization as its
     hook. ECQx recomputes its LRP relevances at the start of every epoch, summed over the first
     ``qat.relevance_batch`` examples of ``loader`` (:func:`~fedcomp.local.relevance.accumulated_relevance`),
-    from the shadow weights. On return the
-    model holds the quantized weights; ``shadow`` holds the full-precision ones.
+    from the shadow weights; the final assignment uses the last epoch's relevances, those the
+    shadows were trained under (relevances recomputed from the trained shadows assign differently:
+    on Fashion-MNIST's 512x3 MLP at 4 bits that cost 0.5 and 2.6 points, 2 seeds). On return the model holds the
+    quantized weights; ``shadow`` holds the full-precision ones.
     ``frozen_epochs`` (EC2T only): the EC2T authors' second phase, that many more epochs with
     every layer's ternary assignment frozen, training ``w_p, w_n`` and the unquantized
     parameters (biases).
@@ -238,7 +240,7 @@ def qat_train(model: nn.Module, loader: DataLoader, settings: TrainSettings, qat
         state.freeze()
         metrics = train(model, loader, replace(settings, epochs=frozen_epochs), hook=state)
     shadow = {n: p.detach().clone() for n, p in state.params.items()}
-    quantized = state.apply(_relevance(model, loader, qat))
+    quantized = state.apply(state.relevance)  # ECQx: the last epoch's relevances, those training adapted to
     zeros = sum(int((s == 0).sum()) for s in state.symbols.values())
     total = sum(s.numel() for s in state.symbols.values())
     tensors = [quantized.get(n) or float32_tensor(n, p.detach().cpu().numpy()) for n, p in model.named_parameters()]
