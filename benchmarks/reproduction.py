@@ -399,7 +399,8 @@ def relevance_section(args, cache: Cache, seeds: list[int]) -> list[str]:
     if len(names) > 1:
         text += ["ECQx against ECQ with each set of ECQx cells (`ecqx`: PTQ relevances from one pass on the first 256 "
                  "training examples, QAT from the first 64 of each epoch; `ecqx-rN`: summed over N examples, PTQ "
-                 "from the first N training examples, QAT from the first N of each epoch).", "",
+                 "from the first N training examples, QAT from the first N of each epoch; a name ending in a commit: "
+                 "cells measured at that commit, whose code has changed since).", "",
                  "| bits | cells | PTQ: ECQx − ECQ at equal sparsity (points, mean over gammas and seeds) | "
                  "QAT gamma " + ", ".join(f"{g:g}" for g in args.qat_gammas) + ": ECQx | ECQ | QAT: ECQx − ECQ "
                  "paired over (seed, gamma), 95% CI (points) |", "|---:|---|---:|---:|---:|---:|"]
