@@ -31,8 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from fedcomp.compress.params import load_arrays, state_arrays  # noqa: E402
 from fedcomp.exchange.updates import UpdateSettings  # noqa: E402
-from fedcomp.local.qat import relevance_batch  # noqa: E402
-from fedcomp.local.relevance import weight_relevance  # noqa: E402
+from fedcomp.local.relevance import accumulated_relevance  # noqa: E402
 from fedcomp.local.scaling import is_scale  # noqa: E402
 from fedcomp.local.training import TrainSettings, train  # noqa: E402
 from fedcomp.records.provenance import source_commit  # noqa: E402
@@ -63,7 +62,7 @@ def send(model, start: dict, loader, client: tuple, state: dict, lrp_s: list[flo
     relevance = None
     if settings.up.quantizer == "ecqx":
         clock = time.thread_time()
-        relevance = weight_relevance(model, *relevance_batch(loader, settings.up.relevance_batch))
+        relevance = accumulated_relevance(model, loader, settings.up.relevance_batch)
         lrp_s.append(time.thread_time() - clock)
     return channel.encode(update, state, relevance=relevance)[1]
 

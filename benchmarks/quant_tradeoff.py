@@ -37,10 +37,10 @@ from fedcomp.data import labels_of, load_dataset, partition
 from fedcomp.models import build_model
 from fedcomp.compress.params import ParamManifest, load_arrays, state_arrays
 from fedcomp.records.provenance import source_commit
-from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train, quantize_model, relevance_batch
+from fedcomp.local.qat import QATSettings, compressed_sizes, qat_train, quantize_model
 from fedcomp.compress.quant import QuantKind
 from fedcomp.compress.quant.ecq import EC2TQuantizer, ECQQuantizer, ECQxQuantizer
-from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.relevance import accumulated_relevance
 from fedcomp.local.training import TrainSettings, evaluate, train
 
 RESULTS = Path(__file__).parent / "results" / "quant_tradeoff.md"
@@ -81,7 +81,7 @@ def post_training(model_name: str, w: Workload, epochs: int, qat_epochs: int, to
     base = {k: v.clone() for k, v in model.state_dict().items()}
     float_acc = evaluate(model, w.test_loader)["accuracy"]
     dense = sum(p.numel() for p in model.parameters()) * 4
-    relevance = weight_relevance(model, *relevance_batch(w.train_loader, 256))
+    relevance = accumulated_relevance(model, w.train_loader, 256)
     rows = []
     for method, make in METHODS.items():
         for bits in ((2, 3, 4, 5) if method != "EC2T" else (0,)):
@@ -157,7 +157,7 @@ def added_time(model_name: str, w: Workload, repeats: int) -> list[dict]:
         comp = Compressor(spec, manifest)
         lrp, quantize, compress = [], [], []
         for update in updates:
-            relevance, seconds = (_timed(weight_relevance, model, *relevance_batch(loader, spec.relevance_batch))
+            relevance, seconds = (_timed(accumulated_relevance, model, loader, spec.relevance_batch)
                                   if spec.quantizer == "ecqx" else (None, 0.0))
             lrp.append(seconds)
             quantize.append(_timed(comp.quantize, update, relevance)[1])

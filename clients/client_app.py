@@ -36,8 +36,8 @@ from fedcomp.exchange.faults import FaultPlan, InjectedFault, corrupt
 from fedcomp.run.experiment import client_indices, client_loader, local_seed, run_model
 from fedcomp.compress.params import load_arrays, state_arrays, state_tensors
 from fedcomp.compress.quant.arrays import as_tensor, to_numpy
-from fedcomp.local.qat import QATSettings, local_train, relevance_batch
-from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.qat import QATSettings, local_train
+from fedcomp.local.relevance import accumulated_relevance
 from fedcomp.exchange.protocol import (ARRAYS, BASE_VERSION, COMPRESS_SECONDS, CONFIG, DECODE_SECONDS, DIGEST,
                                        FULL_MODEL, METRICS, NUM_EXAMPLES, PARTITION_ID, SERVER_ROUND, TRAIN_SECONDS,
                                        VERSION)
@@ -183,8 +183,8 @@ def _train_differential(config: dict, pid: int, model: torch.nn.Module, settings
     if joint:
         update |= scale_updates(sent_scales, global_tensors)
     relevance = None
-    if settings.up.quantizer == "ecqx":  # ECQx: LRP relevances of the local model on a batch of local data
-        relevance = weight_relevance(model, *relevance_batch(loader, settings.up.relevance_batch))
+    if settings.up.quantizer == "ecqx":  # ECQx: LRP relevances of the local model, summed over local examples
+        relevance = accumulated_relevance(model, loader, settings.up.relevance_batch)
     stage_seconds = [0.0]
     second_stage = None
     if settings.fsfl == "compensate":

@@ -1,15 +1,18 @@
 """Quantization-aware training and post-training ECQ/ECQx on a model trained on digits."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedcomp.data import load_dataset
 from fedcomp.models import build_model
-from fedcomp.local.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names, relevance_batch
+from fedcomp.local.qat import QATSettings, _Quantize, qat_train, quantize_model, quantized_names
 from fedcomp.compress.quant.ecq import ECQQuantizer, ECQxQuantizer
-from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.relevance import accumulated_relevance
 from fedcomp.local.training import TrainSettings, evaluate, train
 
 
@@ -78,7 +81,7 @@ def test_ecqx_keeps_relevant_weights_and_accuracy_at_equal_sparsity(digits, trai
     _, train_loader, test_loader = digits
     base = {k: v.clone() for k, v in trained_cnn.state_dict().items()}
     names = set(quantized_names(trained_cnn))
-    relevance = weight_relevance(trained_cnn, *relevance_batch(train_loader, 256))
+    relevance = accumulated_relevance(trained_cnn, train_loader, 256)
 
     def run(quantizer):
         trained_cnn.load_state_dict(base)
@@ -167,3 +170,36 @@ def test_ec2t_second_phase_keeps_the_assignment_and_trains_the_ternary_values(di
     assert evaluate(model, test_loader)["accuracy"] > 0.8
     with pytest.raises(ValueError, match="second phase"):
         qat_train(model, train_loader, settings, QATSettings("ecq"), frozen_epochs=1)
+
+
+def test_ecqx_qat_final_assignment_uses_the_relevances_training_used():
+    """One epoch on an unshuffled loader: training quantizes with the relevances of the starting model on
+    the first ``relevance_batch`` examples, and the returned model is assigned with those same relevances
+    (on the trained shadows and the starting grid), not with relevances recomputed from the shadows."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 3))
+    start = copy.deepcopy(model)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    qat = QATSettings("ecqx", 3, 0.2, relevance_batch=40)
+    result = qat_train(model, loader, TrainSettings(epochs=1, lr=0.05), qat)
+
+    names = quantized_names(start)
+    params = dict(start.named_parameters())
+    quantizer = ECQxQuantizer(3, 0.2, qat.p, max(params[n].numel() for n in names))
+    relevance = accumulated_relevance(start, loader, 40)
+    trained = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if name in result.shadow:
+                p.copy_(result.shadow[name])
+    recomputed = accumulated_relevance(trained, loader, 40)
+    got = {t.name: t.symbols for t in result.tensors}
+    differs = []
+    for name in names:
+        step = quantizer.grid(params[name].detach().numpy())[0]
+        shadow = result.shadow[name].numpy()
+        expected = quantizer.quantize(shadow, name, relevance[name], step).symbols
+        np.testing.assert_array_equal(got[name], expected, err_msg=name)
+        differs.append(not np.array_equal(expected, quantizer.quantize(shadow, name, recomputed[name], step).symbols))
+    assert any(differs)  # relevances recomputed from the shadows would have assigned differently

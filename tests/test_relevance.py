@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcomp.local.relevance import weight_relevance
+from fedcomp.local.relevance import accumulated_relevance, weight_relevance
 
 EPS = 1e-6
 
@@ -128,3 +128,33 @@ def test_cnn_relevances_have_parameter_shapes():
         assert value.shape == tuple(params[name].shape) and np.isfinite(value).all()
         if name.endswith("weight"):  # biases start at zero, so their relevance w * ... is zero
             assert np.any(value != 0)
+
+
+def test_accumulated_relevance_is_the_sum_over_batches():
+    """Two LRP passes of 5 add up to the per-batch relevances; the loader is read only as far as needed;
+    up to one pass it is exactly ``weight_relevance`` on those examples (the federated default)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    x, y = torch.randn(14, 3), torch.randint(0, 2, (14,))
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 14, 4)]   # loader batches of 4: 4, 4, 4, 2
+    read = []
+
+    def loader():
+        for batch in batches:
+            read.append(len(batch[1]))
+            yield batch
+
+    got = accumulated_relevance(model, loader(), examples=10, batch=5)
+    assert read == [4, 4, 4]                                          # 12 >= 10 examples: the 4th batch unread
+    first, second = weight_relevance(model, x[:5], y[:5]), weight_relevance(model, x[5:10], y[5:10])
+    assert set(got) == set(first) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    for name in got:
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], first[name] + second[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert not np.allclose(got["0.weight"], first["0.weight"])        # the second pass contributes
+    one_pass = accumulated_relevance(model, iter(batches), examples=6, batch=8)
+    for name, value in weight_relevance(model, x[:6], y[:6]).items():
+        np.testing.assert_array_equal(one_pass[name], value)
+    short = accumulated_relevance(model, iter(batches[:1]), examples=10, batch=5)  # the loader ends first
+    for name, value in weight_relevance(model, x[:4], y[:4]).items():
+        np.testing.assert_allclose(short[name], value, rtol=1e-5, atol=1e-7)

@@ -111,7 +111,7 @@ class CompressionSpec:
     # sparsity tolerance, and how many local examples a client feeds LRP for ECQx relevances
     gamma: float = setting("gamma", 0.1, "ecq, ecqx and ec2t: entropy-constraint strength")
     p: float = setting("p", 0.1, "ecqx: sparsity tolerance below ECQ")
-    relevance_batch: int = setting("relevance_batch", 64, "ecqx: local examples for the LRP relevances")
+    relevance_batch: int = setting("relevance_batch", 64, "ecqx: local examples whose LRP relevances are summed")
     # ans: smallest on every set measured (benchmarks/results/codec.md); DeepCABAC is faster
     # on small (38k-parameter) and on dense payloads, ans on large sparse ones
     codec: str = setting("codec", "ans", "entropy codec: ans, deepcabac, raw or float32")

@@ -17,7 +17,7 @@ for the other classes), as in the ECQx authors' code (``docs/explanation/ecq.md`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ from fedcomp.local.training import model_device
 
 #: Layers that get weight relevances (zennit's "linear" layers).
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Most examples one LRP pass takes (:func:`accumulated_relevance` sums over passes of this size).
+LRP_BATCH = 256
 
 
 def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -110,3 +112,48 @@ def weight_relevance(
         if bias is not None:
             relevances[prefix + "bias"] = (bias.detach() * grads[1]).cpu().numpy().astype(np.float32)
     return relevances
+
+
+def accumulated_relevance(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    examples: int,
+    batch: int = LRP_BATCH,
+    composite: Composite | None = None,
+) -> dict[str, np.ndarray]:
+    """:func:`weight_relevance` summed over the first ``examples`` examples of ``loader``.
+
+    The examples go through LRP in passes of at most ``batch`` (memory stays bounded); the
+    relevances are sums over examples, so the passes add up (in float64, returned as float32).
+    Relevances from a few examples are exactly zero for every weight whose unit none of them
+    activates (ECQx then zeroes it): the ECQx authors accumulate them over the training set.
+    ``examples`` up to ``batch`` is one pass, exactly :func:`weight_relevance` on those
+    examples. The loader is read only as far as needed; fewer examples if it ends first.
+    """
+    if examples <= 0 or batch <= 0:
+        raise ValueError(f"examples and batch must be positive, got {examples} and {batch}")
+    composite = composite or default_composite()
+    total: dict[str, np.ndarray] = {}
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    seen = done = 0
+
+    def flush(size: int) -> None:
+        nonlocal xs, ys, done
+        x, y = torch.cat(xs), torch.cat(ys)
+        xs, ys = [x[size:]], [y[size:]]
+        done += size
+        for name, r in weight_relevance(model, x[:size], y[:size], composite).items():
+            total[name] = total[name] + r if name in total else r.astype(np.float64)
+
+    for x, y in loader:
+        xs.append(x)
+        ys.append(y)
+        seen += len(y)
+        while min(seen, examples) - done >= min(batch, examples - done) > 0:
+            flush(min(batch, examples - done))
+        if seen >= examples:
+            break
+    if min(seen, examples) > done:
+        flush(min(seen, examples) - done)
+    return {name: r.astype(np.float32) for name, r in total.items()}
