@@ -28,10 +28,12 @@ def digits():
 
 @pytest.fixture(scope="module")
 def trained_cnn(digits):
-    bundle, train_loader, _ = digits
+    bundle, _, _ = digits
     torch.manual_seed(0)
     model = build_model("cnn", bundle.num_classes, bundle.input_shape)
-    train(model, train_loader, TrainSettings(epochs=8, lr=0.05))
+    # its own loader: the shared one's order depends on which tests drew from it first
+    loader = DataLoader(bundle.train, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    train(model, loader, TrainSettings(epochs=8, lr=0.05))
     return model
 
 
@@ -78,10 +80,12 @@ def _sparsity(tensors, names):
 
 
 def test_ecqx_keeps_relevant_weights_and_accuracy_at_equal_sparsity(digits, trained_cnn):
-    _, train_loader, test_loader = digits
+    bundle, _, test_loader = digits
     base = {k: v.clone() for k, v in trained_cnn.state_dict().items()}
     names = set(quantized_names(trained_cnn))
-    relevance = accumulated_relevance(trained_cnn, train_loader, 256)
+    # over the whole training set, as the ECQx authors accumulate them, in a fixed order: the shared shuffled
+    # loader's next examples depend on which tests ran before
+    relevance = accumulated_relevance(trained_cnn, DataLoader(bundle.train, batch_size=256), len(bundle.train))
 
     def run(quantizer):
         trained_cnn.load_state_dict(base)
