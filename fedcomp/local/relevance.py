@@ -17,6 +17,7 @@ for the other classes), as in the ECQx authors' code (``docs/explanation/ecq.md`
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
@@ -67,8 +68,14 @@ def weight_relevance(
     of the parameters' shapes, summed over the batch (unnormalised; ECQx normalises per
     layer), on the host whatever device the model is on; the batch moves to the model's
     device. The model is left as it was (mode, parameters, no hooks).
+
+    LRP runs in float64 on a copy of the model: ``R_out / z`` amplifies the last-bit differences
+    between CPUs' float32 kernels into different ECQx assignments (the same run gave different
+    bytes on two machines); in float64 they stay below float32's resolution.
     """
     composite = composite or default_composite()
+    model = copy.deepcopy(model).double()
+    batch_x = batch_x.double()
     layers = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
     inputs: dict[str, torch.Tensor] = {}
     out_relevance: dict[str, torch.Tensor] = {}
@@ -79,23 +86,16 @@ def weight_relevance(
             output.register_hook(lambda grad: out_relevance.__setitem__(name, grad.detach()))
         return hook
 
-    was_training = model.training
     model.eval()
     device = model_device(model)
     x = batch_x.to(device).detach().clone().requires_grad_(True)
     batch_y = batch_y.to(device)
-    try:
-        with composite.context(model):
-            handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
-            try:
-                logits = model(x)
-                true_logit = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype) * logits.detach()
-                torch.autograd.grad(logits, x, grad_outputs=true_logit)
-            finally:
-                for handle in handles:
-                    handle.remove()
-    finally:
-        model.train(was_training)
+    with composite.context(model):
+        for name, module in layers.items():
+            module.register_forward_hook(recorder(name))
+        logits = model(x)
+        true_logit = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype) * logits.detach()
+        torch.autograd.grad(logits, x, grad_outputs=true_logit)
 
     relevances: dict[str, np.ndarray] = {}
     for name, module in layers.items():
