@@ -22,7 +22,7 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
@@ -52,6 +52,9 @@ class ParamManifest:
     def index(self, name: str) -> int:
         """The position of tensor ``name`` (KeyError if the manifest has none)."""
         return self._positions[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._positions
 
     def __len__(self) -> int:
         return len(self.tensors)
