@@ -99,10 +99,12 @@ def envelope_assign(values: np.ndarray, centroids: np.ndarray, penalty: np.ndarr
     if edges.size > _MAX_COUNTED_BREAKS:
         positions = np.searchsorted(edges, w, side="left")
     else:  # the same positions as searchsorted, without its mispredicted branches
-        positions = np.zeros(w.shape, dtype=np.intp)
+        positions = np.zeros(w.shape, dtype=np.uint8)  # at most _MAX_COUNTED_BREAKS: one byte each
         for edge in edges:
             positions += w > edge
-    return np.asarray(hull, dtype=np.int64)[positions]
+    if len(hull) == c.size:  # every line on the envelope (always so for equal penalties): positions are the indices
+        return positions.astype(np.int64)
+    return np.take(np.asarray(hull, dtype=np.int64), positions)  # take: 2-3x faster than fancy indexing here
 
 
 def ecq_information(nearest: np.ndarray, size: int, zero: int) -> np.ndarray:
@@ -117,8 +119,7 @@ def ecq_information(nearest: np.ndarray, size: int, zero: int) -> np.ndarray:
         others = 1.0 - p[zero]
         p *= 0.5 / others
         p[zero] = 0.5
-    with np.errstate(divide="ignore"):
-        return np.where(p > 0, -np.log2(np.maximum(p, _P_FLOOR)), np.inf)
+    return np.where(p > 0, -np.log2(np.maximum(p, _P_FLOOR)), np.inf)
 
 
 def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero: int,
@@ -132,11 +133,14 @@ def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero
     """
     sides: list[float] = []
     extremes = {1.0: float(np.max(values)), -1.0: float(np.min(values))}
+    finite = np.isfinite(info)
+    finite[zero] = False
     for side in (1.0, -1.0):
-        used = [k for k in range(len(centroids)) if k != zero and np.isfinite(info[k]) and side * centroids[k] > 0]
-        if not used:
+        outward = side * np.asarray(centroids, dtype=np.float64)
+        used = np.flatnonzero(finite & (outward > 0))
+        if not used.size:
             continue
-        k = max(used, key=lambda i: side * centroids[i])
+        k = used[np.argmax(outward[used])]
         w = extremes[side]
         gain = w * w - (w - centroids[k]) ** 2
         if info[k] > info[zero] and gain > 0:
@@ -179,10 +183,10 @@ def ecq_assignment(values: np.ndarray, centroids: np.ndarray, zero: int, lam: fl
     if not np.isfinite(nonzero_penalty).any():  # only zero is usable
         return Assignment(np.full(w.shape, zero, dtype=np.int64), np.full(w.shape, np.inf, np.float32), zero_cost)
     idx = envelope_assign(w, centroids, nonzero_penalty)
-    diff = w - np.asarray(centroids, dtype=np.float32)[idx]
+    diff = w - np.take(np.asarray(centroids, dtype=np.float32), idx)
     np.square(diff, out=diff)
     if lam > 0:
-        diff += penalty.astype(np.float32)[idx]
+        diff += np.take(penalty.astype(np.float32), idx)
     return Assignment(idx, diff, zero_cost)
 
 
