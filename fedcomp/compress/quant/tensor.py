@@ -79,10 +79,14 @@ class QuantizedTensor:
         return dequantize(self.symbols, self.kind, self.params, self.codebook)
 
     def host(self) -> "QuantizedTensor":
-        """The same tensor with numpy symbols (itself when they already are)."""
+        """The same tensor with numpy symbols (itself when they already are), and its values
+        on the host too when they were already dequantized."""
         if isinstance(self.symbols, np.ndarray):
             return self
-        return QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
+        moved = QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
+        if "_values" in self.__dict__:  # what the cached property holds
+            moved.__dict__["_values"] = to_numpy(self._values)
+        return moved
 
 
 def dequantize(symbols: Array, kind: QuantKind, params: tuple = (), codebook: np.ndarray | None = None) -> Array:
