@@ -385,11 +385,11 @@ class Compressor:
         self.main.quantizer = quantizer
 
     def _check(self, update: Mapping[str, Array]) -> dict[str, torch.Tensor]:
-        names = set(self.manifest.names)
+        unknown = [name for name in update if name not in self.manifest]
+        if unknown:
+            raise ValueError(f"update tensor {unknown[0]!r} is not in the parameter manifest")
         out = {}
-        for name in sorted(update, key=lambda n: self.manifest.index(n) if n in names else -1):
-            if name not in names:
-                raise ValueError(f"update tensor {name!r} is not in the parameter manifest")
+        for name in sorted(update, key=self.manifest.index):
             values = as_tensor(update[name])
             expected = self.manifest[self.manifest.index(name)].shape
             if tuple(values.shape) != tuple(expected):

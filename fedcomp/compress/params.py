@@ -22,7 +22,7 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
@@ -53,6 +53,9 @@ class ParamManifest:
         """The position of tensor ``name`` (KeyError if the manifest has none)."""
         return self._positions[name]
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._positions
+
     def __len__(self) -> int:
         return len(self.tensors)
 
@@ -74,13 +77,17 @@ def exchanged_keys(model: torch.nn.Module) -> list[str]:
 
     Integer buffers such as BatchNorm's ``num_batches_tracked`` stay local.
     """
-    return [k for k, v in model.state_dict().items() if v.is_floating_point()]
+    return _exchanged(model.state_dict())
+
+
+def _exchanged(state: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point()]
 
 
 def state_tensors(model: torch.nn.Module, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """The model's exchanged tensors as float32 tensors (copies) on the model's device, in state-dict order."""
     state = model.state_dict()
-    keys = exchanged_keys(model) if keys is None else list(keys)
+    keys = _exchanged(state) if keys is None else list(keys)
     return {k: state[k].detach().to(torch.float32, copy=True) for k in keys}
 
 

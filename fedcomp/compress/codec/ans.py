@@ -52,7 +52,7 @@ _MAX_ROW = 2**20  # rows are cut to at most this many symbols
 _MAX_VECTOR = 2**31 - 1  # symbols per message
 _MAX_MAGNITUDE = 2**32 - 1  # bounds every integer coded below (int32 range checked at the end)
 _TABLE_LIMIT = 2**18  # probability-table entries per coder call
-_MIN_RUN = 512  # runs of one model at least this long (on average) get a model object each
+_MIN_RUN = 64  # runs of one model at least this long (on average) get a model object each
 
 _Categorical = constriction.stream.model.Categorical(perfect=False)
 _Uniform = constriction.stream.model.Uniform()
@@ -166,12 +166,13 @@ class _Channel:
         if n == 0:
             return np.zeros(0, dtype=np.int64)
         if n * table.shape[1] <= _TABLE_LIMIT:
-            return self._op(values, _Categorical, table[groups])
+            return self._op(values, _Categorical, np.take(table, groups, axis=0))  # take: faster than table[groups]
         bounds = np.append(np.flatnonzero(np.diff(groups)) + 1, n)
         if bounds.size * _MIN_RUN > n:  # many short runs: probability rows, in chunks
             step = max(1, _TABLE_LIMIT // table.shape[1])
             return np.concatenate([
-                self._op(None if values is None else values[a : a + step], _Categorical, table[groups[a : a + step]])
+                self._op(None if values is None else values[a : a + step], _Categorical,
+                         np.take(table, groups[a : a + step], axis=0))
                 for a in range(0, n, step)
             ])
         out, start = [], 0
@@ -188,10 +189,10 @@ class _Channel:
         ``contexts`` is non-decreasing; counts are refreshed between refresh levels.
         """
         level = _levels(contexts)
-        order = np.argsort(level, kind="stable")
+        order = np.argsort(level.astype(np.uint8), kind="stable")  # levels are below 64: a radix sort
         contexts_needed = int(contexts.max()) + 1 if contexts.size else 0
         prior = np.repeat(prior, contexts_needed, axis=0) if prior.shape[0] == 1 else prior.astype(np.float64)
-        if self.encoding and contexts.size * prior.shape[1] <= _TABLE_LIMIT:
+        if self.encoding:
             return self._adaptive_at_once(values, contexts, level, order, prior)
         bounds = np.append(np.flatnonzero(np.diff(level[order])) + 1, level.size)
         ctx_sorted = contexts[order]
@@ -214,19 +215,20 @@ class _Channel:
     def _adaptive_at_once(
         self, values: np.ndarray, contexts: np.ndarray, level: np.ndarray, order: np.ndarray, prior: np.ndarray
     ) -> np.ndarray:
-        """Encoder shortcut for a small stream: every level's probability rows in one op.
+        """The encoder's adaptive coding: every level at once, as one :meth:`grouped` stream.
 
-        The decoder goes level by level with one probability row per symbol (the table is
-        small, see :meth:`grouped`); pushing the same rows in the same order in one call
-        writes the same ANS stream.
+        The encoder knows every symbol, so it has each (level, context) pair's counts up
+        front: the same floats the decoder sums level by level (``prior + seen``). In
+        coding order (by level, then context) the pairs are runs, and :meth:`grouped`
+        pushes them in the same order as the decoder reads them, which writes the same ANS
+        stream (with ``perfect=False`` a run's model object and per-symbol rows agree).
         """
         ctx, lev, val = contexts[order], level[order].astype(np.int64), values[order]
         levels, num_ctx, k = int(lev[-1]) + 1, prior.shape[0], prior.shape[1]
-        seen = np.bincount((lev * num_ctx + ctx) * k + val, minlength=levels * num_ctx * k)
-        seen = seen.reshape(levels, num_ctx, k)
+        pair = lev * num_ctx + ctx
+        seen = np.bincount(pair * k + val, minlength=levels * num_ctx * k).reshape(levels, num_ctx, k)
         before = np.cumsum(seen, axis=0) - seen  # counts from lower levels only
-        # the rows of the few (level, context) pairs, then one gather: the same floats as prior[ctx] + before[lev, ctx]
-        self._op(val, _Categorical, (before + prior)[lev, ctx])
+        self.grouped(val, pair, (before + prior).reshape(levels * num_ctx, k))
         return values
 
     def raw_bits(self, values: np.ndarray | None, nbits: np.ndarray) -> np.ndarray:
@@ -307,11 +309,14 @@ class _Rows:
         self.tensor = np.concatenate(tensors) if tensors else np.zeros(0, dtype=np.int64)
         self.start = np.cumsum(self.width) - self.width
         self.length = int(self.width.sum())
+        self.bounds = np.append(self.start, self.length)  # where each row starts, and the end
         self.num_tensors = len(shapes)
+        # the first row of each tensor that has rows (its tensor: self.tensor[first_row])
+        self.first_row = np.flatnonzero(np.diff(self.tensor, prepend=-1))
         widest = np.zeros(self.num_tensors, dtype=np.int64)
         np.maximum.at(widest, self.tensor, self.width)
         self.count_prior = _uniform_prior(widest)  # a row holds 0..width non-zeros
-        for array in (self.width, self.tensor, self.start, self.count_prior):
+        for array in (self.width, self.tensor, self.start, self.bounds, self.first_row, self.count_prior):
             array.setflags(write=False)
 
 
@@ -329,9 +334,8 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     """Code (or decode, ``flat=None``) the concatenated symbols laid out in ``rows``."""
     enc = flat is not None
     positions = np.flatnonzero(flat != 0) if enc else None  # 5x faster than on int32
-    row_of = np.searchsorted(rows.start, positions, side="right") - 1 if enc else None
     # 1. non-zeros per row, adaptive per tensor
-    counts = np.bincount(row_of, minlength=rows.width.size) if enc else None
+    counts = np.diff(np.searchsorted(positions, rows.bounds)) if enc else None
     counts = ch.integers(counts, lambda tok: ch.adaptive(tok, rows.tensor, rows.count_prior))
     if np.any(counts > rows.width):
         raise PayloadError("ans stream declares more non-zeros in a row than it holds")
@@ -340,8 +344,7 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
         return flat if enc else np.zeros(rows.length, dtype=np.int32)
     full = counts > 0
     # 2. gaps within rows, geometric with the row's density
-    if not enc:  # the encoder has it from the positions
-        row_of = np.repeat(np.arange(counts.size), counts)
+    row_of = np.repeat(np.arange(counts.size), counts)
     first = np.cumsum(counts) - counts  # index of each row's first non-zero
     if enc:
         column = positions - rows.start[row_of]
@@ -369,7 +372,8 @@ def _code(ch: _Channel, rows: _Rows, flat: np.ndarray | None) -> np.ndarray:
     values = flat[positions].astype(np.int64) if enc else None
     magnitude = np.abs(values) if enc else None
     tensor_of = rows.tensor[row_of]
-    first_of_tensor = np.flatnonzero(np.diff(tensor_of, prepend=-1))
+    per_tensor = np.add.reduceat(counts, rows.first_row)  # non-zeros of each tensor that has rows
+    first_of_tensor = (np.cumsum(per_tensor) - per_tensor)[per_tensor > 0]
     floors = np.minimum.reduceat(magnitude, first_of_tensor) - 1 if enc else None
     one_context = np.zeros(first_of_tensor.size, dtype=np.int64)
     floors = 1 + ch.integers(floors, lambda tok: ch.grouped(tok, one_context, _FLOOR_PRIOR))

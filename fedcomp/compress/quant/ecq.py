@@ -30,6 +30,9 @@ _P_FLOOR = 1e-12
 _TINY = 1e-12
 #: Smallest beta ECQx tries, relative to its starting value.
 _BETA_FLOOR = 1e-6
+#: Up to this many breakpoints, :func:`envelope_assign` counts them per value (one compare per
+#: breakpoint) rather than binary-searching: 4-10x faster on layer-sized arrays.
+_MAX_COUNTED_BREAKS = 32
 #: Largest beta ECQx uses (the reference implementation's bound): the zero cost of a weight is
 #: never scaled below ``2 * r``, so relevance can only bend the assignment so far.
 _BETA_CAP = 1.0
@@ -65,9 +68,9 @@ def envelope_assign(values: np.ndarray, centroids: np.ndarray, penalty: np.ndarr
     """``argmin_k (values - centroids[k])**2 + penalty[k]`` for every value; ``centroids`` ascending.
 
     ``(w - c)**2 + b = w**2 - 2 c w + (c**2 + b)``: the argmin over ``k`` is the lower envelope
-    of the lines ``-2 c_k w + c_k**2 + b_k``, found once (K lines) and looked up with
-    ``searchsorted`` (n log K). Centroids with an infinite penalty never win. Returns int64
-    indices into ``centroids``, flattened.
+    of the lines ``-2 c_k w + c_k**2 + b_k``, found once (K lines); each value's line is the
+    number of breakpoints below it (n K compares, or ``searchsorted``, n log K, for many lines).
+    Centroids with an infinite penalty never win. Returns int64 indices into ``centroids``, flattened.
     """
     c = np.asarray(centroids, dtype=np.float64)
     b = np.asarray(penalty, dtype=np.float64)
@@ -92,8 +95,16 @@ def envelope_assign(values: np.ndarray, centroids: np.ndarray, penalty: np.ndarr
             break
         hull.append(int(j))
     w = np.asarray(values, dtype=np.float32).reshape(-1)
-    positions = np.searchsorted(np.asarray(breaks, dtype=np.float32), w, side="left")
-    return np.asarray(hull, dtype=np.int64)[positions]
+    edges = np.asarray(breaks, dtype=np.float32)
+    if edges.size > _MAX_COUNTED_BREAKS:
+        positions = np.searchsorted(edges, w, side="left")
+    else:  # the same positions as searchsorted, without its mispredicted branches
+        positions = np.zeros(w.shape, dtype=np.uint8)  # at most _MAX_COUNTED_BREAKS: one byte each
+        for edge in edges:
+            positions += w > edge
+    if len(hull) == c.size:  # every line on the envelope (always so for equal penalties): positions are the indices
+        return positions.astype(np.int64)
+    return np.take(np.asarray(hull, dtype=np.int64), positions)  # take: 2-3x faster than fancy indexing here
 
 
 def ecq_information(nearest: np.ndarray, size: int, zero: int) -> np.ndarray:
@@ -108,8 +119,7 @@ def ecq_information(nearest: np.ndarray, size: int, zero: int) -> np.ndarray:
         others = 1.0 - p[zero]
         p *= 0.5 / others
         p[zero] = 0.5
-    with np.errstate(divide="ignore"):
-        return np.where(p > 0, -np.log2(np.maximum(p, _P_FLOOR)), np.inf)
+    return np.where(p > 0, -np.log2(np.maximum(p, _P_FLOOR)), np.inf)
 
 
 def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero: int,
@@ -123,11 +133,14 @@ def lambda_max(values: np.ndarray, centroids: np.ndarray, info: np.ndarray, zero
     """
     sides: list[float] = []
     extremes = {1.0: float(np.max(values)), -1.0: float(np.min(values))}
+    finite = np.isfinite(info)
+    finite[zero] = False
     for side in (1.0, -1.0):
-        used = [k for k in range(len(centroids)) if k != zero and np.isfinite(info[k]) and side * centroids[k] > 0]
-        if not used:
+        outward = side * np.asarray(centroids, dtype=np.float64)
+        used = np.flatnonzero(finite & (outward > 0))
+        if not used.size:
             continue
-        k = max(used, key=lambda i: side * centroids[i])
+        k = used[np.argmax(outward[used])]
         w = extremes[side]
         gain = w * w - (w - centroids[k]) ** 2
         if info[k] > info[zero] and gain > 0:
@@ -170,10 +183,10 @@ def ecq_assignment(values: np.ndarray, centroids: np.ndarray, zero: int, lam: fl
     if not np.isfinite(nonzero_penalty).any():  # only zero is usable
         return Assignment(np.full(w.shape, zero, dtype=np.int64), np.full(w.shape, np.inf, np.float32), zero_cost)
     idx = envelope_assign(w, centroids, nonzero_penalty)
-    diff = w - np.asarray(centroids, dtype=np.float32)[idx]
+    diff = w - np.take(np.asarray(centroids, dtype=np.float32), idx)
     np.square(diff, out=diff)
     if lam > 0:
-        diff += penalty.astype(np.float32)[idx]
+        diff += np.take(penalty.astype(np.float32), idx)
     return Assignment(idx, diff, zero_cost)
 
 

@@ -8,6 +8,7 @@ by the same float32 arithmetic and agree bit for bit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -66,14 +67,26 @@ class QuantizedTensor:
         return tuple(self.symbols.shape)
 
     def dequantize(self) -> Array:
-        """The float32 values these symbols stand for (same shape, where the symbols are)."""
+        """The float32 values these symbols stand for (same shape, where the symbols are).
+
+        Computed once per tensor (a sender reads them for its residual, its second stage and
+        its reconstruction); treat the result as read-only.
+        """
+        return self._values
+
+    @functools.cached_property
+    def _values(self) -> Array:
         return dequantize(self.symbols, self.kind, self.params, self.codebook)
 
     def host(self) -> "QuantizedTensor":
-        """The same tensor with numpy symbols (itself when they already are)."""
+        """The same tensor with numpy symbols (itself when they already are), and its values
+        on the host too when they were already dequantized."""
         if isinstance(self.symbols, np.ndarray):
             return self
-        return QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
+        moved = QuantizedTensor(self.name, to_numpy(self.symbols), self.kind, self.params, self.codebook)
+        if "_values" in self.__dict__:  # what the cached property holds
+            moved.__dict__["_values"] = to_numpy(self._values)
+        return moved
 
 
 def dequantize(symbols: Array, kind: QuantKind, params: tuple = (), codebook: np.ndarray | None = None) -> Array:
