@@ -64,8 +64,8 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # compressed FL (issue 6); each is a small table to copy and change
     "fedavg": ("uncompressed FedAvg (the baseline the compressed presets are measured against)", {}),
     "topk-ef": ("sparse differential updates upstream: top-2% + uniform qp -32 + ans, error feedback; upstream "
-                "only, so on digits dominated by the same top-k+EF both ways (0.9800 at 163x against 0.9793 at 2x, "
-                "3 seeds, benchmarks/results/comm_savings.md)",
+                "only, so on digits dominated by uniform-ef (0.9815 at 290x against 0.9793 at 2x, 3 seeds, "
+                "benchmarks/results/comm_savings.md)",
                 {"up.scheme": "topk-uniform-ans", "up.fraction": 0.02}),
     "uniform-ef": ("uniform quantization qp -16 + ans both ways, error feedback both ways, no sparsifier: the "
                    "cheapest point within 1 point of FedAvg on digits (290x, -0.07) and ahead of the flagship on "
@@ -85,8 +85,8 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
              "up.gain": 0.9, "down.scheme": "nnc", "down.qp": -30, "down.target_sparsity": 0.97,
              "down.sparsify": "threshold-structured", "down.gain": 0.9}),
     "fsfl": ("filter-scaled sparse differential updates upstream: top-1% + scales trained after sparsifying; "
-             "upstream only, so on digits dominated by top-k+EF both ways at 2% (0.9800 at 163x against 0.9778 at "
-             "2x, 3 seeds, benchmarks/results/comm_savings.md)",
+             "upstream only, so on digits dominated by uniform-ef (0.9815 at 290x against 0.9778 at 2x, 3 seeds, "
+             "benchmarks/results/comm_savings.md)",
              {"up.scheme": "topk-uniform-ans", "up.fraction": 0.01, "fsfl.mode": "compensate"}),
     # scale lr 0.05 (issue 18): at 0.2, on cross-device Fashion-MNIST (600-example clients, 19 steps a
     # pass), scales moved up to +-100% a round and the fold grew the first conv's weights 13-fold in 20
@@ -99,8 +99,9 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # the count differences of k missed rounds grow slowly in k. A per-tensor step (up.bits = 3) ended
     # 0.3 points higher on Fashion-MNIST but sends a fixed share of every update: ~10x the bytes on digits.
     "fsfl-bidir": ("FSFL both ways: uniform qp -20 up, uniform qp -12 grid down, scales (lr 0.05, qp -36), "
-                   "error feedback both ways; tuned for cross-device Fashion-MNIST (catchup.md), on digits "
-                   "dominated by uniform+EF qp -14 (comm_savings.md)",
+                   "error feedback both ways; tuned for cross-device Fashion-MNIST (catchup.md); dominated by "
+                   "uniform-ef on digits and iid Fashion-MNIST, the cheapest point within 1 point of FedAvg "
+                   "on Dirichlet 0.3 Fashion-MNIST (110x, wide CI; comm_savings.md)",
                    {"up.scheme": "uniform-ans", "up.qp": -20, "up.error_feedback": True,
                     "down.scheme": "uniform-ans", "down.qp": -12, "down.error_feedback": True,
                     "fsfl.mode": "compensate", "fsfl.scale_lr": 0.05, "fsfl.scale_qp": -36}),
