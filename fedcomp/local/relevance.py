@@ -75,7 +75,6 @@ def weight_relevance(
     """
     composite = composite or default_composite()
     model = copy.deepcopy(model).double()
-    batch_x = batch_x.double()
     layers = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
     inputs: dict[str, torch.Tensor] = {}
     out_relevance: dict[str, torch.Tensor] = {}
@@ -88,7 +87,7 @@ def weight_relevance(
 
     model.eval()
     device = model_device(model)
-    x = batch_x.to(device).detach().clone().requires_grad_(True)
+    x = batch_x.to(device).detach().double().requires_grad_(True)
     batch_y = batch_y.to(device)
     with composite.context(model):
         for name, module in layers.items():
