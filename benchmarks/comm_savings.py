@@ -5,7 +5,8 @@ Workloads (presets that compose, `fedcomp.run.presets`):
 
 * ``digits``: the default workload (digits, cnn, 10 clients all sampled, iid, 20 rounds);
 * ``fmnist-iid`` and ``fmnist-dir0.3``: Fashion-MNIST, lenet5, 10 of 100 clients of 600 examples
-  per round, iid and Dirichlet(0.3).
+  per round, iid and Dirichlet(0.3). With label skew the local lr is 0.02: at the workload's 0.05
+  (momentum 0.9) FedAvg sat at chance for 27 of 50 rounds on seed 0, and every scheme with it.
 
 Schemes (families) and their swept knobs: uniform quantization + error feedback both ways (qp),
 top-k + EF both ways (fraction), STC (fraction), nnc (qp and sparsity), ECQ / ECQx / EC2T both
@@ -91,7 +92,7 @@ STALE_SINCE: list[tuple[str, str, str]] = [  # --verify at 20ce63a, digits seed 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "digits": compose(["digits"]),
     "fmnist-iid": compose(["fmnist"]),
-    "fmnist-dir0.3": {**compose(["fmnist"]), "partition": "dirichlet", "data.alpha": 0.3},
+    "fmnist-dir0.3": {**compose(["fmnist"]), "partition": "dirichlet", "data.alpha": 0.3, "lr": 0.02},
 }
 # seconds per round on 2 idle cores, for the plan (measured on a loaded machine and scaled; FSFL trains twice)
 ROUND_SECONDS = {"digits": 0.5, "fmnist-iid": 1.8, "fmnist-dir0.3": 1.8}
