@@ -283,7 +283,8 @@ def sweep(
     def on_done(entry: dict) -> None:
         if entry["status"] == "done":
             console.print(f"done    {entry['name']}  acc {entry['final_accuracy']:.4f}  "
-                          f"{entry['bytes_total'] / 1e6:.3f} MB  {entry['wall_seconds']:.1f} s")
+                          f"{entry['bytes_total'] / 1e6:.3f} MB  {entry['wall_seconds']:.1f} s"
+                          + (f"  [yellow]warning: {entry['warning']}[/]" if entry.get("warning") else ""))
         else:
             console.print(f"[red]failed[/]  {entry['name']}: {entry.get('error')}")
 

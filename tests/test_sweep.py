@@ -7,6 +7,7 @@ import time
 import pytest
 
 from fedcomp.errors import ConfigError, FedcompError
+from fedcomp.records.divergence import chance_warning
 from fedcomp.analysis.sweep import (SweepPlan, expand, expand_run_dirs, load_index, load_sweep_file, merge_plans,
                                     parse_grid, run_name, run_sweep)
 from runfiles import write_run
@@ -112,6 +113,18 @@ def test_a_finished_run_is_not_redone_and_a_failed_one_is(tmp_path):
     assert sorted(n for n, _ in again.calls) == sorted(["lr-0.02_seed-1", "lr-0.01_seed-2", "lr-0.02_seed-2",
                                                          "lr-0.03_seed-2"])
     assert all(e["status"] == "done" for e in index["runs"]) and len(index["runs"]) == 9
+
+
+def test_a_run_that_finished_at_chance_says_so_in_the_index(tmp_path):
+    def engine(run, run_dir, ray_cpus):
+        chance = run.config["lr"] == 0.03
+        warning = chance_warning(0.1, 10) if chance else None
+        return write_run(run_dir, {}, [0.1, 0.1] if chance else [0.5, 0.7], 1000, 2000, warning=warning)
+
+    index = run_sweep(PLAN, tmp_path, jobs=1, run_fn=engine)
+    warned = sorted(e["name"] for e in index["runs"] if "chance level" in e.get("warning", ""))
+    assert warned == ["lr-0.03_seed-0", "lr-0.03_seed-1"]
+    assert load_index(tmp_path)["runs"] == index["runs"]
 
 
 def test_a_folder_holding_another_run_is_an_error(tmp_path):

@@ -179,6 +179,8 @@ def _entry(run: PlannedRun, status: str, summary: Mapping[str, Any] | None = Non
     entry = {"name": run.name, "dir": f"runs/{run.name}", "overrides": run.overrides, "status": status, **extra}
     if summary is not None:
         entry.update({k: summary.get(k) for k in ("final_accuracy", "best_accuracy", "bytes_total", "wall_seconds")})
+        if summary.get("warning"):  # e.g. a finished run at chance accuracy
+            entry["warning"] = summary["warning"]
     return entry
 
 
