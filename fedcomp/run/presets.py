@@ -35,10 +35,12 @@ TRANSFER_CLASSES_ROUNDS = 10  # 3,000 training images a round over 28x28 Fashion
 WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "digits": ("digits (8x8), cnn, 10 clients, all sampled, iid, 20 rounds, 1 local epoch (the defaults)",
                {}),
+    # lr 0.02, not the default 0.05 (momentum 0.9): FedAvg ended 0.8678 against 0.8610 iid (3 seeds), and with
+    # Dirichlet 0.3 label skew 0.05 left it at chance for 27 of 50 rounds on seed 0 (0.02 learns from round 1)
     "fmnist": (f"Fashion-MNIST (28x28, apt-get install dataset-fashion-mnist), lenet5, 100 clients of 600 "
-               f"examples, 10 sampled per round, iid, {FMNIST_ROUNDS} rounds, 1 local epoch",
+               f"examples, 10 sampled per round, iid, {FMNIST_ROUNDS} rounds, 1 local epoch at lr 0.02",
                {"dataset": "fashion-mnist", "model": "lenet5", "num_clients": 100, "fraction": 0.1,
-                "rounds": FMNIST_ROUNDS}),
+                "rounds": FMNIST_ROUNDS, "lr": 0.02}),
     "fedavg-mlp": ("digits with the fully connected mlp", {"model": "mlp", "lr": 0.1}),
     "fedavg-noniid": ("digits, Dirichlet(0.5) label skew, 30 rounds",
                       {"partition": "dirichlet", "data.alpha": 0.5, "rounds": 30}),
