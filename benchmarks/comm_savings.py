@@ -147,7 +147,8 @@ def grid() -> list[Spec]:
     specs = [Spec("fedavg", "-", {}, 1)]
     for qp in (-10, -12, -14, -16, -18, -20):
         specs.append(Spec("uniform+EF", f"qp {qp}", uniform(qp), 1 if qp in (-14, -16, -18) else 2, d))
-    specs += [Spec("uniform+EF", f"qp {qp}", uniform(qp), 2 if qp == -16 else 4, f) for qp in (-16, -20)]
+    # -24: at the fmnist preset's lr 0.02 the updates are smaller, and qp -20 is the family's most accurate point
+    specs += [Spec("uniform+EF", f"qp {qp}", uniform(qp), 2 if qp == -16 else 4, f) for qp in (-16, -20, -24)]
     for fraction in (0.005, 0.01, 0.02, 0.05, 0.1):
         specs.append(Spec("top-k+EF", f"fraction {fraction:g}", topk(fraction), 2, d))
     specs += [Spec("top-k+EF", f"fraction {x:g}", topk(x), 2 if x == 0.02 else 4, f) for x in (0.02, 0.05)]
@@ -177,6 +178,7 @@ def grid() -> list[Spec]:
         specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL}, 1 if qp in (-12, -14) else 2, d))
         if qp in (-12, -16):
             specs.append(Spec("FSFL+uniform", f"qp {qp}", {**uniform(qp), **FSFL_FMNIST}, 2 if qp == -12 else 4, f))
+    specs.append(Spec("FSFL+uniform", "qp -20", {**uniform(-20), **FSFL_FMNIST}, 4, f))
     for fraction in (0.005, 0.007, 0.01):
         specs.append(Spec("FSFL+top-k", f"fraction {fraction:g}", {**topk(fraction), **FSFL},
                           1 if fraction == 0.007 else 2, d))
