@@ -71,7 +71,7 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
                 {"up.scheme": "topk-uniform-ans", "up.fraction": 0.02}),
     "uniform-ef": ("uniform quantization qp -16 + ans both ways, error feedback both ways, no sparsifier: the "
                    "cheapest point within 1 point of FedAvg on digits (290x, -0.07) and ahead of the flagship on "
-                   "iid Fashion-MNIST (comm_savings.md)",
+                   "Fashion-MNIST, where qp -20 is the cheapest within 1 point (94x iid; comm_savings.md)",
                    {"up.scheme": "uniform-ans", "up.qp": -16, "up.error_feedback": True,
                     "down.scheme": "uniform-ans", "down.qp": -16, "down.error_feedback": True}),
     # STC's own 1/400 lost 10.7 points on digits (comm_savings.md): 1/25 is its family's cheapest point
@@ -101,9 +101,8 @@ COMPRESSIONS: dict[str, tuple[str, dict[str, Any]]] = {
     # the count differences of k missed rounds grow slowly in k. A per-tensor step (up.bits = 3) ended
     # 0.3 points higher on Fashion-MNIST but sends a fixed share of every update: ~10x the bytes on digits.
     "fsfl-bidir": ("FSFL both ways: uniform qp -20 up, uniform qp -12 grid down, scales (lr 0.05, qp -36), "
-                   "error feedback both ways; tuned for cross-device Fashion-MNIST (catchup.md); dominated by "
-                   "uniform-ef on digits and iid Fashion-MNIST, the cheapest point within 1 point of FedAvg "
-                   "on Dirichlet 0.3 Fashion-MNIST (110x, wide CI; comm_savings.md)",
+                   "error feedback both ways; tuned for cross-device Fashion-MNIST at lr 0.05 (catchup.md); "
+                   "dominated by uniform+EF qp -16 on digits and on Fashion-MNIST (comm_savings.md)",
                    {"up.scheme": "uniform-ans", "up.qp": -20, "up.error_feedback": True,
                     "down.scheme": "uniform-ans", "down.qp": -12, "down.error_feedback": True,
                     "fsfl.mode": "compensate", "fsfl.scale_lr": 0.05, "fsfl.scale_qp": -36}),
