@@ -72,7 +72,6 @@ class GridStep:
         return float(np.float32(raw))
 
 
-
 class OffGrid(ValueError):
     """Values the grid cannot hold as int32 counts: non-finite, or beyond 2**31 steps (a diverging run)."""
 

@@ -73,8 +73,17 @@ def weight_relevance(
     between CPUs' float32 kernels into different ECQx assignments (the same run gave different
     bytes on two machines); in float64 they stay below float32's resolution.
     """
-    composite = composite or default_composite()
-    model = copy.deepcopy(model).double()
+    return _relevance64(_float64_copy(model), batch_x, batch_y, composite or default_composite(), eps)
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` in eval mode: LRP's own, so the caller's model keeps its mode, dtype and hooks."""
+    return copy.deepcopy(model).double().eval()
+
+
+def _relevance64(model: nn.Module, batch_x: torch.Tensor, batch_y: torch.Tensor, composite: Composite,
+                 eps: float = 1e-6) -> dict[str, np.ndarray]:
+    """:func:`weight_relevance` on ``model``, a :func:`_float64_copy`, which is left without hooks."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, WEIGHTED)}
     inputs: dict[str, torch.Tensor] = {}
     out_relevance: dict[str, torch.Tensor] = {}
@@ -85,16 +94,18 @@ def weight_relevance(
             output.register_hook(lambda grad: out_relevance.__setitem__(name, grad.detach()))
         return hook
 
-    model.eval()
     device = model_device(model)
     x = batch_x.to(device).detach().double().requires_grad_(True)
     batch_y = batch_y.to(device)
     with composite.context(model):
-        for name, module in layers.items():
-            module.register_forward_hook(recorder(name))
-        logits = model(x)
-        true_logit = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype) * logits.detach()
-        torch.autograd.grad(logits, x, grad_outputs=true_logit)
+        handles = [m.register_forward_hook(recorder(n)) for n, m in layers.items()]
+        try:
+            logits = model(x)
+            true_logit = F.one_hot(batch_y.long(), logits.shape[-1]).to(logits.dtype) * logits.detach()
+            torch.autograd.grad(logits, x, grad_outputs=true_logit)
+        finally:  # the copy serves every pass of accumulated_relevance
+            for handle in handles:
+                handle.remove()
 
     relevances: dict[str, np.ndarray] = {}
     for name, module in layers.items():
@@ -132,6 +143,7 @@ def accumulated_relevance(
     if examples <= 0 or batch <= 0:
         raise ValueError(f"examples and batch must be positive, got {examples} and {batch}")
     composite = composite or default_composite()
+    twin = _float64_copy(model)  # one copy for every pass
     total: dict[str, np.ndarray] = {}
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
@@ -142,7 +154,7 @@ def accumulated_relevance(
         x, y = torch.cat(xs), torch.cat(ys)
         xs, ys = [x[size:]], [y[size:]]
         done += size
-        for name, r in weight_relevance(model, x[:size], y[:size], composite).items():
+        for name, r in _relevance64(twin, x[:size], y[:size], composite).items():
             total[name] = total[name] + r if name in total else r.astype(np.float64)
 
     for x, y in loader:
